@@ -1,0 +1,92 @@
+// Public engine API of faiss-flash: exact Lloyd iterations on a batch of problems.
+// Independent of FAISS and free of CUDA types, so a CPU-only build compiles it too.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace flash {
+
+enum class Metric : int { L2 = 0, InnerProduct = 1 };
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+enum class Backend : int { Auto = 0, CPU = 1, CUDA = 2 };
+
+/// How the CUDA engine evaluates fp32 dot products.
+/// Exact: every assignment is the true fp32 argmin except at near-ties (the default).
+/// TF32: plain TF32 tensor-core products, opt-in, may misassign close points.
+enum class Fp32Mode : int { Exact = 0, TF32 = 1 };
+
+/// A batch of B point sets, each (n, d) row-major and contiguous:
+/// element (b, i, j) lives at data[(b * n + i) * d + j].
+struct Points {
+    const void* data = nullptr;
+    DType dtype = DType::F32;
+    int64_t batch = 1;
+    int64_t n = 0;
+    int64_t d = 0;
+    int device = -1; ///< -1: host memory; >= 0: CUDA ordinal that holds `data`
+};
+
+/// Same fields and meaning as faiss::ClusteringIterationStats.
+struct IterationStats {
+    double obj = 0;           ///< sum over points of the distance (L2) or similarity (IP)
+                              ///< to the assigned centroid, before the update
+    double time_s = 0;        ///< cumulative seconds since the start of the run
+    double search_time_s = 0; ///< cumulative seconds spent in assignment
+    double imbalance = 0;     ///< k * sum(h^2) / (sum h)^2 over cluster sizes h
+    int nsplit = 0;           ///< empty clusters re-seeded this iteration
+};
+
+struct LloydOptions {
+    int64_t k = 0;
+    int niter = 25;
+    Metric metric = Metric::L2;
+    bool spherical = false;     ///< L2-normalise centroids after each update
+    bool int_centroids = false; ///< round centroids after each update
+    int64_t k_frozen = 0;       ///< the first k_frozen centroids are never updated
+    const float* weights = nullptr; ///< (batch, n) host, or null for unit weights
+    Backend backend = Backend::Auto;
+    int cuda_device = -1;       ///< -1: the device holding the data, else device 0
+    Fp32Mode fp32_mode = Fp32Mode::Exact;
+    /// Host post-processing of the updated (k, d) centroids of one problem, replacing
+    /// spherical / int_centroids. The CPU engine calls it; FlashClustering uses it to
+    /// reuse FAISS' own post-processing bit for bit.
+    std::function<void(float* centroids, int64_t k, int64_t d)> post_process;
+    /// Called after each iteration of problem b (on the host; may be called at the end
+    /// of the run for engines that keep the loop on the device).
+    std::function<void(int64_t b, int iter, const IterationStats&)> on_iteration;
+};
+
+/// Runs opt.niter Lloyd iterations (assign, objective, update, split empty clusters,
+/// post-process) on each of the x.batch problems.
+/// centroids: (batch, k, d) fp32 host memory; initial centroids in, final out.
+/// Returns stats[b][iter]. Throws std::invalid_argument on bad input.
+std::vector<std::vector<IterationStats>> run_lloyd(
+        const Points& x,
+        float* centroids,
+        const LloydOptions& opt);
+
+/// Nearest centroid of every point. centroids: (batch, k, d) fp32 host.
+/// labels, distances: (batch, n) host; distances are squared L2 or similarities (IP).
+/// Ties go to the lowest centroid index. Either output may be null.
+void assign_nearest(
+        const Points& x,
+        const float* centroids,
+        int64_t k,
+        Metric metric,
+        int64_t* labels,
+        float* distances,
+        Backend backend = Backend::Auto,
+        int cuda_device = -1);
+
+/// True when this build has the CUDA engine and a CUDA device is visible.
+bool cuda_available();
+
+/// The backend Auto resolves to for data in host memory: CUDA when available.
+Backend resolve_backend(Backend requested, const Points& x);
+
+const char* backend_name(Backend b);
+
+} // namespace flash

@@ -1,0 +1,36 @@
+// Host-side pieces shared by every engine: input validation, FAISS' empty-cluster split
+// rule and the imbalance factor.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/flash_kmeans.h"
+
+namespace flash {
+
+/// Throws std::invalid_argument naming the problem (null pointer, bad shape, k <= 0,
+/// n < k, k_frozen out of range, niter < 0).
+void validate_problem(const Points& x, const float* centroids, int64_t k, int niter, int64_t k_frozen);
+
+/// Throws std::invalid_argument if fp32/fp16/bf16 host data holds NaN or Inf.
+void check_finite_host(const Points& x);
+
+/// Size in bytes of one element of the dtype.
+size_t dtype_size(DType t);
+
+/// FAISS 1.7.3's rule for empty clusters (Clustering.cpp, split_clusters), bit for bit.
+/// counts: (k - k_frozen) weighted sizes of the non-frozen clusters, updated in place;
+/// centroids: (k, d), the non-frozen ones (rows k_frozen..k-1) are modified.
+/// n: number of training points. Returns the number of splits.
+int split_empty_clusters(int64_t d, int64_t k, int64_t n, int64_t k_frozen, float* counts, float* centroids);
+
+/// k * sum(h^2) / (sum h)^2, h the number of points per cluster (unweighted).
+double imbalance_factor(const int64_t* labels, int64_t n, int64_t k);
+
+/// Same from a histogram of k counts.
+double imbalance_from_counts(const int64_t* counts, int64_t k);
+
+/// Seconds on a monotonic clock.
+double wall_seconds();
+
+} // namespace flash
