@@ -9,8 +9,9 @@
 namespace flash {
 
 /// Throws std::invalid_argument naming the problem (null pointer, bad shape, k <= 0,
-/// n < k, k_frozen out of range, niter < 0).
-void validate_problem(const Points& x, const float* centroids, int64_t k, int niter, int64_t k_frozen);
+/// n < k unless !require_n_ge_k (assignment only), k_frozen out of range, niter < 0).
+void validate_problem(const Points& x, const float* centroids, int64_t k, int niter, int64_t k_frozen,
+                      bool require_n_ge_k = true);
 
 /// Throws std::invalid_argument if fp32/fp16/bf16 host data holds NaN or Inf.
 void check_finite_host(const Points& x);

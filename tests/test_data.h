@@ -1,0 +1,20 @@
+// Seeded synthetic data for the tests (DESIGN.md section 6).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace flash_test {
+
+/// n points in d dims drawn around `ncenters` Gaussian centres (unit spread, centres
+/// spread by `separation`); row-major (n, d).
+std::vector<float> gaussian_mixture(int64_t n, int64_t d, int64_t ncenters, uint64_t seed, float separation = 4.0f);
+
+/// Integer-valued points in [0, range): fp32 sums of them are exact.
+std::vector<float> integer_points(int64_t n, int64_t d, int range, uint64_t seed);
+
+/// Exhaustive recall@k: fraction of the true nearest neighbour ids (from an exact flat
+/// search) found among the first k results of `found` (nq, k).
+double recall_at(const std::vector<int64_t>& truth, const std::vector<int64_t>& found, int64_t nq, int64_t k);
+
+} // namespace flash_test
