@@ -7,5 +7,5 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DFLASH_WERROR=ON "$@" > "$root/build.configure.log" \
   || { cat "$root/build.configure.log"; exit 1; }
-grep -E "faiss-flash:" "$root/build.configure.log" || true
+grep -E "faiss-flash" "$root/build.configure.log" || true
 cmake --build "$root/build" -j"$jobs"

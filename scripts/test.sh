@@ -5,7 +5,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 start=$(date +%s)
-scripts/build.sh 2>&1 | tail -n 3
+scripts/build.sh > build.log 2>&1 || { tail -n 80 build.log; echo "test.sh: build failed"; exit 1; }
+grep -E "^-- faiss-flash" build.log || true
 echo "build: $(( $(date +%s) - start )) s"
 
 status=0
