@@ -5,7 +5,10 @@
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexPQ.h>
 #include <faiss/impl/FaissAssert.h>
+#include <faiss/utils/random.h>
 #include <faiss/utils/utils.h>
+
+#include <cstdio>
 
 #include <cstring>
 #include <memory>
@@ -79,25 +82,77 @@ void train_ivf_quantizer(faiss::IndexIVF* index, idx_t n, const float* x, const 
     }
 }
 
+// All M sub-problems share n, the seed and therefore FAISS' subsample and initial rows, so
+// they run as one batched problem (one engine call, one launch per phase on the GPU). The
+// result equals M separate FlashClustering runs. Settings that need per-problem host work
+// (nredo, spherical / integer post-processing, hot start, verbose) take that path instead.
 void train_product_quantizer(faiss::ProductQuantizer& pq, idx_t n, const float* x, const FlashOptions& opt) {
     FAISS_THROW_IF_NOT_MSG(x != nullptr, "faiss-flash: training data is a null pointer");
     if (!engine_trains(pq)) { // hypercube / shared initialisations: FAISS' own path
         pq.train(n, x);
         return;
     }
-    std::vector<float> slice(size_t(n) * pq.dsub);
-    for (size_t m = 0; m < pq.M; m++) {
-        for (idx_t i = 0; i < n; i++)
-            memcpy(slice.data() + i * pq.dsub, x + i * pq.d + m * pq.dsub, sizeof(float) * pq.dsub);
-        FlashClustering clus(int(pq.dsub), int(pq.ksub), pq.cp);
-        clus.flash = opt;
-        if (pq.train_type == faiss::ProductQuantizer::Train_hot_start)
-            clus.centroids.assign(pq.get_centroids(m, 0), pq.get_centroids(m, 0) + pq.dsub * pq.ksub);
-        if (pq.verbose) clus.verbose = true;
-        faiss::IndexFlatL2 index(pq.dsub);
-        clus.train(n, slice.data(), index);
-        pq.set_params(clus.centroids.data(), int(m));
+    const size_t M = pq.M, dsub = pq.dsub, ksub = pq.ksub;
+    const faiss::ClusteringParameters& cp = pq.cp;
+    const bool batched = cp.nredo == 1 && !cp.spherical && !cp.int_centroids && !pq.verbose && !cp.verbose &&
+                         pq.train_type == faiss::ProductQuantizer::Train_default && idx_t(ksub) < n &&
+                         cp.max_points_per_centroid > 1;
+    if (!batched) {
+        std::vector<float> slice(size_t(n) * dsub);
+        for (size_t m = 0; m < M; m++) {
+            for (idx_t i = 0; i < n; i++) memcpy(&slice[i * dsub], x + i * pq.d + m * dsub, sizeof(float) * dsub);
+            FlashClustering clus(int(dsub), int(ksub), cp);
+            clus.flash = opt;
+            if (pq.train_type == faiss::ProductQuantizer::Train_hot_start)
+                clus.centroids.assign(pq.get_centroids(m, 0), pq.get_centroids(m, 0) + dsub * ksub);
+            if (pq.verbose) clus.verbose = true;
+            faiss::IndexFlatL2 index(dsub);
+            clus.train(n, slice.data(), index);
+            pq.set_params(clus.centroids.data(), int(m));
+        }
+        return;
     }
+    FAISS_THROW_IF_NOT_FMT(n >= idx_t(ksub),
+                           "Number of training points (%ld) should be at least as large as number of clusters (%zd)",
+                           long(n), ksub);
+    // Rows used for training, as FlashClustering / faiss::Clustering choose them.
+    std::vector<int> rows;
+    if (n > idx_t(ksub) * cp.max_points_per_centroid) {
+        std::vector<int> perm(n);
+        faiss::rand_perm(perm.data(), n, cp.seed);
+        rows.assign(perm.begin(), perm.begin() + ksub * cp.max_points_per_centroid);
+    } else {
+        if (n < idx_t(ksub) * cp.min_points_per_centroid)
+            fprintf(stderr, "WARNING clustering %ld points to %zd centroids: please provide at least %ld training points\n",
+                    long(n), ksub, long(idx_t(ksub) * cp.min_points_per_centroid));
+        rows.resize(n);
+        for (idx_t i = 0; i < n; i++) rows[i] = int(i);
+    }
+    const idx_t nt = idx_t(rows.size());
+    std::vector<int> init(nt);
+    faiss::rand_perm(init.data(), nt, cp.seed + 1);
+
+    // (M, nt, dsub) training slices and (M, ksub, dsub) initial centroids.
+    std::vector<float> xs(M * nt * dsub), cen(M * ksub * dsub);
+    for (size_t m = 0; m < M; m++) {
+        float* xm = xs.data() + m * nt * dsub;
+        for (idx_t i = 0; i < nt; i++) memcpy(xm + i * dsub, x + size_t(rows[i]) * pq.d + m * dsub, sizeof(float) * dsub);
+        for (size_t c = 0; c < ksub; c++)
+            memcpy(cen.data() + (m * ksub + c) * dsub, xm + size_t(init[c]) * dsub, sizeof(float) * dsub);
+    }
+    flash::Points p;
+    p.data = xs.data();
+    p.batch = idx_t(M);
+    p.n = nt;
+    p.d = idx_t(dsub);
+    flash::LloydOptions lo;
+    lo.k = idx_t(ksub);
+    lo.niter = cp.niter;
+    lo.backend = opt.backend;
+    lo.cuda_device = opt.cuda_device;
+    lo.fp32_mode = opt.fp32_mode;
+    flash::run_lloyd(p, cen.data(), lo);
+    for (size_t m = 0; m < M; m++) pq.set_params(cen.data() + m * ksub * dsub, int(m));
 }
 
 void train_index(faiss::Index* index, idx_t n, const float* x, const FlashOptions& opt) {
