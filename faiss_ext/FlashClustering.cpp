@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/half_convert.h"
@@ -142,6 +143,8 @@ void FlashClustering::train_points(const flash::Points& xin, faiss::Index& index
     opt.backend = flash.backend;
     opt.cuda_device = flash.cuda_device;
     opt.fp32_mode = flash.fp32_mode;
+    opt.checkpoint_every = flash.checkpoint_every;
+    opt.stop_on_sigint = flash.stop_on_sigint;
     // The engine updates centroids.data() in place; FAISS' own post-processing keeps the
     // CPU engine bit-identical (the CUDA engine post-processes on the device).
     opt.post_process = [this](float*, int64_t, int64_t) { post_process_centroids(); };
@@ -160,6 +163,9 @@ void FlashClustering::train_points(const flash::Points& xin, faiss::Index& index
         if (!index.is_trained) index.train(k, centroids.data());
         index.add(k, centroids.data());
 
+        opt.checkpoint_path = flash.checkpoint_path.empty() || nredo == 1
+                                      ? flash.checkpoint_path
+                                      : flash.checkpoint_path + ".redo" + std::to_string(redo);
         // Stats are cumulative over redos, as in FAISS.
         const double time_offset = (faiss::getmillisecs() - t0) / 1000.0;
         const double search_offset = t_search_tot / 1000.0;

@@ -1,7 +1,11 @@
 // API layer of the engine: validate, pick the backend, hand over.
+#include <signal.h>
+
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
+#include "kernels/checkpoint.h"
 #include "kernels/cpu/assign_cpu.h"
 #include "kernels/cpu/lloyd_cpu.h"
 #include "kernels/cuda/cuda_engine.h"
@@ -37,12 +41,120 @@ Backend resolve_backend(Backend requested, const Points& x) {
     return requested;
 }
 
-std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt) {
-    validate_problem(x, centroids, opt.k, opt.niter, opt.k_frozen);
-    const Backend backend = resolve_backend(opt.backend, x);
-    if (x.device < 0) check_finite_host(x);
+namespace {
+
+std::vector<std::vector<IterationStats>> run_on(Backend backend, const Points& x, float* centroids,
+                                                const LloydOptions& opt) {
     if (backend == Backend::CUDA) return cuda_engine::run_lloyd(x, centroids, opt);
     return cpu::run_lloyd(x, centroids, opt);
+}
+
+// While alive, SIGINT asks the run to stop between iterations; the previous handler is
+// restored afterwards.
+class SigintGuard {
+  public:
+    explicit SigintGuard(bool enable) : enabled_(enable) {
+        if (!enabled_) return;
+        struct sigaction sa = {};
+        sa.sa_handler = [](int) { request_stop(); };
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &previous_);
+    }
+    ~SigintGuard() {
+        if (enabled_) sigaction(SIGINT, &previous_, nullptr);
+    }
+    SigintGuard(const SigintGuard&) = delete;
+    SigintGuard& operator=(const SigintGuard&) = delete;
+
+  private:
+    bool enabled_;
+    struct sigaction previous_ = {};
+};
+
+// Runs the iterations in segments of checkpoint_every, saving a checkpoint after each and
+// resuming from an existing one. Each Lloyd iteration depends only on the centroids (FAISS'
+// split rule reseeds its generator every iteration), so a resumed run ends exactly where an
+// uninterrupted one does.
+std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Points& x, float* centroids,
+                                                       const LloydOptions& opt) {
+    const size_t ncent = size_t(x.batch * opt.k * x.d);
+    Checkpoint ck;
+    ck.batch = x.batch;
+    ck.n = x.n;
+    ck.d = x.d;
+    ck.k = opt.k;
+    ck.metric = int(opt.metric);
+    ck.data_fingerprint = data_fingerprint(x);
+    ck.stats.assign(x.batch, {});
+
+    Checkpoint found;
+    if (!opt.checkpoint_path.empty() && load_checkpoint(opt.checkpoint_path, found)) {
+        if (found.batch != ck.batch || found.n != ck.n || found.d != ck.d || found.k != ck.k ||
+            found.metric != ck.metric || found.data_fingerprint != ck.data_fingerprint)
+            throw std::invalid_argument("faiss-flash: checkpoint " + opt.checkpoint_path +
+                                        " was written for another problem (shape, metric or data differ)");
+        ck.iterations_done = std::min(found.iterations_done, opt.niter);
+        for (int64_t b = 0; b < x.batch; b++)
+            ck.stats[b].assign(found.stats[b].begin(), found.stats[b].begin() + ck.iterations_done);
+        std::copy(found.centroids.begin(), found.centroids.end(), centroids);
+        if (opt.on_iteration) // callers see the whole history
+            for (int64_t b = 0; b < x.batch; b++)
+                for (int it = 0; it < ck.iterations_done; it++) opt.on_iteration(b, it, ck.stats[b][it]);
+    }
+
+    SigintGuard guard(opt.stop_on_sigint);
+    const int segment = opt.checkpoint_every > 0 ? opt.checkpoint_every : std::max(1, opt.niter);
+    auto save = [&] {
+        if (opt.checkpoint_path.empty()) return;
+        ck.centroids.assign(centroids, centroids + ncent);
+        save_checkpoint(opt.checkpoint_path, ck);
+    };
+    while (ck.iterations_done < opt.niter && !stop_requested()) {
+        LloydOptions seg = opt;
+        seg.niter = std::min(segment, opt.niter - ck.iterations_done);
+        const int offset = ck.iterations_done;
+        if (opt.on_iteration)
+            seg.on_iteration = [&, offset](int64_t b, int it, const IterationStats& s) {
+                IterationStats t = s;
+                if (offset > 0) {
+                    t.time_s += ck.stats[b][offset - 1].time_s;
+                    t.search_time_s += ck.stats[b][offset - 1].search_time_s;
+                }
+                opt.on_iteration(b, offset + it, t);
+            };
+        const auto st = run_on(backend, x, centroids, seg);
+        for (int64_t b = 0; b < x.batch; b++)
+            for (IterationStats s : st[b]) {
+                if (offset > 0) {
+                    s.time_s += ck.stats[b][offset - 1].time_s;
+                    s.search_time_s += ck.stats[b][offset - 1].search_time_s;
+                }
+                ck.stats[b].push_back(s);
+            }
+        ck.iterations_done += int(st[0].size());
+        save();
+    }
+    if (stop_requested() && ck.iterations_done < opt.niter) {
+        clear_stop_request();
+        throw Interrupted("faiss-flash: stopped after iteration " + std::to_string(ck.iterations_done) + " of " +
+                          std::to_string(opt.niter) +
+                          (opt.checkpoint_path.empty() ? "" : "; resume from checkpoint " + opt.checkpoint_path));
+    }
+    return ck.stats;
+}
+
+} // namespace
+
+std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt) {
+    validate_problem(x, centroids, opt.k, opt.niter, opt.k_frozen);
+    if (opt.checkpoint_every < 0)
+        throw std::invalid_argument("faiss-flash: checkpoint_every must be >= 0, got " +
+                                    std::to_string(opt.checkpoint_every));
+    const Backend backend = resolve_backend(opt.backend, x);
+    if (x.device < 0) check_finite_host(x);
+    clear_stop_request();
+    if (opt.checkpoint_path.empty() && !opt.stop_on_sigint) return run_on(backend, x, centroids, opt);
+    return run_resumable(backend, x, centroids, opt);
 }
 
 void assign_nearest(const Points& x, const float* centroids, int64_t k, Metric metric, int64_t* labels,

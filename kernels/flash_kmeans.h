@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -57,7 +58,25 @@ struct LloydOptions {
     /// Called after each iteration of problem b (on the host; may be called at the end
     /// of the run for engines that keep the loop on the device).
     std::function<void(int64_t b, int iter, const IterationStats&)> on_iteration;
+
+    /// Resumable runs: when checkpoint_path is set, centroids, finished iterations and
+    /// stats are written there (atomically) every checkpoint_every iterations and at the
+    /// end; a run that finds a checkpoint of the same problem continues from it and ends
+    /// with the same centroids as an uninterrupted run.
+    std::string checkpoint_path;
+    int checkpoint_every = 0;
+    /// Install a SIGINT handler for the run: Ctrl-C stops it between iterations (after
+    /// writing the checkpoint, if any) by throwing flash::Interrupted.
+    bool stop_on_sigint = false;
 };
+
+/// Thrown when a run is stopped between iterations (SIGINT or request_stop()).
+struct Interrupted : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+/// Asks running Lloyd loops to stop after their current iteration (async-signal-safe).
+void request_stop();
 
 /// Runs opt.niter Lloyd iterations (assign, objective, update, split empty clusters,
 /// post-process) on each of the x.batch problems.

@@ -1,5 +1,6 @@
 #include "kernels/lloyd_common.h"
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -110,6 +111,15 @@ double imbalance_factor(const int64_t* labels, int64_t n, int64_t k) {
     for (int64_t i = 0; i < n; i++) hist[labels[i]]++;
     return imbalance_from_counts(hist.data(), k);
 }
+
+namespace {
+std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "request_stop must be async-signal-safe");
+} // namespace
+
+void request_stop() { g_stop.store(true); }
+bool stop_requested() { return g_stop.load(std::memory_order_relaxed); }
+void clear_stop_request() { g_stop.store(false); }
 
 double wall_seconds() {
     using clock = std::chrono::steady_clock;

@@ -31,6 +31,10 @@ double imbalance_factor(const int64_t* labels, int64_t n, int64_t k);
 /// Same from a histogram of k counts.
 double imbalance_from_counts(const int64_t* counts, int64_t k);
 
+/// The flag set by flash::request_stop() (and by the SIGINT handler of stop_on_sigint runs).
+bool stop_requested();
+void clear_stop_request();
+
 /// Seconds on a monotonic clock.
 double wall_seconds();
 

@@ -1,0 +1,108 @@
+#include "kernels/checkpoint.h"
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+
+#include "kernels/lloyd_common.h"
+
+namespace flash {
+
+namespace {
+
+constexpr char kMagic[8] = {'F', 'F', 'K', 'M', 'C', 'K', 'P', '1'};
+
+uint64_t fnv1a(uint64_t h, const void* p, size_t bytes) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < bytes; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+template <class T>
+void put(std::ofstream& f, const T& v) {
+    f.write(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+template <class T>
+T get(std::ifstream& f, const std::string& path) {
+    T v;
+    if (!f.read(reinterpret_cast<char*>(&v), sizeof(T)))
+        throw std::invalid_argument("faiss-flash: checkpoint " + path + " is truncated");
+    return v;
+}
+
+} // namespace
+
+uint64_t data_fingerprint(const Points& x) {
+    uint64_t h = 1469598103934665603ull;
+    const int64_t shape[4] = {x.batch, x.n, x.d, int64_t(x.dtype)};
+    h = fnv1a(h, shape, sizeof(shape));
+    if (x.device >= 0 || x.data == nullptr) return h;
+    const size_t row = dtype_size(x.dtype) * size_t(x.d);
+    const int64_t rows = x.batch * x.n, step = rows / 64 + 1;
+    for (int64_t r = 0; r < rows; r += step) h = fnv1a(h, static_cast<const char*>(x.data) + size_t(r) * row, row);
+    return fnv1a(h, static_cast<const char*>(x.data) + size_t(rows - 1) * row, row);
+}
+
+void save_checkpoint(const std::string& path, const Checkpoint& c) {
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+        if (!f) throw std::runtime_error("faiss-flash: cannot write checkpoint " + tmp);
+        f.write(kMagic, sizeof(kMagic));
+        put(f, c.batch);
+        put(f, c.n);
+        put(f, c.d);
+        put(f, c.k);
+        put(f, int64_t(c.metric));
+        put(f, c.data_fingerprint);
+        put(f, int64_t(c.iterations_done));
+        for (const auto& sb : c.stats)
+            for (const auto& s : sb) {
+                const double v[5] = {s.obj, s.time_s, s.search_time_s, s.imbalance, double(s.nsplit)};
+                f.write(reinterpret_cast<const char*>(v), sizeof(v));
+            }
+        f.write(reinterpret_cast<const char*>(c.centroids.data()), std::streamsize(sizeof(float) * c.centroids.size()));
+        if (!f) throw std::runtime_error("faiss-flash: writing checkpoint " + tmp + " failed");
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+        throw std::runtime_error("faiss-flash: cannot rename " + tmp + " to " + path);
+}
+
+bool load_checkpoint(const std::string& path, Checkpoint& c) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return false;
+    char magic[8];
+    if (!f.read(magic, sizeof(magic)) || std::memcmp(magic, kMagic, sizeof(kMagic)) != 0)
+        throw std::invalid_argument("faiss-flash: " + path + " is not a faiss-flash checkpoint");
+    c.batch = get<int64_t>(f, path);
+    c.n = get<int64_t>(f, path);
+    c.d = get<int64_t>(f, path);
+    c.k = get<int64_t>(f, path);
+    c.metric = int(get<int64_t>(f, path));
+    c.data_fingerprint = get<uint64_t>(f, path);
+    const int64_t done = get<int64_t>(f, path);
+    if (c.batch <= 0 || c.n <= 0 || c.d <= 0 || c.k <= 0 || done < 0 || c.batch * c.k * c.d > (int64_t(1) << 40))
+        throw std::invalid_argument("faiss-flash: checkpoint " + path + " has an invalid header");
+    c.iterations_done = int(done);
+    c.stats.assign(c.batch, {});
+    for (auto& sb : c.stats)
+        for (int64_t i = 0; i < done; i++) {
+            double v[5];
+            for (double& e : v) e = get<double>(f, path);
+            IterationStats s;
+            s.obj = v[0];
+            s.time_s = v[1];
+            s.search_time_s = v[2];
+            s.imbalance = v[3];
+            s.nsplit = int(v[4]);
+            sb.push_back(s);
+        }
+    c.centroids.resize(size_t(c.batch * c.k * c.d));
+    if (!f.read(reinterpret_cast<char*>(c.centroids.data()), std::streamsize(sizeof(float) * c.centroids.size())))
+        throw std::invalid_argument("faiss-flash: checkpoint " + path + " is truncated");
+    return true;
+}
+
+} // namespace flash

@@ -1,0 +1,55 @@
+// A process to kill: runs the CPU engine with a checkpoint and writes the final centroids.
+// Used by test_checkpoint.
+//   checkpoint_worker OUT_CENTROIDS CHECKPOINT|- SLEEP_MS_PER_ITERATION
+// Prints "resumed at N" and exits 0 when done, 130 when stopped by SIGINT.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "kernels/checkpoint.h"
+#include "kernels/flash_kmeans.h"
+#include "test_data.h"
+
+int main(int argc, char** argv) {
+    if (argc != 4) {
+        std::fprintf(stderr, "usage: checkpoint_worker OUT CHECKPOINT|- SLEEP_MS\n");
+        return 2;
+    }
+    const std::string out = argv[1], ck = argv[2];
+    const int sleep_ms = std::atoi(argv[3]);
+    const int64_t n = 8000, d = 16, k = 40;
+    const auto x = flash_test::gaussian_mixture(n, d, 60, 4242);
+    std::vector<float> cen(x.begin(), x.begin() + k * d);
+
+    flash::Points p;
+    p.data = x.data();
+    p.n = n;
+    p.d = d;
+    flash::LloydOptions opt;
+    opt.k = k;
+    opt.niter = 24;
+    opt.backend = flash::Backend::CPU;
+    if (ck != "-") {
+        opt.checkpoint_path = ck;
+        opt.checkpoint_every = 2;
+        opt.stop_on_sigint = true;
+        flash::Checkpoint found;
+        if (flash::load_checkpoint(ck, found)) std::printf("resumed at %d\n", found.iterations_done);
+    }
+    opt.on_iteration = [&](int64_t, int, const flash::IterationStats&) {
+        if (sleep_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+    };
+    try {
+        const auto stats = flash::run_lloyd(p, cen.data(), opt);
+        std::printf("stats: %zu\n", stats[0].size());
+    } catch (const flash::Interrupted& e) {
+        std::printf("%s\n", e.what());
+        return 130;
+    }
+    std::ofstream f(out, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(cen.data()), std::streamsize(sizeof(float) * cen.size()));
+    return f ? 0 : 1;
+}
