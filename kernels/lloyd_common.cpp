@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -120,6 +121,17 @@ static_assert(std::atomic<bool>::is_always_lock_free, "request_stop must be asyn
 void request_stop() { g_stop.store(true); }
 bool stop_requested() { return g_stop.load(std::memory_order_relaxed); }
 void clear_stop_request() { g_stop.store(false); }
+
+std::vector<int64_t> faiss_rand_perm(int64_t n, int64_t seed) {
+    std::vector<int64_t> perm(n);
+    for (int64_t i = 0; i < n; i++) perm[i] = i;
+    std::mt19937 rng((unsigned int)seed);
+    for (int64_t i = 0; i + 1 < n; i++) {
+        const int64_t i2 = i + int64_t(rng() % uint32_t(n - i));
+        std::swap(perm[i], perm[i2]);
+    }
+    return perm;
+}
 
 double wall_seconds() {
     using clock = std::chrono::steady_clock;

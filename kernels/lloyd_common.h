@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/flash_kmeans.h"
 
@@ -34,6 +35,10 @@ double imbalance_from_counts(const int64_t* counts, int64_t k);
 /// The flag set by flash::request_stop() (and by the SIGINT handler of stop_on_sigint runs).
 bool stop_requested();
 void clear_stop_request();
+
+/// faiss::rand_perm(perm, n, seed) of FAISS 1.7.3: a Fisher-Yates shuffle driven by
+/// std::mt19937(seed) with i2 = i + rng() % (n - i).
+std::vector<int64_t> faiss_rand_perm(int64_t n, int64_t seed);
 
 /// Seconds on a monotonic clock.
 double wall_seconds();
