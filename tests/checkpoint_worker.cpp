@@ -24,10 +24,7 @@ int main(int argc, char** argv) {
     const auto x = flash_test::gaussian_mixture(n, d, 60, 4242);
     std::vector<float> cen(x.begin(), x.begin() + k * d);
 
-    flash::Points p;
-    p.data = x.data();
-    p.n = n;
-    p.d = d;
+    flash::Points p = flash_test::host_points(x.data(), n, d);
     flash::LloydOptions opt;
     opt.k = k;
     opt.niter = 24;

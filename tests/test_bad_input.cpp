@@ -67,10 +67,7 @@ TEST(BadInput, NonPositiveK) {
     std::vector<float> cen(16);
     flash::LloydOptions opt;
     opt.k = 0;
-    flash::Points p;
-    p.data = x.data();
-    p.n = 50;
-    p.d = 4;
+    flash::Points p = flash_test::host_points(x.data(), 50, 4);
     EXPECT_THROW(flash::run_lloyd(p, cen.data(), opt), std::invalid_argument);
 }
 
@@ -100,10 +97,7 @@ TEST(BadInput, NullPointers) {
 
 TEST(BadInput, BadShapesAndOptions) {
     std::vector<float> x(40), cen(8);
-    flash::Points p;
-    p.data = x.data();
-    p.n = 10;
-    p.d = 4;
+    flash::Points p = flash_test::host_points(x.data(), 10, 4);
     flash::LloydOptions opt;
     opt.k = 2;
     opt.backend = flash::Backend::CPU;
@@ -141,10 +135,7 @@ TEST(BadInput, CudaRequestedWithoutDevice) {
     c.flash.backend = flash::Backend::CUDA;
     faiss::IndexFlatL2 index(4);
     EXPECT_NE(error_of([&] { c.train(200, x.data(), index); }).find("CUDA"), std::string::npos);
-    flash::Points p;
-    p.data = x.data();
-    p.n = 200;
-    p.d = 4;
+    flash::Points p = flash_test::host_points(x.data(), 200, 4);
     p.device = 0; // claims device memory
     std::vector<float> cen(12);
     flash::LloydOptions opt;

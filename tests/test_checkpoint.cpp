@@ -100,10 +100,7 @@ TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
     const std::string ck = tmp_path("other.ckpt");
     const auto x = flash_test::gaussian_mixture(500, 4, 5, 9);
     std::vector<float> c(x.begin(), x.begin() + 5 * 4);
-    flash::Points p;
-    p.data = x.data();
-    p.n = 500;
-    p.d = 4;
+    flash::Points p = flash_test::host_points(x.data(), 500, 4);
     flash::LloydOptions opt;
     opt.k = 5;
     opt.niter = 3;
@@ -122,10 +119,7 @@ TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
 TEST(Checkpoint, SegmentedRunEqualsPlainRun) {
     const auto x = flash_test::gaussian_mixture(3000, 8, 20, 10);
     std::vector<float> c1(x.begin(), x.begin() + 16 * 8), c2 = c1;
-    flash::Points p;
-    p.data = x.data();
-    p.n = 3000;
-    p.d = 8;
+    flash::Points p = flash_test::host_points(x.data(), 3000, 8);
     flash::LloydOptions opt;
     opt.k = 16;
     opt.niter = 9;

@@ -13,17 +13,6 @@
 
 namespace {
 
-flash::Points host_points(const void* data, int64_t n, int64_t d, flash::DType t = flash::DType::F32,
-                          int64_t batch = 1) {
-    flash::Points p;
-    p.data = data;
-    p.dtype = t;
-    p.n = n;
-    p.d = d;
-    p.batch = batch;
-    return p;
-}
-
 double l2_double(const float* a, const float* b, int64_t d) {
     double s = 0;
     for (int64_t j = 0; j < d; j++) s += (double(a[j]) - b[j]) * (double(a[j]) - b[j]);
@@ -40,7 +29,7 @@ TEST(CpuEngine, AssignmentMatchesDoubleReferenceExceptNearTies) {
             const auto c = flash_test::gaussian_mixture(k, d, 10, seed + 1);
             std::vector<int64_t> lab(n);
             std::vector<float> dis(n);
-            flash::assign_nearest(host_points(x.data(), n, d), c.data(), k, flash::Metric::L2, lab.data(), dis.data(),
+            flash::assign_nearest(flash_test::host_points(x.data(), n, d), c.data(), k, flash::Metric::L2, lab.data(), dis.data(),
                                   flash::Backend::CPU);
             for (int64_t i = 0; i < n; i++) {
                 double best = 1e300;
@@ -60,7 +49,7 @@ TEST(CpuEngine, TiesGoToLowestIndex) {
     std::vector<float> x = {1, 1, 1, 0, 0, 0, 5, -2, 3};
     std::vector<int64_t> lab(3);
     for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
-        flash::assign_nearest(host_points(x.data(), 3, d), c.data(), k, m, lab.data(), nullptr, flash::Backend::CPU);
+        flash::assign_nearest(flash_test::host_points(x.data(), 3, d), c.data(), k, m, lab.data(), nullptr, flash::Backend::CPU);
         for (auto l : lab) EXPECT_EQ(l, 0);
     }
 }
@@ -71,7 +60,7 @@ TEST(CpuEngine, InnerProductIsArgmax) {
     const auto c = flash_test::gaussian_mixture(k, d, 5, 78);
     std::vector<int64_t> lab(n);
     std::vector<float> sim(n);
-    flash::assign_nearest(host_points(x.data(), n, d), c.data(), k, flash::Metric::InnerProduct, lab.data(),
+    flash::assign_nearest(flash_test::host_points(x.data(), n, d), c.data(), k, flash::Metric::InnerProduct, lab.data(),
                           sim.data(), flash::Backend::CPU);
     for (int64_t i = 0; i < n; i++) {
         double best = -1e300;
@@ -138,11 +127,11 @@ TEST(CpuEngine, BatchEqualsSeparateRuns) {
     opt.niter = 7;
     opt.backend = flash::Backend::CPU;
     auto cb = c0;
-    const auto stats = flash::run_lloyd(host_points(x.data(), n, d, flash::DType::F32, B), cb.data(), opt);
+    const auto stats = flash::run_lloyd(flash_test::host_points(x.data(), n, d, flash::DType::F32, B), cb.data(), opt);
     ASSERT_EQ(stats.size(), size_t(B));
     for (int64_t b = 0; b < B; b++) {
         std::vector<float> cs(c0.begin() + b * k * d, c0.begin() + (b + 1) * k * d);
-        const auto s1 = flash::run_lloyd(host_points(&x[b * n * d], n, d), cs.data(), opt);
+        const auto s1 = flash::run_lloyd(flash_test::host_points(&x[b * n * d], n, d), cs.data(), opt);
         EXPECT_EQ(std::memcmp(cs.data(), &cb[b * k * d], sizeof(float) * k * d), 0) << "problem " << b;
         EXPECT_EQ(s1[0].back().obj, stats[b].back().obj);
     }
@@ -157,8 +146,8 @@ TEST(CpuEngine, ObjectiveNeverIncreasesAndRunsAreDeterministic) {
     opt.niter = 12;
     opt.backend = flash::Backend::CPU;
     auto c1 = c0, c2 = c0;
-    const auto s1 = flash::run_lloyd(host_points(x.data(), n, d), c1.data(), opt);
-    const auto s2 = flash::run_lloyd(host_points(x.data(), n, d), c2.data(), opt);
+    const auto s1 = flash::run_lloyd(flash_test::host_points(x.data(), n, d), c1.data(), opt);
+    const auto s2 = flash::run_lloyd(flash_test::host_points(x.data(), n, d), c2.data(), opt);
     EXPECT_EQ(std::memcmp(c1.data(), c2.data(), sizeof(float) * k * d), 0);
     for (size_t i = 1; i < s1[0].size(); i++) EXPECT_LE(s1[0][i].obj, s1[0][i - 1].obj * (1 + 1e-6));
 }
@@ -200,8 +189,8 @@ TEST(CpuEngine, HalfAndBfloat16InputsMatchFp32OnRoundedData) {
         opt.niter = 5;
         opt.backend = flash::Backend::CPU;
         auto ch = c0, cf = c0;
-        flash::run_lloyd(host_points(xh.data(), n, d, t), ch.data(), opt);
-        flash::run_lloyd(host_points(xr.data(), n, d), cf.data(), opt);
+        flash::run_lloyd(flash_test::host_points(xh.data(), n, d, t), ch.data(), opt);
+        flash::run_lloyd(flash_test::host_points(xr.data(), n, d), cf.data(), opt);
         EXPECT_EQ(std::memcmp(ch.data(), cf.data(), sizeof(float) * k * d), 0) << "dtype " << int(t);
     }
 }

@@ -27,6 +27,16 @@ std::vector<float> integer_points(int64_t n, int64_t d, int range, uint64_t seed
     return x;
 }
 
+flash::Points host_points(const void* data, int64_t n, int64_t d, flash::DType dtype, int64_t batch) {
+    flash::Points p;
+    p.data = data;
+    p.dtype = dtype;
+    p.n = n;
+    p.d = d;
+    p.batch = batch;
+    return p;
+}
+
 double recall_at(const std::vector<int64_t>& truth, const std::vector<int64_t>& found, int64_t nq, int64_t k) {
     int64_t hits = 0;
     for (int64_t q = 0; q < nq; q++) {

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/flash_kmeans.h"
+
 namespace flash_test {
 
 /// n points in d dims drawn around `ncenters` Gaussian centres (unit spread, centres
@@ -12,6 +14,10 @@ std::vector<float> gaussian_mixture(int64_t n, int64_t d, int64_t ncenters, uint
 
 /// Integer-valued points in [0, range): fp32 sums of them are exact.
 std::vector<float> integer_points(int64_t n, int64_t d, int range, uint64_t seed);
+
+/// A host-memory problem description: (batch, n, d) of dtype at data.
+flash::Points host_points(const void* data, int64_t n, int64_t d, flash::DType dtype = flash::DType::F32,
+                          int64_t batch = 1);
 
 /// Exhaustive recall@k: fraction of the true nearest neighbour ids (from an exact flat
 /// search) found among the first k results of `found` (nq, k).

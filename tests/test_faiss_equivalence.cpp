@@ -208,10 +208,7 @@ TEST(FaissEquivalence, NearTieAssignmentsDifferOnlyByRounding) {
     ref.search(n, x.data(), 1, dref.data(), lref.data());
     std::vector<int64_t> lab(n);
     std::vector<float> dis(n);
-    flash::Points p;
-    p.data = x.data();
-    p.n = n;
-    p.d = d;
+    flash::Points p = flash_test::host_points(x.data(), n, d);
     flash::assign_nearest(p, c.data(), k, flash::Metric::L2, lab.data(), dis.data(), flash::Backend::CPU);
     for (int64_t i = 0; i < n; i++) {
         if (lab[i] == lref[i]) continue;
