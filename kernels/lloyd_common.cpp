@@ -1,6 +1,7 @@
 #include "kernels/lloyd_common.h"
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -75,12 +76,16 @@ int split_empty_clusters(int64_t d, int64_t k, int64_t n, int64_t k_frozen, floa
     std::mt19937 rng(1234);
     for (int64_t ci = 0; ci < k; ci++) {
         if (counts[ci] != 0) continue;
+        // FAISS would loop forever when no cluster has weight above 1 (possible with
+        // weights); take the heaviest cluster then.
+        const int64_t heaviest = std::max_element(counts, counts + k) - counts;
         int64_t cj = 0;
-        for (;; cj = (cj + 1) % k) {
+        for (; counts[heaviest] > 1; cj = (cj + 1) % k) {
             float p = (counts[cj] - 1.0) / (float)(n - k);
             float r = rng() / float(rng.max());
             if (r < p) break;
         }
+        if (!(counts[heaviest] > 1)) cj = heaviest;
         std::memcpy(centroids + ci * d, centroids + cj * d, sizeof(float) * d);
         for (int64_t j = 0; j < d; j++) {
             if (j % 2 == 0) {

@@ -1,0 +1,238 @@
+// The CUDA engine's entry points: device choice, uploads, buffers allocated once, and the
+// whole Lloyd loop queued on one stream with no host synchronisation until the end.
+#include "kernels/cuda/cuda_engine.h"
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/assign.cuh"
+#include "kernels/cuda/check.cuh"
+#include "kernels/cuda/device_ops.cuh"
+#include "kernels/cuda/update.cuh"
+#include "kernels/lloyd_common.h"
+
+namespace flash::cuda_engine {
+
+namespace {
+
+// Makes `device` current for the scope, restoring the caller's device afterwards.
+class DeviceScope {
+  public:
+    explicit DeviceScope(int device) {
+        FLASH_CUDA_CHECK(cudaGetDevice(&previous_));
+        FLASH_CUDA_CHECK(cudaSetDevice(device));
+    }
+    ~DeviceScope() { cudaSetDevice(previous_); }
+    DeviceScope(const DeviceScope&) = delete;
+    DeviceScope& operator=(const DeviceScope&) = delete;
+
+  private:
+    int previous_ = 0;
+};
+
+class Stream {
+  public:
+    Stream() { FLASH_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+    ~Stream() { cudaStreamDestroy(s_); }
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    cudaStream_t get() const { return s_; }
+
+  private:
+    cudaStream_t s_ = nullptr;
+};
+
+class Events {
+  public:
+    explicit Events(size_t count) : ev_(count, nullptr) {
+        for (auto& e : ev_) FLASH_CUDA_CHECK(cudaEventCreate(&e));
+    }
+    ~Events() {
+        for (auto e : ev_)
+            if (e) cudaEventDestroy(e);
+    }
+    Events(const Events&) = delete;
+    Events& operator=(const Events&) = delete;
+    cudaEvent_t operator[](size_t i) const { return ev_[i]; }
+    double seconds(size_t from, size_t to) const {
+        float ms = 0;
+        FLASH_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_[from], ev_[to]));
+        return ms / 1000.0;
+    }
+
+  private:
+    std::vector<cudaEvent_t> ev_;
+};
+
+int pick_device(const Points& x, int requested) {
+    const int count = device_count();
+    if (count == 0) throw std::runtime_error("faiss-flash: no CUDA device is visible");
+    int dev = requested >= 0 ? requested : (x.device >= 0 ? x.device : 0);
+    if (dev >= count)
+        throw std::invalid_argument("faiss-flash: CUDA device " + std::to_string(dev) + " does not exist (" +
+                                    std::to_string(count) + " visible)");
+    if (x.device >= 0 && x.device != dev)
+        throw std::invalid_argument("faiss-flash: the points are on CUDA device " + std::to_string(x.device) +
+                                    " but device " + std::to_string(dev) + " was requested");
+    return dev;
+}
+
+// The points on the device: the caller's buffer, or an upload of host data.
+struct DevicePoints {
+    const void* ptr = nullptr;
+    DeviceBuffer<unsigned char> owned;
+    DevicePoints(const Points& x, cudaStream_t s) {
+        const size_t bytes = size_t(x.batch) * x.n * x.d * dtype_size(x.dtype);
+        if (x.device >= 0) {
+            cudaPointerAttributes attr{};
+            FLASH_CUDA_CHECK(cudaPointerGetAttributes(&attr, x.data));
+            if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+                throw std::invalid_argument("faiss-flash: Points.device is set but data is not device memory");
+            ptr = x.data;
+            DeviceBuffer<int> flag(1, "finite-check flag");
+            FLASH_CUDA_CHECK(cudaMemsetAsync(flag.get(), 0, sizeof(int), s));
+            launch_check_finite(x.data, x.dtype, x.batch * x.n * x.d, flag.get(), s);
+            int h = 0;
+            FLASH_CUDA_CHECK(cudaMemcpyAsync(&h, flag.get(), sizeof(int), cudaMemcpyDeviceToHost, s));
+            FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
+            if (h) throw std::invalid_argument("faiss-flash: input contains NaN's or Inf's");
+        } else {
+            owned.allocate(bytes, "points");
+            FLASH_CUDA_CHECK(cudaMemcpyAsync(owned.get(), x.data, bytes, cudaMemcpyHostToDevice, s));
+            ptr = owned.get();
+        }
+    }
+};
+
+} // namespace
+
+int device_count() {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return count;
+}
+
+std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt) {
+    DeviceScope scope(pick_device(x, opt.cuda_device));
+    Stream stream;
+    cudaStream_t s = stream.get();
+    const int64_t B = x.batch, n = x.n, d = x.d, k = opt.k, niter = opt.niter;
+
+    DevicePoints xd(x, s);
+    DeviceBuffer<float> cen(B * k * d, "centroids"), cnorm(B * k, "centroid norms"), xnorm(B * n, "point norms");
+    DeviceBuffer<float> dist(B * n, "distances"), counts(B * k, "cluster weights");
+    DeviceBuffer<int32_t> labels(B * n, "labels");
+    DeviceBuffer<unsigned char> lowp(x.dtype == DType::F32 ? 0 : B * k * d * 2, "rounded centroids");
+    DeviceBuffer<float> weights(opt.weights ? B * n : 0, "weights");
+    DeviceBuffer<double> obj(B * niter, "objective"), imb(B * niter, "imbalance");
+    DeviceBuffer<int> nsplit(B * niter, "splits");
+    SortInverseUpdate update(B, n, d, k, s);
+    Events ev(2 * size_t(niter) + 1);
+
+    FLASH_CUDA_CHECK(cudaMemcpyAsync(cen.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
+    if (opt.weights)
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(weights.get(), opt.weights, sizeof(float) * B * n, cudaMemcpyHostToDevice, s));
+    launch_row_norms(xd.ptr, x.dtype, B * n, d, xnorm.get(), s);
+
+    AssignArgs a;
+    a.x = xd.ptr;
+    a.centroids = x.dtype == DType::F32 ? static_cast<const void*>(cen.get()) : lowp.get();
+    a.cnorm = cnorm.get();
+    a.xnorm = xnorm.get();
+    a.dtype = x.dtype;
+    a.metric = opt.metric;
+    a.batch = B;
+    a.n = n;
+    a.d = d;
+    a.k = k;
+    a.labels = labels.get();
+    a.distances = dist.get();
+
+    FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
+    for (int64_t it = 0; it < niter; it++) {
+        launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
+        launch_assign(a, s);
+        FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 1], s));
+        update.run(xd.ptr, x.dtype, labels.get(), opt.weights ? weights.get() : nullptr, opt.k_frozen, cen.get(),
+                   counts.get(), s);
+        launch_iteration_stats(dist.get(), B, n, update.sizes(), k, obj.get() + it * B, imb.get() + it * B, s);
+        launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, nsplit.get() + it * B, s);
+        launch_post_process(cen.get(), B * k, d, opt.spherical, opt.int_centroids, s);
+        FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
+    }
+
+    std::vector<double> h_obj(B * niter), h_imb(B * niter);
+    std::vector<int> h_split(B * niter);
+    FLASH_CUDA_CHECK(cudaMemcpyAsync(centroids, cen.get(), sizeof(float) * B * k * d, cudaMemcpyDeviceToHost, s));
+    if (niter > 0) {
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_obj.data(), obj.get(), sizeof(double) * B * niter, cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_imb.data(), imb.get(), sizeof(double) * B * niter, cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_split.data(), nsplit.get(), sizeof(int) * B * niter, cudaMemcpyDeviceToHost, s));
+    }
+    FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
+
+    std::vector<std::vector<IterationStats>> stats(B);
+    double search = 0;
+    for (int64_t it = 0; it < niter; it++) {
+        search += ev.seconds(2 * it, 2 * it + 1);
+        const double t = ev.seconds(0, 2 * it + 2);
+        for (int64_t b = 0; b < B; b++) {
+            IterationStats st;
+            st.obj = h_obj[it * B + b];
+            st.time_s = t;
+            st.search_time_s = search;
+            st.imbalance = h_imb[it * B + b];
+            st.nsplit = h_split[it * B + b];
+            stats[b].push_back(st);
+        }
+    }
+    if (opt.on_iteration)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t it = 0; it < niter; it++) opt.on_iteration(b, int(it), stats[b][it]);
+    return stats;
+}
+
+void assign_nearest(const Points& x, const float* centroids, int64_t k, Metric metric, int64_t* labels,
+                    float* distances, int cuda_device) {
+    DeviceScope scope(pick_device(x, cuda_device));
+    Stream stream;
+    cudaStream_t s = stream.get();
+    const int64_t B = x.batch, n = x.n, d = x.d;
+    DevicePoints xd(x, s);
+    DeviceBuffer<float> cen(B * k * d, "centroids"), cnorm(B * k, "centroid norms"), xnorm(B * n, "point norms");
+    DeviceBuffer<float> dist(B * n, "distances");
+    DeviceBuffer<int32_t> lab(B * n, "labels");
+    DeviceBuffer<unsigned char> lowp(x.dtype == DType::F32 ? 0 : B * k * d * 2, "rounded centroids");
+    FLASH_CUDA_CHECK(cudaMemcpyAsync(cen.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
+    launch_row_norms(xd.ptr, x.dtype, B * n, d, xnorm.get(), s);
+    launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
+    AssignArgs a;
+    a.x = xd.ptr;
+    a.centroids = x.dtype == DType::F32 ? static_cast<const void*>(cen.get()) : lowp.get();
+    a.cnorm = cnorm.get();
+    a.xnorm = xnorm.get();
+    a.dtype = x.dtype;
+    a.metric = metric;
+    a.batch = B;
+    a.n = n;
+    a.d = d;
+    a.k = k;
+    a.labels = lab.get();
+    a.distances = dist.get();
+    launch_assign(a, s);
+    std::vector<int32_t> l32(B * n);
+    FLASH_CUDA_CHECK(cudaMemcpyAsync(l32.data(), lab.get(), sizeof(int32_t) * B * n, cudaMemcpyDeviceToHost, s));
+    if (distances)
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(distances, dist.get(), sizeof(float) * B * n, cudaMemcpyDeviceToHost, s));
+    FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
+    if (labels)
+        for (int64_t i = 0; i < B * n; i++) labels[i] = l32[i];
+}
+
+} // namespace flash::cuda_engine

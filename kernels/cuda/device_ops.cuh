@@ -1,0 +1,36 @@
+// Small per-iteration device steps of the CUDA Lloyd loop, each one launch for the batch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/flash_kmeans.h"
+
+namespace flash::cuda_engine {
+
+/// ||x_i||^2 in fp32 for the (rows, d) matrix x of dtype.
+void launch_row_norms(const void* x, DType dtype, int64_t rows, int64_t d, float* norms, cudaStream_t s);
+
+/// Centroids as the assignment kernel reads them: for fp16 / bf16 a rounded copy in
+/// `lowp`; norms of what is used in the product (rounded values for fp16 / bf16).
+void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, DType dtype, void* lowp, float* norms,
+                              cudaStream_t s);
+
+/// FAISS' empty-cluster split for each problem, on the device (its mt19937 stream included).
+/// counts: (batch, k) weighted sizes; nsplit_out[b] receives the number of splits.
+void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
+                                 int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s);
+
+/// spherical: L2-normalise rows; int_centroids: round to nearest.
+void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spherical, bool int_centroids,
+                         cudaStream_t s);
+
+/// obj[b] = sum of distances of problem b (double, fixed order); imbalance[b] from sizes.
+void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
+                            double* obj, double* imbalance, cudaStream_t s);
+
+/// Sets *flag to 1 if x holds NaN or Inf.
+void launch_check_finite(const void* x, DType dtype, int64_t count, int* flag, cudaStream_t s);
+
+} // namespace flash::cuda_engine

@@ -1,0 +1,151 @@
+#include "kernels/cuda/update.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+namespace flash::cuda_engine {
+
+namespace {
+
+constexpr int kChunk = 32;     // consecutive points summed by one block
+constexpr int kThreads = 128;  // threads per chunk / cluster block (dimensions in parallel)
+
+__device__ __forceinline__ float load_as_float(const void* x, DType t, int64_t i) {
+    if (t == DType::F32) return static_cast<const float*>(x)[i];
+    if (t == DType::F16) return __half2float(static_cast<const __half*>(x)[i]);
+    return __bfloat162float(static_cast<const __nv_bfloat16*>(x)[i]);
+}
+
+__global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t total, uint32_t* keys,
+                          uint32_t* ids, uint32_t* sizes) {
+    const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (g >= total) return;
+    const uint32_t key = uint32_t((g / n) * k + labels[g]);
+    keys[g] = key;
+    ids[g] = uint32_t(g);
+    atomicAdd(&sizes[key], 1u); // integer counts: exact and order-independent
+}
+
+__global__ void count_chunks(const uint32_t* sizes, int64_t clusters, uint32_t* nchunks) {
+    const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (c < clusters) nchunks[c] = (sizes[c] + kChunk - 1) / kChunk;
+}
+
+// Block = one chunk of up to kChunk consecutive points of one cluster's segment.
+__global__ void __launch_bounds__(kThreads) chunk_sums(const void* x, DType dtype, int64_t d, const uint32_t* ids,
+                                                       const uint32_t* sizes, const uint32_t* offsets,
+                                                       const uint32_t* nchunks, const uint32_t* chunk_start,
+                                                       int64_t clusters, const float* weights, float* partial,
+                                                       float* wpartial) {
+    const uint32_t chunk = blockIdx.x;
+    if (chunk >= chunk_start[clusters - 1] + nchunks[clusters - 1]) return;
+    // The cluster owning this chunk: the last c with chunk_start[c] <= chunk.
+    int64_t lo = 0, hi = clusters - 1;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) / 2;
+        if (chunk_start[mid] <= chunk) lo = mid;
+        else hi = mid - 1;
+    }
+    const int64_t c = lo;
+    const uint32_t p0 = offsets[c] + (chunk - chunk_start[c]) * kChunk;
+    const uint32_t p1 = min(p0 + uint32_t(kChunk), offsets[c] + sizes[c]);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        float s = 0.f;
+        for (uint32_t p = p0; p < p1; p++) {
+            const uint32_t id = ids[p];
+            const float v = load_as_float(x, dtype, int64_t(id) * d + j);
+            s = weights ? fmaf(v, weights[id], s) : s + v;
+        }
+        partial[int64_t(chunk) * d + j] = s;
+    }
+    if (threadIdx.x == 0) {
+        float w = 0.f;
+        for (uint32_t p = p0; p < p1; p++) w += weights ? weights[ids[p]] : 1.f;
+        wpartial[chunk] = w;
+    }
+}
+
+// Block = one cluster: add its chunk partials in order, then scale by 1 / weight.
+__global__ void __launch_bounds__(kThreads) finalize(int64_t k, int64_t d, int64_t k_frozen, const uint32_t* nchunks,
+                                                     const uint32_t* chunk_start, const float* partial,
+                                                     const float* wpartial, float* centroids, float* counts) {
+    const int64_t c = blockIdx.x;
+    if (c % k < k_frozen) return;
+    const uint32_t c0 = chunk_start[c], c1 = c0 + nchunks[c];
+    float w = 0.f;
+    for (uint32_t ch = c0; ch < c1; ch++) w += wpartial[ch];
+    if (threadIdx.x == 0) counts[c] = w;
+    const float inv = w != 0.f ? 1.f / w : 0.f;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        float s = 0.f;
+        for (uint32_t ch = c0; ch < c1; ch++) s += partial[int64_t(ch) * d + j];
+        centroids[c * d + j] = s * inv;
+    }
+}
+
+int bits_for(int64_t values) {
+    int b = 1;
+    while ((int64_t(1) << b) < values) b++;
+    return b;
+}
+
+unsigned blocks_for(int64_t items, int threads) { return unsigned((items + threads - 1) / threads); }
+
+} // namespace
+
+SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_t k, cudaStream_t stream)
+        : batch_(batch), n_(n), d_(d), k_(k) {
+    const int64_t total = batch * n, clusters = batch * k;
+    if (total >= (int64_t(1) << 32) || clusters >= (int64_t(1) << 32))
+        throw std::invalid_argument("faiss-flash: the CUDA update handles batch * n and batch * k below 2^32");
+    end_bit_ = bits_for(clusters);
+    max_chunks_ = total / kChunk + clusters;
+    keys_in_.allocate(total, "sort keys");
+    keys_out_.allocate(total, "sorted keys");
+    ids_in_.allocate(total, "point ids");
+    ids_out_.allocate(total, "sorted point ids");
+    sizes_.allocate(clusters, "cluster sizes");
+    offsets_.allocate(clusters, "cluster offsets");
+    nchunks_.allocate(clusters, "chunks per cluster");
+    chunk_start_.allocate(clusters, "chunk offsets");
+    partial_.allocate(size_t(max_chunks_) * d, "chunk partial sums");
+    wpartial_.allocate(max_chunks_, "chunk weights");
+    size_t sort_bytes = 0, scan_bytes = 0;
+    FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in_.get(), keys_out_.get(),
+                                                     ids_in_.get(), ids_out_.get(), total, 0, end_bit_, stream));
+    FLASH_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, sizes_.get(), offsets_.get(), clusters, stream));
+    temp_bytes_ = std::max(sort_bytes, scan_bytes);
+    temp_.allocate(temp_bytes_, "sort/scan workspace");
+}
+
+void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
+                            float* centroids, float* counts, cudaStream_t stream) {
+    const int64_t total = batch_ * n_, clusters = batch_ * k_;
+    FLASH_CUDA_CHECK(cudaMemsetAsync(sizes_.get(), 0, sizeof(uint32_t) * clusters, stream));
+    make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get(),
+                                                          sizes_.get());
+    FLASH_LAUNCH_CHECK("make_keys");
+    size_t bytes = temp_bytes_;
+    FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_.get(), bytes, keys_in_.get(), keys_out_.get(), ids_in_.get(),
+                                                     ids_out_.get(), total, 0, end_bit_, stream));
+    bytes = temp_bytes_;
+    FLASH_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp_.get(), bytes, sizes_.get(), offsets_.get(), clusters, stream));
+    count_chunks<<<blocks_for(clusters, 256), 256, 0, stream>>>(sizes_.get(), clusters, nchunks_.get());
+    FLASH_LAUNCH_CHECK("count_chunks");
+    bytes = temp_bytes_;
+    FLASH_CUDA_CHECK(
+            cub::DeviceScan::ExclusiveSum(temp_.get(), bytes, nchunks_.get(), chunk_start_.get(), clusters, stream));
+    chunk_sums<<<unsigned(max_chunks_), kThreads, 0, stream>>>(x, dtype, d_, ids_out_.get(), sizes_.get(),
+                                                               offsets_.get(), nchunks_.get(), chunk_start_.get(),
+                                                               clusters, weights, partial_.get(), wpartial_.get());
+    FLASH_LAUNCH_CHECK("chunk_sums");
+    finalize<<<unsigned(clusters), kThreads, 0, stream>>>(k_, d_, k_frozen, nchunks_.get(), chunk_start_.get(),
+                                                          partial_.get(), wpartial_.get(), centroids, counts);
+    FLASH_LAUNCH_CHECK("finalize");
+}
+
+} // namespace flash::cuda_engine
