@@ -17,7 +17,7 @@ using faiss_flash::FlashClustering;
 FlashClustering make(int d, int k, int niter = 10) {
     FlashClustering c(d, k);
     c.niter = niter;
-    c.flash.backend = flash::Backend::CPU;
+    c.flash.backend = flash_test::test_backend();
     return c;
 }
 

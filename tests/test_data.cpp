@@ -1,6 +1,8 @@
 #include "test_data.h"
 
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <set>
 
 namespace flash_test {
@@ -25,6 +27,12 @@ std::vector<float> integer_points(int64_t n, int64_t d, int range, uint64_t seed
     std::vector<float> x(n * d);
     for (auto& v : x) v = float(u(rng));
     return x;
+}
+
+flash::Backend test_backend() {
+    const char* b = std::getenv("FLASH_TEST_BACKEND");
+    if (b && std::string(b) == "cuda") return flash::Backend::CUDA;
+    return flash::Backend::CPU;
 }
 
 flash::Points host_points(const void* data, int64_t n, int64_t d, flash::DType dtype, int64_t batch) {

@@ -1,0 +1,304 @@
+// The CUDA engine against a double-precision reference and the CPU engine. Every test skips
+// with a printed reason when no CUDA device is visible (CI has none).
+#include <cuda_runtime.h>
+#include <faiss/Clustering.h>
+#include <faiss/IndexFlat.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "faiss_ext/FlashClustering.h"
+#include "kernels/cpu/half_convert.h"
+#include "kernels/cuda/check.cuh"
+#include "kernels/cuda/cuda_engine.h"
+#include "kernels/flash_kmeans.h"
+#include "test_data.h"
+
+namespace {
+
+using flash_test::host_points;
+
+#define REQUIRE_GPU()                                                                                  \
+    do {                                                                                               \
+        if (flash::cuda_engine::device_count() == 0) GTEST_SKIP() << "no CUDA device visible: GPU test skipped"; \
+    } while (0)
+
+double dot_d(const float* a, const float* b, int64_t d) {
+    double s = 0;
+    for (int64_t j = 0; j < d; j++) s += double(a[j]) * b[j];
+    return s;
+}
+
+double l2_d(const float* a, const float* b, int64_t d) {
+    double s = 0;
+    for (int64_t j = 0; j < d; j++) s += (double(a[j]) - b[j]) * (double(a[j]) - b[j]);
+    return s;
+}
+
+// Every label is optimal in double precision up to `rel` times the rounding scale of the
+// point (near-ties may go either way); the reported distance matches.
+void expect_optimal(const std::vector<float>& x, const std::vector<float>& c, int64_t B, int64_t n, int64_t d,
+                    int64_t k, flash::Metric m, const std::vector<int64_t>& lab, const std::vector<float>& dis,
+                    double rel) {
+    int64_t bad = 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < n; i++) {
+            const float* xi = &x[(b * n + i) * d];
+            const float* cb = &c[b * k * d];
+            double best = m == flash::Metric::L2 ? 1e300 : -1e300, scale = dot_d(xi, xi, d) + 1;
+            double cmax = 0;
+            for (int64_t j = 0; j < k; j++) {
+                const double v = m == flash::Metric::L2 ? l2_d(xi, cb + j * d, d) : dot_d(xi, cb + j * d, d);
+                best = m == flash::Metric::L2 ? std::min(best, v) : std::max(best, v);
+                cmax = std::max(cmax, dot_d(cb + j * d, cb + j * d, d));
+            }
+            scale += cmax;
+            const int64_t l = lab[b * n + i];
+            ASSERT_GE(l, 0);
+            ASSERT_LT(l, k);
+            const double got = m == flash::Metric::L2 ? l2_d(xi, cb + l * d, d) : dot_d(xi, cb + l * d, d);
+            const double gap = m == flash::Metric::L2 ? got - best : best - got;
+            if (gap > rel * scale || std::fabs(dis[b * n + i] - got) > rel * scale * 10) bad++;
+        }
+    EXPECT_EQ(bad, 0) << "points whose label is not the (near-)optimal centroid";
+}
+
+TEST(CudaEngine, Fp32AssignmentExactOnAdversarialShapes) {
+    REQUIRE_GPU();
+    uint64_t seed = 100;
+    for (int64_t d : {1, 3, 17, 100, 128, 129, 768, 1000})
+        for (int64_t k : {1, 7, 130, 1000})
+            for (int64_t n : {5, 700}) {
+                const int64_t B = d < 200 ? 3 : 1;
+                SCOPED_TRACE("d=" + std::to_string(d) + " k=" + std::to_string(k) + " n=" + std::to_string(n) +
+                             " seed=" + std::to_string(seed));
+                const auto x = flash_test::gaussian_mixture(B * n, d, 10, seed++);
+                const auto c = flash_test::gaussian_mixture(B * k, d, 10, seed++);
+                std::vector<int64_t> lab(B * n);
+                std::vector<float> dis(B * n);
+                for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
+                    flash::assign_nearest(host_points(x.data(), n, d, flash::DType::F32, B), c.data(), k, m,
+                                          lab.data(), dis.data(), flash::Backend::CUDA);
+                    expect_optimal(x, c, B, n, d, k, m, lab, dis, 1e-6);
+                }
+            }
+}
+
+uint16_t to_half(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const int exp = int((u >> 23) & 0xff) - 127 + 15;
+    const uint32_t mant = u & 0x7fffffu;
+    if (exp <= 0) return uint16_t(sign);
+    uint32_t h = sign | (uint32_t(exp) << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;
+    return uint16_t(h);
+}
+
+uint16_t to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return uint16_t(u >> 16);
+}
+
+TEST(CudaEngine, HalfAndBf16AssignmentAgainstReferenceOnRoundedInputs) {
+    REQUIRE_GPU();
+    uint64_t seed = 500;
+    for (auto t : {flash::DType::F16, flash::DType::BF16})
+        for (int64_t d : {3, 17, 128, 129, 1000})
+            for (int64_t k : {7, 130, 1000}) {
+                const int64_t n = 700, B = 2;
+                SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d) + " k=" + std::to_string(k));
+                auto x = flash_test::gaussian_mixture(B * n, d, 10, seed++);
+                auto c = flash_test::gaussian_mixture(B * k, d, 10, seed++);
+                std::vector<uint16_t> xh(x.size());
+                for (size_t i = 0; i < x.size(); i++) {
+                    xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+                    x[i] = t == flash::DType::F16 ? flash::cpu::half_to_float(xh[i]) : flash::cpu::bf16_to_float(xh[i]);
+                }
+                for (auto& v : c) // centroids already representable: the engine's rounding is exact
+                    v = t == flash::DType::F16 ? flash::cpu::half_to_float(to_half(v))
+                                               : flash::cpu::bf16_to_float(to_bf16(v));
+                std::vector<int64_t> lab(B * n);
+                std::vector<float> dis(B * n);
+                flash::assign_nearest(host_points(xh.data(), n, d, t, B), c.data(), k, flash::Metric::L2, lab.data(),
+                                      dis.data(), flash::Backend::CUDA);
+                expect_optimal(x, c, B, n, d, k, flash::Metric::L2, lab, dis, 1e-5);
+            }
+}
+
+TEST(CudaEngine, TiesGoToLowestIndex) {
+    REQUIRE_GPU();
+    const int64_t d = 5, k = 300, n = 200;
+    std::vector<float> c(k * d, 0.5f), x(n * d, 0.5f);
+    std::vector<int64_t> lab(n);
+    for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
+        flash::assign_nearest(host_points(x.data(), n, d), c.data(), k, m, lab.data(), nullptr, flash::Backend::CUDA);
+        for (auto l : lab) ASSERT_EQ(l, 0);
+    }
+}
+
+flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
+    flash::LloydOptions o;
+    o.k = k;
+    o.niter = niter;
+    o.backend = b;
+    return o;
+}
+
+TEST(CudaEngine, LloydMatchesCpuEngine) {
+    REQUIRE_GPU();
+    for (int64_t d : {17, 128}) {
+        const int64_t n = 20000, k = 100;
+        const auto x = flash_test::gaussian_mixture(n, d, 100, 900 + d, 6.0f);
+        std::vector<float> c0(x.begin() + 50 * d, x.begin() + (50 + k) * d);
+        auto cg = c0, cc = c0;
+        const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 10, flash::Backend::CUDA));
+        const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 10, flash::Backend::CPU));
+        double worst = 0;
+        for (size_t i = 0; i < cg.size(); i++)
+            worst = std::max(worst, double(std::fabs(cg[i] - cc[i])) / (1 + std::fabs(cc[i])));
+        EXPECT_LT(worst, 1e-4) << "d=" << d;
+        for (int it = 0; it < 10; it++) {
+            EXPECT_NEAR(sg[0][it].obj, sc[0][it].obj, 1e-4 * sc[0][it].obj) << "iteration " << it;
+            EXPECT_NEAR(sg[0][it].imbalance, sc[0][it].imbalance, 1e-3) << "iteration " << it;
+        }
+    }
+}
+
+TEST(CudaEngine, RunsAreBitIdenticalAndBatchesEqualSeparateRuns) {
+    REQUIRE_GPU();
+    const int64_t B = 3, n = 5000, d = 64, k = 50;
+    const auto x = flash_test::gaussian_mixture(B * n, d, 60, 77);
+    std::vector<float> c0(B * k * d);
+    for (int64_t b = 0; b < B; b++) std::memcpy(&c0[b * k * d], &x[(b * n + 7) * d], sizeof(float) * k * d);
+    for (auto t : {flash::DType::F32, flash::DType::F16}) {
+        std::vector<uint16_t> xh(x.size());
+        for (size_t i = 0; i < x.size(); i++) xh[i] = to_half(x[i]);
+        const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
+        const size_t esz = t == flash::DType::F32 ? 4 : 2;
+        auto c1 = c0, c2 = c0;
+        const auto s1 = flash::run_lloyd(host_points(data, n, d, t, B), c1.data(), options(k, 8, flash::Backend::CUDA));
+        const auto s2 = flash::run_lloyd(host_points(data, n, d, t, B), c2.data(), options(k, 8, flash::Backend::CUDA));
+        EXPECT_EQ(std::memcmp(c1.data(), c2.data(), sizeof(float) * c1.size()), 0) << "run to run, dtype " << int(t);
+        for (int64_t b = 0; b < B; b++) {
+            EXPECT_EQ(s1[b].back().obj, s2[b].back().obj);
+            std::vector<float> cs(c0.begin() + b * k * d, c0.begin() + (b + 1) * k * d);
+            flash::run_lloyd(host_points(static_cast<const char*>(data) + b * n * d * esz, n, d, t), cs.data(),
+                             options(k, 8, flash::Backend::CUDA));
+            EXPECT_EQ(std::memcmp(cs.data(), &c1[b * k * d], sizeof(float) * k * d), 0) << "problem " << b;
+        }
+    }
+}
+
+TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
+    REQUIRE_GPU();
+    const int64_t n = 6000, d = 24, k = 40;
+    const auto x = flash_test::integer_points(n, d, 64, 31);
+    std::vector<float> w(n);
+    for (int64_t i = 0; i < n; i++) w[i] = float(1 + i % 4);
+    std::vector<float> c0(x.begin(), x.begin() + k * d);
+    for (int variant = 0; variant < 4; variant++) {
+        auto o = options(k, 6, flash::Backend::CUDA);
+        if (variant == 0) o.weights = w.data();
+        if (variant == 1) o.k_frozen = 5;
+        if (variant == 2) o.spherical = true;
+        if (variant == 3) o.int_centroids = true;
+        auto cg = c0, cc = c0;
+        flash::run_lloyd(host_points(x.data(), n, d), cg.data(), o);
+        o.backend = flash::Backend::CPU;
+        flash::run_lloyd(host_points(x.data(), n, d), cc.data(), o);
+        double worst = 0;
+        for (size_t i = 0; i < cg.size(); i++)
+            worst = std::max(worst, double(std::fabs(cg[i] - cc[i])) / (1 + std::fabs(cc[i])));
+        EXPECT_LT(worst, 2e-3) << "variant " << variant;
+        if (variant == 1) {
+            EXPECT_EQ(std::memcmp(cg.data(), c0.data(), sizeof(float) * 5 * d), 0);
+        }
+    }
+}
+
+TEST(CudaEngine, EmptyClustersSplitLikeFaiss) {
+    REQUIRE_GPU();
+    // 5 distinct points, k = 10: splits every iteration; integer data keeps sums exact, so
+    // the GPU must reproduce the CPU engine (and FAISS) bit for bit.
+    const int64_t d = 2, k = 10, n = 1000;
+    std::vector<float> x;
+    for (int64_t i = 0; i < n; i++) {
+        x.push_back(float(i % 5));
+        x.push_back(float((i % 5) * 3));
+    }
+    std::vector<float> c0(k * d);
+    for (int64_t c = 0; c < k; c++) {
+        c0[c * d] = float(c % 5);
+        c0[c * d + 1] = float((c % 5) * 3);
+    }
+    auto cg = c0, cc = c0;
+    const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 5, flash::Backend::CUDA));
+    const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 5, flash::Backend::CPU));
+    for (int it = 0; it < 5; it++) EXPECT_EQ(sg[0][it].nsplit, sc[0][it].nsplit);
+    EXPECT_GT(sc[0][0].nsplit, 0);
+    EXPECT_EQ(cg, cc);
+}
+
+TEST(CudaEngine, DeviceResidentInputAndNanCheck) {
+    REQUIRE_GPU();
+    const int64_t n = 3000, d = 32, k = 20;
+    auto x = flash_test::gaussian_mixture(n, d, 20, 8);
+    float* dx = nullptr;
+    FLASH_CUDA_CHECK(cudaMalloc(&dx, sizeof(float) * n * d));
+    FLASH_CUDA_CHECK(cudaMemcpy(dx, x.data(), sizeof(float) * n * d, cudaMemcpyHostToDevice));
+    flash::Points p = host_points(dx, n, d);
+    p.device = 0;
+    std::vector<float> c0(x.begin(), x.begin() + k * d), c1 = c0, c2 = c0;
+    flash::run_lloyd(p, c1.data(), options(k, 5, flash::Backend::Auto));
+    flash::run_lloyd(host_points(x.data(), n, d), c2.data(), options(k, 5, flash::Backend::CUDA));
+    EXPECT_EQ(c1, c2);
+    const float nan = std::nanf("");
+    FLASH_CUDA_CHECK(cudaMemcpy(dx + 100, &nan, sizeof(float), cudaMemcpyHostToDevice));
+    EXPECT_THROW(flash::run_lloyd(p, c1.data(), options(k, 5, flash::Backend::Auto)), std::invalid_argument);
+    cudaFree(dx);
+}
+
+TEST(CudaEngine, OutOfMemoryIsAClearError) {
+    REQUIRE_GPU();
+    try {
+        flash::cuda_engine::DeviceBuffer<char> huge(size_t(1) << 52, "test buffer");
+        FAIL() << "allocating 4 PiB should fail";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("out of GPU memory"), std::string::npos) << e.what();
+    }
+    // The engine still works afterwards.
+    const auto x = flash_test::gaussian_mixture(500, 8, 5, 9);
+    std::vector<float> c(x.begin(), x.begin() + 5 * 8);
+    EXPECT_NO_THROW(flash::run_lloyd(host_points(x.data(), 500, 8), c.data(), options(5, 2, flash::Backend::CUDA)));
+}
+
+TEST(CudaEngine, FlashClusteringOnGpuMatchesFaiss) {
+    REQUIRE_GPU();
+    const int d = 32, k = 64;
+    const int64_t n = 30000;
+    const auto x = flash_test::gaussian_mixture(n, d, 80, 12, 5.0f);
+    faiss::ClusteringParameters cp;
+    cp.niter = 12;
+    faiss::Clustering ref(d, k, cp);
+    faiss_flash::FlashClustering ours(d, k, cp);
+    ours.flash.backend = flash::Backend::CUDA;
+    faiss::IndexFlatL2 i1(d), i2(d);
+    ref.train(n, x.data(), i1);
+    ours.train(n, x.data(), i2);
+    ASSERT_EQ(ref.iteration_stats.size(), ours.iteration_stats.size());
+    EXPECT_NEAR(ref.iteration_stats.back().obj, ours.iteration_stats.back().obj, 1e-4 * ref.iteration_stats.back().obj);
+    double worst = 0;
+    for (size_t i = 0; i < ref.centroids.size(); i++)
+        worst = std::max(worst, double(std::fabs(ref.centroids[i] - ours.centroids[i])) / (1 + std::fabs(ref.centroids[i])));
+    EXPECT_LT(worst, 1e-4);
+    EXPECT_EQ(i2.ntotal, k);
+}
+
+} // namespace
