@@ -209,6 +209,157 @@ __global__ void __launch_bounds__(THREADS) assign_mma_kernel(AssignArgs a, int64
     }
 }
 
+
+// Resident-point variant for d <= 256: the block's 128 x DPAD point tile is loaded once and
+// stays in shared memory; whole BN x DPAD centroid tiles stream through a double buffer,
+// prefetched with cp.async while the previous tile is multiplied, so there is one barrier per
+// centroid tile instead of one per BK slice.
+template <class T, int DPAD, int NI>
+__global__ void __launch_bounds__(THREADS) assign_mma_resident_kernel(AssignArgs a, int64_t tiles_per_problem,
+                                                                      bool vec) {
+    constexpr int LD = DPAD + 8;         // padded row: conflict-free ldmatrix
+    constexpr int TBN = 4 * NI * 8;      // centroids per tile (4 warps along centroids)
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* As = reinterpret_cast<T*>(smem_raw);            // [BM][LD]
+    T* Bs = As + BM * LD;                               // [2][TBN][LD]
+    __shared__ float red_v[4][BM];
+    __shared__ int red_i[4][BM];
+
+    const int64_t b = blockIdx.x / tiles_per_problem;
+    const int64_t m0 = (blockIdx.x % tiles_per_problem) * BM;
+    const int64_t n = a.n, d = a.d, k = a.k;
+    const T* x = static_cast<const T*>(a.x) + b * n * d;
+    const T* c = static_cast<const T*>(a.centroids) + b * k * d;
+    const float* cn = a.cnorm + b * k;
+    const bool l2 = a.metric == Metric::L2;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = warp / 4, wn = warp % 4;
+
+    auto load_rows = [&](T* s, const T* g, int64_t nrows, int64_t r0, int rows) {
+        const int chunks = rows * (DPAD / 8);
+        for (int q = threadIdx.x; q < chunks; q += THREADS) {
+            const int r = q / (DPAD / 8), kc = (q % (DPAD / 8)) * 8;
+            const int64_t gr = r0 + r;
+            T* dst = s + r * LD + kc;
+            if (vec && gr < nrows && kc + 8 <= d) {
+                cp_async16(dst, g + gr * d + kc);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++) dst[e] = (gr < nrows && kc + e < d) ? g[gr * d + kc + e] : zero<T>();
+            }
+        }
+    };
+
+    Best best[4][2];
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++) best[mi][0] = best[mi][1] = best_init();
+
+    const int64_t ntiles = (k + TBN - 1) / TBN;
+    load_rows(As, x, n, m0, BM);
+    load_rows(Bs, c, k, 0, TBN);
+    cp_async_commit();
+
+    for (int64_t j = 0; j < ntiles; j++) {
+        cp_async_wait<0>();
+        __syncthreads();
+        if (j + 1 < ntiles) {
+            load_rows(Bs + ((j + 1) & 1) * TBN * LD, c, k, (j + 1) * TBN, TBN);
+            cp_async_commit();
+        }
+        const T* bs = Bs + (j & 1) * TBN * LD;
+        float acc[4][NI][4];
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+            for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < DPAD; kk += 16) {
+            uint32_t af[4][4], bf[NI][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+                ldmatrix_x4(af[mi], As + (wm * 64 + mi * 16 + lane % 16) * LD + kk + (lane / 16) * 8);
+#pragma unroll
+            for (int np = 0; np < NI / 2; np++) {
+                uint32_t r[4];
+                ldmatrix_x4(r, bs + (wn * NI * 8 + np * 16 + (lane / 16) * 8 + lane % 8) * LD + kk + ((lane / 8) % 2) * 8);
+                bf[np * 2][0] = r[0];
+                bf[np * 2][1] = r[1];
+                bf[np * 2 + 1][0] = r[2];
+                bf[np * 2 + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < NI; ni++) mma16816<T>(acc[mi][ni], af[mi], bf[ni]);
+        }
+        const int64_t n0 = j * TBN;
+#pragma unroll
+        for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int64_t col = n0 + wn * NI * 8 + ni * 8 + (lane % 4) * 2 + e;
+                if (col < k) {
+                    const float cnv = cn[col];
+#pragma unroll
+                    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            const float dot = acc[mi][ni][h * 2 + e];
+                            const float v = l2 ? cnv - 2.f * dot : -dot;
+                            if (before(v, int(col), best[mi][h])) best[mi][h] = {v, int(col)};
+                        }
+                }
+            }
+    }
+
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const Best q = merge_lanes<4>(best[mi][h]);
+            if (lane % 4 == 0) {
+                const int row = wm * 64 + mi * 16 + h * 8 + lane / 4;
+                red_v[wn][row] = q.v;
+                red_i[wn][row] = q.i;
+            }
+        }
+    __syncthreads();
+    if (threadIdx.x < BM) {
+        const int row = threadIdx.x;
+        Best r = {red_v[0][row], red_i[0][row]};
+        for (int w = 1; w < 4; w++) merge(r, Best{red_v[w][row], red_i[w][row]});
+        const int64_t i = m0 + row;
+        if (i < n) {
+            const int64_t o = b * n + i;
+            a.labels[o] = r.i;
+            a.distances[o] = l2 ? fmaxf(a.xnorm[o] + r.v, 0.f) : -r.v;
+        }
+    }
+}
+
+template <class T, int DPAD, int NI>
+void launch_resident(const AssignArgs& a, int64_t tiles, unsigned blocks, bool vec, cudaStream_t stream) {
+    constexpr int LD = DPAD + 8, TBN = 4 * NI * 8;
+    constexpr size_t smem = sizeof(T) * size_t(BM + 2 * TBN) * LD;
+    auto kernel = assign_mma_resident_kernel<T, DPAD, NI>;
+    static const cudaError_t configured =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    FLASH_CUDA_CHECK(configured);
+    kernel<<<blocks, THREADS, smem, stream>>>(a, tiles, vec);
+}
+
+template <class T>
+void launch_typed(const AssignArgs& a, int64_t tiles, unsigned blocks, bool vec, cudaStream_t stream) {
+    // Tile choice (one place): the point tile stays resident up to d = 256; above, the
+    // split-d kernel streams both operands in BK slices.
+    if (a.d <= 64) launch_resident<T, 64, 4>(a, tiles, blocks, vec, stream);
+    else if (a.d <= 128) launch_resident<T, 128, 4>(a, tiles, blocks, vec, stream);
+    else if (a.d <= 256) launch_resident<T, 256, 2>(a, tiles, blocks, vec, stream);
+    else assign_mma_kernel<T><<<blocks, THREADS, 0, stream>>>(a, tiles, vec);
+}
+
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 } // namespace
@@ -219,9 +370,9 @@ void launch_assign_mma(const AssignArgs& a, cudaStream_t stream) {
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
     const bool vec = a.d % 8 == 0 && aligned16(a.x) && aligned16(a.centroids);
     if (a.dtype == DType::F16)
-        assign_mma_kernel<__half><<<unsigned(blocks), THREADS, 0, stream>>>(a, tiles, vec);
+        launch_typed<__half>(a, tiles, unsigned(blocks), vec, stream);
     else
-        assign_mma_kernel<__nv_bfloat16><<<unsigned(blocks), THREADS, 0, stream>>>(a, tiles, vec);
+        launch_typed<__nv_bfloat16>(a, tiles, unsigned(blocks), vec, stream);
     FLASH_LAUNCH_CHECK("assign_mma_kernel");
 }
 

@@ -153,21 +153,26 @@ flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
 
 TEST(CudaEngine, LloydMatchesCpuEngine) {
     REQUIRE_GPU();
+    // One iteration from the same centroids: the same update up to float rounding. Over many
+    // iterations a single near-tie flip moves trajectories apart, so only the objective is
+    // compared there.
     for (int64_t d : {17, 128}) {
         const int64_t n = 20000, k = 100;
         const auto x = flash_test::gaussian_mixture(n, d, 100, 900 + d, 6.0f);
         std::vector<float> c0(x.begin() + 50 * d, x.begin() + (50 + k) * d);
         auto cg = c0, cc = c0;
-        const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 10, flash::Backend::CUDA));
-        const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 10, flash::Backend::CPU));
+        flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 1, flash::Backend::CUDA));
+        flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 1, flash::Backend::CPU));
         double worst = 0;
         for (size_t i = 0; i < cg.size(); i++)
             worst = std::max(worst, double(std::fabs(cg[i] - cc[i])) / (1 + std::fabs(cc[i])));
-        EXPECT_LT(worst, 1e-4) << "d=" << d;
-        for (int it = 0; it < 10; it++) {
-            EXPECT_NEAR(sg[0][it].obj, sc[0][it].obj, 1e-4 * sc[0][it].obj) << "iteration " << it;
-            EXPECT_NEAR(sg[0][it].imbalance, sc[0][it].imbalance, 1e-3) << "iteration " << it;
-        }
+        EXPECT_LT(worst, 1e-5) << "d=" << d;
+        cg = c0;
+        cc = c0;
+        const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 10, flash::Backend::CUDA));
+        const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 10, flash::Backend::CPU));
+        for (int it = 0; it < 10; it++)
+            EXPECT_NEAR(sg[0][it].obj, sc[0][it].obj, 1e-3 * sc[0][it].obj) << "iteration " << it;
     }
 }
 
@@ -203,8 +208,9 @@ TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
     std::vector<float> w(n);
     for (int64_t i = 0; i < n; i++) w[i] = float(1 + i % 4);
     std::vector<float> c0(x.begin(), x.begin() + k * d);
+    // One iteration on integer data: exact distances, so identical labels and exact sums.
     for (int variant = 0; variant < 4; variant++) {
-        auto o = options(k, 6, flash::Backend::CUDA);
+        auto o = options(k, 1, flash::Backend::CUDA);
         if (variant == 0) o.weights = w.data();
         if (variant == 1) o.k_frozen = 5;
         if (variant == 2) o.spherical = true;
@@ -216,7 +222,7 @@ TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
         double worst = 0;
         for (size_t i = 0; i < cg.size(); i++)
             worst = std::max(worst, double(std::fabs(cg[i] - cc[i])) / (1 + std::fabs(cc[i])));
-        EXPECT_LT(worst, 2e-3) << "variant " << variant;
+        EXPECT_LT(worst, 1e-6) << "variant " << variant;
         if (variant == 1) {
             EXPECT_EQ(std::memcmp(cg.data(), c0.data(), sizeof(float) * 5 * d), 0);
         }
