@@ -22,18 +22,24 @@ struct AssignArgs {
     float* distances = nullptr;       // (batch, n) out: squared L2 (clamped at 0) or similarity
 };
 
-/// Tensor-core path for fp16 / bf16 inputs (fp32 accumulation).
-void launch_assign_mma(const AssignArgs& a, cudaStream_t stream);
+/// Tensor-core path for fp16 / bf16 inputs (fp32 accumulation); `variant` picks one of the
+/// compiled tile configurations (0 .. assign_mma_variants(a) - 1).
+void launch_assign_mma(const AssignArgs& a, int variant, cudaStream_t stream);
+int assign_mma_variants(const AssignArgs& a);
 
 /// fp32 inputs with fp32 FMA products (exact fp32 arithmetic).
 void launch_assign_fp32(const AssignArgs& a, cudaStream_t stream);
 
+/// The kernel configuration for a problem: the heuristic, or the autotuner's cached winner
+/// when FLASH_AUTOTUNE=1 (see autotune.cu).
+int choose_assign_variant(const AssignArgs& a, cudaStream_t stream);
+
 /// Dispatch on dtype: the single place that chooses the assignment kernel.
-inline void launch_assign(const AssignArgs& a, cudaStream_t stream) {
+inline void launch_assign(const AssignArgs& a, int variant, cudaStream_t stream) {
     if (a.dtype == DType::F32)
         launch_assign_fp32(a, stream);
     else
-        launch_assign_mma(a, stream);
+        launch_assign_mma(a, variant, stream);
 }
 
 } // namespace flash::cuda_engine

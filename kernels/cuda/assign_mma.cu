@@ -210,34 +210,36 @@ __global__ void __launch_bounds__(THREADS) assign_mma_kernel(AssignArgs a, int64
 }
 
 
-// Resident-point variant for d <= 256: the block's 128 x DPAD point tile is loaded once and
-// stays in shared memory; whole BN x DPAD centroid tiles stream through a double buffer,
-// prefetched with cp.async while the previous tile is multiplied, so there is one barrier per
-// centroid tile instead of one per BK slice.
-template <class T, int DPAD, int NI>
-__global__ void __launch_bounds__(THREADS) assign_mma_resident_kernel(AssignArgs a, int64_t tiles_per_problem,
-                                                                      bool vec) {
+// Resident-point variants for d <= 256: the block's BM x DPAD point tile is loaded once and
+// stays in shared memory; whole TBN x DPAD centroid tiles stream through a double buffer,
+// prefetched with cp.async while the previous tile is multiplied (one barrier per tile).
+// WM x WN warps, each owning 64 points x (NI * 8) centroids of a tile.
+template <class T, int DPAD, int WM, int WN, int NI>
+__global__ void __launch_bounds__(WM* WN * 32) assign_mma_resident_kernel(AssignArgs a, int64_t tiles_per_problem,
+                                                                          bool vec) {
+    constexpr int NT = WM * WN * 32;     // threads
+    constexpr int RBM = WM * 64;         // points per block
     constexpr int LD = DPAD + 8;         // padded row: conflict-free ldmatrix
-    constexpr int TBN = 4 * NI * 8;      // centroids per tile (4 warps along centroids)
+    constexpr int TBN = WN * NI * 8;     // centroids per tile
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* As = reinterpret_cast<T*>(smem_raw);            // [BM][LD]
-    T* Bs = As + BM * LD;                               // [2][TBN][LD]
-    __shared__ float red_v[4][BM];
-    __shared__ int red_i[4][BM];
+    T* As = reinterpret_cast<T*>(smem_raw); // [RBM][LD]
+    T* Bs = As + RBM * LD;                   // [2][TBN][LD]
+    __shared__ float red_v[WN][RBM];
+    __shared__ int red_i[WN][RBM];
 
     const int64_t b = blockIdx.x / tiles_per_problem;
-    const int64_t m0 = (blockIdx.x % tiles_per_problem) * BM;
+    const int64_t m0 = (blockIdx.x % tiles_per_problem) * RBM;
     const int64_t n = a.n, d = a.d, k = a.k;
     const T* x = static_cast<const T*>(a.x) + b * n * d;
     const T* c = static_cast<const T*>(a.centroids) + b * k * d;
     const float* cn = a.cnorm + b * k;
     const bool l2 = a.metric == Metric::L2;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wm = warp / 4, wn = warp % 4;
+    const int wm = warp / WN, wn = warp % WN;
 
     auto load_rows = [&](T* s, const T* g, int64_t nrows, int64_t r0, int rows) {
         const int chunks = rows * (DPAD / 8);
-        for (int q = threadIdx.x; q < chunks; q += THREADS) {
+        for (int q = threadIdx.x; q < chunks; q += NT) {
             const int r = q / (DPAD / 8), kc = (q % (DPAD / 8)) * 8;
             const int64_t gr = r0 + r;
             T* dst = s + r * LD + kc;
@@ -255,7 +257,7 @@ __global__ void __launch_bounds__(THREADS) assign_mma_resident_kernel(AssignArgs
     for (int mi = 0; mi < 4; mi++) best[mi][0] = best[mi][1] = best_init();
 
     const int64_t ntiles = (k + TBN - 1) / TBN;
-    load_rows(As, x, n, m0, BM);
+    load_rows(As, x, n, m0, RBM);
     load_rows(Bs, c, k, 0, TBN);
     cp_async_commit();
 
@@ -326,10 +328,9 @@ __global__ void __launch_bounds__(THREADS) assign_mma_resident_kernel(AssignArgs
             }
         }
     __syncthreads();
-    if (threadIdx.x < BM) {
-        const int row = threadIdx.x;
+    for (int row = threadIdx.x; row < RBM; row += NT) {
         Best r = {red_v[0][row], red_i[0][row]};
-        for (int w = 1; w < 4; w++) merge(r, Best{red_v[w][row], red_i[w][row]});
+        for (int w = 1; w < WN; w++) merge(r, Best{red_v[w][row], red_i[w][row]});
         const int64_t i = m0 + row;
         if (i < n) {
             const int64_t o = b * n + i;
@@ -339,41 +340,61 @@ __global__ void __launch_bounds__(THREADS) assign_mma_resident_kernel(AssignArgs
     }
 }
 
-template <class T, int DPAD, int NI>
-void launch_resident(const AssignArgs& a, int64_t tiles, unsigned blocks, bool vec, cudaStream_t stream) {
-    constexpr int LD = DPAD + 8, TBN = 4 * NI * 8;
-    constexpr size_t smem = sizeof(T) * size_t(BM + 2 * TBN) * LD;
-    auto kernel = assign_mma_resident_kernel<T, DPAD, NI>;
+template <class T, int DPAD, int WM, int WN, int NI>
+void launch_resident(const AssignArgs& a, cudaStream_t stream, bool vec) {
+    constexpr int LD = DPAD + 8, TBN = WN * NI * 8, RBM = WM * 64, NT = WM * WN * 32;
+    constexpr size_t smem = sizeof(T) * size_t(RBM + 2 * TBN) * LD;
+    auto kernel = assign_mma_resident_kernel<T, DPAD, WM, WN, NI>;
     static const cudaError_t configured =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     FLASH_CUDA_CHECK(configured);
-    kernel<<<blocks, THREADS, smem, stream>>>(a, tiles, vec);
+    const int64_t tiles = (a.n + RBM - 1) / RBM;
+    const int64_t blocks = tiles * a.batch;
+    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
+    kernel<<<unsigned(blocks), NT, smem, stream>>>(a, tiles, vec);
+}
+
+// The closed set of resident configurations: variant 0 = 8 warps of 64 x 32, variant 1 =
+// 4 warps of 64 x 64 (fewer shared-memory reads per MMA, fewer warps to hide latency).
+template <class T, int DPAD>
+void launch_resident_variant(const AssignArgs& a, int variant, cudaStream_t stream, bool vec) {
+    if (variant == 1)
+        launch_resident<T, DPAD, 2, 2, 8>(a, stream, vec);
+    else
+        launch_resident<T, DPAD, 2, 4, DPAD == 256 ? 2 : 4>(a, stream, vec);
 }
 
 template <class T>
-void launch_typed(const AssignArgs& a, int64_t tiles, unsigned blocks, bool vec, cudaStream_t stream) {
+void launch_typed(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
     // Tile choice (one place): the point tile stays resident up to d = 256; above, the
     // split-d kernel streams both operands in BK slices.
-    if (a.d <= 64) launch_resident<T, 64, 4>(a, tiles, blocks, vec, stream);
-    else if (a.d <= 128) launch_resident<T, 128, 4>(a, tiles, blocks, vec, stream);
-    else if (a.d <= 256) launch_resident<T, 256, 2>(a, tiles, blocks, vec, stream);
-    else assign_mma_kernel<T><<<blocks, THREADS, 0, stream>>>(a, tiles, vec);
+    if (a.d <= 64) {
+        launch_resident_variant<T, 64>(a, variant, stream, vec);
+    } else if (a.d <= 128) {
+        launch_resident_variant<T, 128>(a, variant, stream, vec);
+    } else if (a.d <= 256) {
+        launch_resident_variant<T, 256>(a, variant, stream, vec);
+    } else {
+        const int64_t tiles = (a.n + BM - 1) / BM;
+        const int64_t blocks = tiles * a.batch;
+        if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
+        assign_mma_kernel<T><<<unsigned(blocks), THREADS, 0, stream>>>(a, tiles, vec);
+    }
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 } // namespace
 
-void launch_assign_mma(const AssignArgs& a, cudaStream_t stream) {
-    const int64_t tiles = (a.n + BM - 1) / BM;
-    const int64_t blocks = tiles * a.batch;
-    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
+int assign_mma_variants(const AssignArgs& a) { return a.d <= 256 ? 2 : 1; }
+
+void launch_assign_mma(const AssignArgs& a, int variant, cudaStream_t stream) {
     const bool vec = a.d % 8 == 0 && aligned16(a.x) && aligned16(a.centroids);
     if (a.dtype == DType::F16)
-        launch_typed<__half>(a, tiles, unsigned(blocks), vec, stream);
+        launch_typed<__half>(a, variant, vec, stream);
     else
-        launch_typed<__nv_bfloat16>(a, tiles, unsigned(blocks), vec, stream);
-    FLASH_LAUNCH_CHECK("assign_mma_kernel");
+        launch_typed<__nv_bfloat16>(a, variant, vec, stream);
+    FLASH_LAUNCH_CHECK("assign_mma");
 }
 
 } // namespace flash::cuda_engine

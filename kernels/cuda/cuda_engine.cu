@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -132,6 +134,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     DeviceBuffer<float> weights(opt.weights ? B * n : 0, "weights");
     DeviceBuffer<double> obj(B * niter, "objective"), imb(B * niter, "imbalance");
     DeviceBuffer<int> nsplit(B * niter, "splits");
+    DeviceBuffer<double> stats_ws(stats_workspace_size(B, n), "objective partial sums");
     SortInverseUpdate update(B, n, d, k, s);
     Events ev(2 * size_t(niter) + 1);
 
@@ -154,14 +157,21 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     a.labels = labels.get();
     a.distances = dist.get();
 
+    // FLASH_CUDA_PHASE_TIMES=1: events between the phases, a breakdown on stderr at the end.
+    const bool phases = std::getenv("FLASH_CUDA_PHASE_TIMES") != nullptr;
+    Events pev(phases ? 3 * size_t(niter) : 0);
+    const int variant = niter > 0 ? choose_assign_variant(a, s) : 0;
     FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
     for (int64_t it = 0; it < niter; it++) {
         launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
-        launch_assign(a, s);
+        launch_assign(a, variant, s);
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 1], s));
         update.run(xd.ptr, x.dtype, labels.get(), opt.weights ? weights.get() : nullptr, opt.k_frozen, cen.get(),
                    counts.get(), s);
-        launch_iteration_stats(dist.get(), B, n, update.sizes(), k, obj.get() + it * B, imb.get() + it * B, s);
+        if (phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it], s));
+        launch_iteration_stats(dist.get(), B, n, update.sizes(), k, stats_ws.get(), obj.get() + it * B, imb.get() + it * B,
+                               s);
+        if (phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it + 1], s));
         launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, nsplit.get() + it * B, s);
         launch_post_process(cen.get(), B * k, d, opt.spherical, opt.int_centroids, s);
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
@@ -177,6 +187,21 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     }
     FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
 
+    if (phases && niter > 0) {
+        double t_assign = 0, t_update = 0, t_stats = 0, t_split = 0;
+        for (int64_t it = 0; it < niter; it++) {
+            t_assign += ev.seconds(2 * it, 2 * it + 1);
+            float ms = 0;
+            FLASH_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[2 * it + 1], pev[3 * it]));
+            t_update += ms / 1e3;
+            FLASH_CUDA_CHECK(cudaEventElapsedTime(&ms, pev[3 * it], pev[3 * it + 1]));
+            t_stats += ms / 1e3;
+            FLASH_CUDA_CHECK(cudaEventElapsedTime(&ms, pev[3 * it + 1], ev[2 * it + 2]));
+            t_split += ms / 1e3;
+        }
+        std::fprintf(stderr, "faiss-flash phases (ms/iter): assign %.3f update %.3f stats %.3f split+post %.3f\n",
+                     1e3 * t_assign / niter, 1e3 * t_update / niter, 1e3 * t_stats / niter, 1e3 * t_split / niter);
+    }
     std::vector<std::vector<IterationStats>> stats(B);
     double search = 0;
     for (int64_t it = 0; it < niter; it++) {
@@ -225,7 +250,7 @@ void assign_nearest(const Points& x, const float* centroids, int64_t k, Metric m
     a.k = k;
     a.labels = lab.get();
     a.distances = dist.get();
-    launch_assign(a, s);
+    launch_assign(a, choose_assign_variant(a, s), s);
     std::vector<int32_t> l32(B * n);
     FLASH_CUDA_CHECK(cudaMemcpyAsync(l32.data(), lab.get(), sizeof(int32_t) * B * n, cudaMemcpyDeviceToHost, s));
     if (distances)

@@ -9,6 +9,8 @@ namespace flash::cuda_engine {
 
 namespace {
 
+constexpr int64_t kStatsChunk = 8192; // distances per partial sum
+
 __device__ __forceinline__ float load_as_float(const void* x, DType t, int64_t i) {
     if (t == DType::F32) return static_cast<const float*>(x)[i];
     if (t == DType::F16) return __half2float(static_cast<const __half*>(x)[i]);
@@ -57,81 +59,132 @@ __global__ void prepare_centroids(const float* c, int64_t rows, int64_t d, DType
     if (lane == 0) norms[r] = s;
 }
 
-// std::mt19937, as FAISS' RandomGenerator uses it.
-struct Mt19937 {
-    uint32_t mt[624];
-    int idx;
-    __device__ explicit Mt19937(uint32_t seed) {
-        mt[0] = seed;
-        for (int i = 1; i < 624; i++) mt[i] = 1812433253u * (mt[i - 1] ^ (mt[i - 1] >> 30)) + uint32_t(i);
-        idx = 624;
-    }
-    __device__ uint32_t operator()() {
-        if (idx >= 624) {
-            for (int i = 0; i < 624; i++) {
-                const uint32_t y = (mt[i] & 0x80000000u) | (mt[(i + 1) % 624] & 0x7fffffffu);
-                mt[i] = mt[(i + 397) % 624] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
-            }
-            idx = 0;
-        }
-        uint32_t y = mt[idx++];
-        y ^= y >> 11;
-        y ^= (y << 7) & 0x9d2c5680u;
-        y ^= (y << 15) & 0xefc60000u;
-        y ^= y >> 18;
-        return y;
-    }
-};
+// FAISS' split rule (flash::split_empty_clusters) for one problem per block, with the same
+// std::mt19937(1234) stream, made parallel: the generator's 624-word state is twisted by 624
+// threads at once, and the scan "first cj = 0, 1, ... with r < p[cj]" tests a whole batch of
+// draws in parallel and keeps the first success. Same draws, same choices, same bits.
+constexpr int kMtN = 624, kMtM = 397, kSplitThreads = 1024;
 
-// Block b: problem b. The common case (no empty cluster) costs one parallel scan.
-__global__ void split_empty(float* centroids, float* counts, int64_t k, int64_t d, int64_t k_frozen, int64_t n,
-                            int* nsplit_out) {
+__device__ uint32_t mt_temper(uint32_t y) {
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    y ^= y >> 18;
+    return y;
+}
+
+__device__ uint32_t mt_mix(uint32_t cur, uint32_t next, uint32_t far) {
+    const uint32_t y = (cur & 0x80000000u) | (next & 0x7fffffffu);
+    return far ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
+}
+
+// One sequential twist of mt[0..624), computed in four dependency-free parallel phases.
+__device__ __forceinline__ int twist_phase_start(int ph) { // 0, 227, 454, 623, 624
+    return ph < 3 ? ph * (kMtN - kMtM) : (ph == 3 ? kMtN - 1 : kMtN);
+}
+
+__device__ void mt_twist(uint32_t* mt) {
+    for (int ph = 0; ph < 4; ph++) {
+        const int i = twist_phase_start(ph) + int(threadIdx.x);
+        uint32_t v = 0;
+        const bool active = i < twist_phase_start(ph + 1);
+        if (active) v = mt_mix(mt[i], mt[(i + 1) % kMtN], mt[(i + kMtM) % kMtN]);
+        __syncthreads();
+        if (active) mt[i] = v;
+        __syncthreads();
+    }
+}
+
+__global__ void __launch_bounds__(kSplitThreads) split_empty(float* centroids, float* counts, int64_t k, int64_t d,
+                                                             int64_t k_frozen, int64_t n, int* nsplit_out) {
     const int64_t b = blockIdx.x;
     float* cb = centroids + b * k * d + k_frozen * d;
     float* hb = counts + b * k + k_frozen;
     const int64_t kk = k - k_frozen;
-    __shared__ int any_empty;
-    if (threadIdx.x == 0) any_empty = 0;
+    __shared__ uint32_t mt[kMtN];
+    __shared__ float draws[kMtN];
+    __shared__ int first;
+    __shared__ int64_t heaviest;
+    int empty = 0, heavy = 0;
+    for (int64_t c = threadIdx.x; c < kk; c += blockDim.x) {
+        empty |= hb[c] == 0.f;
+        heavy |= hb[c] > 1.f;
+    }
+    const int any_empty = __syncthreads_or(empty);
+    int any_heavy = __syncthreads_or(heavy);
+    if (!any_empty) {
+        if (threadIdx.x == 0) nsplit_out[b] = 0;
+        return;
+    }
+    if (threadIdx.x == 0) { // std::mt19937 seeding is a sequential recurrence
+        mt[0] = 1234u;
+        for (int i = 1; i < kMtN; i++) mt[i] = 1812433253u * (mt[i - 1] ^ (mt[i - 1] >> 30)) + uint32_t(i);
+    }
     __syncthreads();
-    for (int64_t c = threadIdx.x; c < kk; c += blockDim.x)
-        if (hb[c] == 0.f) any_empty = 1;
-    __syncthreads();
-    if (threadIdx.x != 0) return;
+    int used = kMtN; // draws consumed from the current batch
     int nsplit = 0;
-    if (any_empty) {
-        // Same steps and float/double mix as flash::split_empty_clusters (FAISS 1.7.3).
-        Mt19937 rng(1234u);
+    const float denom = (float)(n - kk);
+    for (int64_t ci = 0; ci < kk; ci++) {
+        if (hb[ci] != 0.f) continue; // uniform across the block (read after the last barrier)
+        int64_t cj = -1, start = 0;
+        if (!any_heavy) { // FAISS would loop forever: take the heaviest cluster
+            if (threadIdx.x == 0) {
+                int64_t h = 0;
+                for (int64_t c = 1; c < kk; c++)
+                    if (hb[c] > hb[h]) h = c;
+                heaviest = h;
+            }
+            __syncthreads();
+            cj = heaviest;
+        }
+        while (cj < 0) {
+            if (used == kMtN) {
+                mt_twist(mt);
+                if (threadIdx.x < kMtN) draws[threadIdx.x] = float(mt_temper(mt[threadIdx.x])) * 0x1p-32f;
+                used = 0;
+            }
+            if (threadIdx.x == 0) first = kMtN;
+            __syncthreads();
+            const int t = used + int(threadIdx.x);
+            if (t < kMtN) {
+                const int64_t c = (start + threadIdx.x) % kk;
+                const float p = (hb[c] - 1.0) / denom;
+                if (draws[t] < p) atomicMin(&first, t);
+            }
+            __syncthreads();
+            const int f = first;
+            if (f < kMtN) {
+                cj = (start + (f - used)) % kk;
+                used = f + 1;
+            } else {
+                start = (start + (kMtN - used)) % kk;
+                used = kMtN;
+            }
+            __syncthreads();
+        }
         const double eps = 1 / 1024.;
-        for (int64_t ci = 0; ci < kk; ci++) {
-            if (hb[ci] != 0.f) continue;
-            // FAISS would loop forever when no cluster has weight above 1 (possible with
-            // weights); take the heaviest cluster then.
-            int64_t heaviest = 0;
-            for (int64_t c = 1; c < kk; c++)
-                if (hb[c] > hb[heaviest]) heaviest = c;
-            int64_t cj = 0;
-            for (; hb[heaviest] > 1.f; cj = (cj + 1) % kk) {
-                const float p = (hb[cj] - 1.0) / (float)(n - kk);
-                const float r = float(rng()) / float(4294967295u);
-                if (r < p) break;
+        for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+            const float v = cb[cj * d + j];
+            if (j % 2 == 0) {
+                cb[ci * d + j] = v * (1 + eps);
+                cb[cj * d + j] = v * (1 - eps);
+            } else {
+                cb[ci * d + j] = v * (1 - eps);
+                cb[cj * d + j] = v * (1 + eps);
             }
-            if (!(hb[heaviest] > 1.f)) cj = heaviest;
-            for (int64_t j = 0; j < d; j++) {
-                const float v = cb[cj * d + j];
-                if (j % 2 == 0) {
-                    cb[ci * d + j] = v * (1 + eps);
-                    cb[cj * d + j] = v * (1 - eps);
-                } else {
-                    cb[ci * d + j] = v * (1 - eps);
-                    cb[cj * d + j] = v * (1 + eps);
-                }
-            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
             hb[ci] = hb[cj] / 2;
             hb[cj] -= hb[ci];
-            nsplit++;
         }
+        __syncthreads();
+        heavy = 0;
+        for (int64_t c = threadIdx.x; c < kk; c += blockDim.x) heavy |= hb[c] > 1.f;
+        any_heavy = __syncthreads_or(heavy);
+        nsplit++;
     }
-    nsplit_out[b] = nsplit;
+    if (threadIdx.x == 0) nsplit_out[b] = nsplit;
 }
 
 __global__ void post_process(float* c, int64_t rows, int64_t d, bool spherical, bool int_centroids) {
@@ -152,33 +205,48 @@ __global__ void post_process(float* c, int64_t rows, int64_t d, bool spherical, 
         for (int64_t j = lane; j < d; j += 32) row[j] = roundf(row[j]);
 }
 
-// Block b: deterministic tree sums in double.
-__global__ void iteration_stats(const float* dist, int64_t n, const uint32_t* sizes, int64_t k, double* obj,
-                                double* imbalance) {
+// Deterministic sums in double: fixed assignment of elements to threads, fixed tree order.
+__device__ double block_sum(double v, double* sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    const double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// Block (chunk, b): sum of kStatsChunk distances of problem b.
+__global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks, double* partial) {
+    __shared__ double sh[256];
+    const int64_t b = blockIdx.x / nchunks, c = blockIdx.x % nchunks;
+    const int64_t i0 = c * kStatsChunk, i1 = min(n, i0 + kStatsChunk);
+    double o = 0;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) o += dist[b * n + i];
+    o = block_sum(o, sh);
+    if (threadIdx.x == 0) partial[b * nchunks + c] = o;
+}
+
+// Block b: objective from the partials, imbalance from the cluster sizes.
+__global__ void iteration_stats(const double* partial, int64_t nchunks, const uint32_t* sizes, int64_t k,
+                                double* obj, double* imbalance) {
+    __shared__ double sh[256];
     const int64_t b = blockIdx.x;
-    __shared__ double s1[256], s2[256], s3[256];
     double o = 0, h1 = 0, h2 = 0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o += dist[b * n + i];
+    for (int64_t c = threadIdx.x; c < nchunks; c += blockDim.x) o += partial[b * nchunks + c];
     for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
         const double h = sizes[b * k + c];
         h1 += h;
         h2 += h * h;
     }
-    s1[threadIdx.x] = o;
-    s2[threadIdx.x] = h1;
-    s3[threadIdx.x] = h2;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if (threadIdx.x < w) {
-            s1[threadIdx.x] += s1[threadIdx.x + w];
-            s2[threadIdx.x] += s2[threadIdx.x + w];
-            s3[threadIdx.x] += s3[threadIdx.x + w];
-        }
-        __syncthreads();
-    }
+    o = block_sum(o, sh);
+    h1 = block_sum(h1, sh);
+    h2 = block_sum(h2, sh);
     if (threadIdx.x == 0) {
-        obj[b] = s1[0];
-        imbalance[b] = s3[0] * double(k) / (s2[0] * s2[0]);
+        obj[b] = o;
+        imbalance[b] = h2 * double(k) / (h1 * h1);
     }
 }
 
@@ -207,7 +275,7 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
 
 void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
                                  int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s) {
-    split_empty<<<unsigned(batch), 256, 0, s>>>(centroids, counts, k, d, k_frozen, n, nsplit_out);
+    split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, nsplit_out);
     FLASH_LAUNCH_CHECK("split_empty");
 }
 
@@ -218,9 +286,14 @@ void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spheric
     FLASH_LAUNCH_CHECK("post_process");
 }
 
+int64_t stats_workspace_size(int64_t batch, int64_t n) { return batch * ((n + kStatsChunk - 1) / kStatsChunk); }
+
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
-                            double* obj, double* imbalance, cudaStream_t s) {
-    iteration_stats<<<unsigned(batch), 256, 0, s>>>(dist, n, sizes, k, obj, imbalance);
+                            double* workspace, double* obj, double* imbalance, cudaStream_t s) {
+    const int64_t nchunks = (n + kStatsChunk - 1) / kStatsChunk;
+    objective_partials<<<unsigned(nchunks * batch), 256, 0, s>>>(dist, n, nchunks, workspace);
+    FLASH_LAUNCH_CHECK("objective_partials");
+    iteration_stats<<<unsigned(batch), 256, 0, s>>>(workspace, nchunks, sizes, k, obj, imbalance);
     FLASH_LAUNCH_CHECK("iteration_stats");
 }
 

@@ -26,9 +26,13 @@ void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch,
 void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spherical, bool int_centroids,
                          cudaStream_t s);
 
-/// obj[b] = sum of distances of problem b (double, fixed order); imbalance[b] from sizes.
+/// Doubles of workspace launch_iteration_stats needs.
+int64_t stats_workspace_size(int64_t batch, int64_t n);
+
+/// obj[b] = sum of distances of problem b (double, fixed order, in two passes so that large
+/// n spreads over the chip); imbalance[b] from the cluster sizes.
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
-                            double* obj, double* imbalance, cudaStream_t s);
+                            double* workspace, double* obj, double* imbalance, cudaStream_t s);
 
 /// Sets *flag to 1 if x holds NaN or Inf.
 void launch_check_finite(const void* x, DType dtype, int64_t count, int* flag, cudaStream_t s);

@@ -4,4 +4,5 @@ set(FLASH_CUDA_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/assign_mma.cu
   ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/assign_fp32.cu
   ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/update.cu
-  ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/device_ops.cu)
+  ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/device_ops.cu
+  ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/autotune.cu)

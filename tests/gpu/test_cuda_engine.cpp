@@ -160,13 +160,30 @@ TEST(CudaEngine, LloydMatchesCpuEngine) {
         const int64_t n = 20000, k = 100;
         const auto x = flash_test::gaussian_mixture(n, d, 100, 900 + d, 6.0f);
         std::vector<float> c0(x.begin() + 50 * d, x.begin() + (50 + k) * d);
+        // The engines may disagree only on near-ties; without any, the updates agree.
+        std::vector<int64_t> lg(n), lc(n);
+        flash::assign_nearest(host_points(x.data(), n, d), c0.data(), k, flash::Metric::L2, lg.data(), nullptr,
+                              flash::Backend::CUDA);
+        flash::assign_nearest(host_points(x.data(), n, d), c0.data(), k, flash::Metric::L2, lc.data(), nullptr,
+                              flash::Backend::CPU);
+        int64_t disagree = 0;
+        for (int64_t i = 0; i < n; i++) {
+            if (lg[i] == lc[i]) continue;
+            disagree++;
+            const double a = l2_d(&x[i * d], &c0[lg[i] * d], d), b = l2_d(&x[i * d], &c0[lc[i] * d], d);
+            EXPECT_LE(std::fabs(a - b), 1e-6 * (dot_d(&x[i * d], &x[i * d], d) + 1e4)) << "point " << i;
+        }
         auto cg = c0, cc = c0;
         flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 1, flash::Backend::CUDA));
         flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 1, flash::Backend::CPU));
         double worst = 0;
         for (size_t i = 0; i < cg.size(); i++)
             worst = std::max(worst, double(std::fabs(cg[i] - cc[i])) / (1 + std::fabs(cc[i])));
-        EXPECT_LT(worst, 1e-5) << "d=" << d;
+        if (disagree == 0) {
+            EXPECT_LT(worst, 1e-5) << "d=" << d;
+        }
+        std::printf("d=%ld: %ld near-tie assignments differ; centroid difference %.2e\n", long(d), long(disagree),
+                    worst);
         cg = c0;
         cc = c0;
         const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 10, flash::Backend::CUDA));
@@ -249,6 +266,24 @@ TEST(CudaEngine, EmptyClustersSplitLikeFaiss) {
     const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 5, flash::Backend::CPU));
     for (int it = 0; it < 5; it++) EXPECT_EQ(sg[0][it].nsplit, sc[0][it].nsplit);
     EXPECT_GT(sc[0][0].nsplit, 0);
+    EXPECT_EQ(cg, cc);
+}
+
+TEST(CudaEngine, ManyEmptyClustersUseTheSameRandomStreamAsFaiss) {
+    REQUIRE_GPU();
+    // 300 distinct integer points, k = 2000: about 1700 clusters go empty in the first
+    // iteration, so the split consumes several 624-draw batches of the generator.
+    const int64_t d = 8, k = 2000, n = 30000;
+    const auto base = flash_test::integer_points(300, d, 50, 41);
+    std::vector<float> x(n * d);
+    for (int64_t i = 0; i < n; i++) std::memcpy(&x[i * d], &base[(i * 7919 % 300) * d], sizeof(float) * d);
+    std::vector<float> c0(k * d);
+    for (int64_t c = 0; c < k; c++) std::memcpy(&c0[c * d], &base[(c % 300) * d], sizeof(float) * d);
+    auto cg = c0, cc = c0;
+    const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 1, flash::Backend::CUDA));
+    const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 1, flash::Backend::CPU));
+    EXPECT_GT(sc[0][0].nsplit, 624);
+    EXPECT_EQ(sg[0][0].nsplit, sc[0][0].nsplit);
     EXPECT_EQ(cg, cc);
 }
 
