@@ -1,0 +1,73 @@
+"""batch_kmeans: B independent k-means problems (B, N, d) in one call."""
+from collections import namedtuple
+
+import numpy as np
+
+from . import _faiss_flash
+from ._arrays import describe, is_torch, parse_device
+
+BatchKmeansResult = namedtuple("BatchKmeansResult", "centroids labels obj iteration_stats")
+
+
+def _initial_rows(n, k, seed, batch):
+    """FAISS-style initialisation: rows of a seeded permutation, one per problem."""
+    return [np.random.RandomState(seed + 1 + b).permutation(n)[:k] for b in range(batch)]
+
+
+def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_centroids=None, weights=None,
+                 device="auto"):
+    """Clusters each of the B problems of x into k clusters.
+
+    x: (B, N, d) or (N, d); numpy float32/float16, or torch float32/float16/bfloat16 on the CPU
+    or a CUDA device. The data is read in place (no copy when contiguous).
+    Returns BatchKmeansResult(centroids (B, k, d) float32, labels (B, N) int64, obj (B,),
+    iteration_stats [B][niter]) as numpy arrays for numpy input, torch tensors on x's device for
+    torch input; a 2-D input gives 2-D / 1-D results.
+    """
+    if metric not in ("l2", "ip"):
+        raise ValueError(f"metric: expected 'l2' or 'ip', got {metric!r}")
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k: expected a positive integer, got {k!r}")
+    if not isinstance(niter, (int, np.integer)) or niter < 0:
+        raise ValueError(f"niter: expected a non-negative integer, got {niter!r}")
+    backend, cuda_device = parse_device(device)
+    ptr, dtype, b, n, d, data_device = describe(x, "x")
+    squeeze = (x.dim() if is_torch(x) else x.ndim) == 2
+    if data_device >= 0:
+        backend = "cuda"
+        if cuda_device >= 0 and cuda_device != data_device:
+            raise ValueError(f"device: x is on cuda:{data_device} but device={device!r}")
+    if k > n:
+        raise ValueError(f"k: {k} clusters need at least {k} points per problem, got N={n}")
+
+    if init_centroids is not None:
+        c = init_centroids.detach().float().cpu().numpy() if is_torch(init_centroids) else np.asarray(init_centroids)
+        c = np.ascontiguousarray(c, dtype="float32").reshape(b, k, d)
+        centroids = c.copy()
+    else:
+        rows = _initial_rows(n, k, seed, b)
+        if is_torch(x):
+            import torch
+            idx = torch.as_tensor(np.stack(rows), device=x.device).reshape(b, k)
+            xb = x.reshape(b, n, d)
+            centroids = torch.stack([xb[i, idx[i]] for i in range(b)]).float().cpu().numpy()
+        else:
+            xb = x.reshape(b, n, d)
+            centroids = np.stack([xb[i, rows[i]] for i in range(b)]).astype("float32")
+        centroids = np.ascontiguousarray(centroids)
+    w = None
+    if weights is not None:
+        w = weights.detach().float().cpu().numpy() if is_torch(weights) else np.asarray(weights, dtype="float32")
+        w = np.ascontiguousarray(w, dtype="float32").reshape(b * n)
+    stats = _faiss_flash.run_lloyd(ptr, dtype, b, n, d, data_device, centroids, k, niter, metric, spherical, w,
+                                   backend, cuda_device)
+    dist, labels = _faiss_flash.assign(ptr, dtype, b, n, d, data_device, centroids, k, metric, backend, cuda_device)
+    obj = np.array([s[-1]["obj"] if s else 0.0 for s in stats])
+    if is_torch(x):
+        import torch
+        centroids = torch.from_numpy(centroids).to(x.device)
+        labels = torch.from_numpy(labels).to(x.device)
+        obj = torch.from_numpy(obj)
+    if squeeze:
+        centroids, labels = centroids[0], labels[0]
+    return BatchKmeansResult(centroids, labels, obj, stats)

@@ -1,0 +1,99 @@
+"""Helpers that take faiss Python indexes: whole-index training, the assignment-index hook,
+and warm-start refresh of an IVF index as its data changes."""
+import faiss
+import numpy as np
+
+from . import _faiss_flash
+from ._arrays import parse_device
+
+
+def _ptr(index):
+    if not hasattr(index, "this"):
+        raise TypeError(f"index: expected a faiss index, got {type(index).__name__}")
+    return int(index.this)
+
+
+def train_index(index, x, device="auto"):
+    """index.train(x) with every k-means on faiss-flash (IndexIVFFlat, IndexIVFPQ, IndexPQ)."""
+    backend, dev = parse_device(device)
+    x = np.ascontiguousarray(x, dtype="float32")
+    _faiss_flash.train_index(_ptr(index), x, backend, dev)
+
+
+class _AssignIndex:
+    """Owns a C++ FlashAssignIndex for as long as the faiss index that uses it."""
+
+    def __init__(self, d, inner_product, device):
+        backend, dev = parse_device(device)
+        self.ptr = _faiss_flash.new_assign_index(int(d), bool(inner_product), backend, dev)
+
+    def __del__(self):
+        if getattr(self, "ptr", 0):
+            _faiss_flash.free_assign_index(self.ptr)
+            self.ptr = 0
+
+
+def install_assign_index(index, device="auto"):
+    """Makes FAISS' own k-means inside index.train() assign points on faiss-flash: sets
+    `clustering_index` of an IVF index, or `pq.assign_index` of an IndexPQ. Returns the field set."""
+    concrete = faiss.downcast_index(index)
+    if isinstance(concrete, faiss.IndexPQ):
+        d = concrete.pq.dsub
+    elif isinstance(concrete, faiss.IndexIVF):
+        d = concrete.d
+    else:
+        raise TypeError(f"index: expected an IndexIVF* or IndexPQ, got {type(concrete).__name__}")
+    inner = concrete.metric_type == faiss.METRIC_INNER_PRODUCT and not isinstance(concrete, faiss.IndexPQ)
+    hook = _AssignIndex(d, inner, device)
+    field = _faiss_flash.install_assign_index(_ptr(concrete), type(concrete).__name__, hook.ptr)
+    # Keep the C++ object alive as long as the caller's index object (downcast_index made a
+    # new proxy that dies with this function).
+    refs = getattr(index, "_faiss_flash_refs", [])
+    refs.append(hook)
+    index._faiss_flash_refs = refs
+    return field
+
+
+def refresh_ivf(index, x=None, ids=None, keep_existing=True, train_extra=None, niter=5, max_train=None,
+                seed=1234, verbose=False, device="auto"):
+    """Refreshes a trained IVF index whose data has drifted (C++: faiss_flash::refresh_ivf).
+
+    The coarse centroids are warm-started from the current ones and refined by `niter`
+    k-means iterations on a sample of the training pool, the quantizer gets the refined
+    centroids and the inverted lists are rebuilt.
+
+    x: (n, d) vectors to add (float32), with `ids` (n,) int64 or None for sequential ids.
+    keep_existing: True (IndexIVFFlat only): the vectors the index holds stay (read back from
+        its lists, ids kept) and x is added; False: the index is reset and holds exactly x
+        (pass the whole set, old and new).
+    train_extra: (m, d) rows used only for the k-means (e.g. a sample of old vectors that are
+        not re-added).
+    The training pool is [kept vectors; x; train_extra]; max_train rows are drawn from it
+    (default cp.max_points_per_centroid * nlist).
+    Returns a dict: n_train, ntotal, obj_before / obj_after (objective of the old / refreshed
+    centroids on the training sample), mean_shift, kmeans_s, rebuild_s.
+    """
+    concrete = faiss.downcast_index(index)
+    if not isinstance(concrete, faiss.IndexIVF):
+        raise TypeError(f"index: expected an IndexIVF* (IndexIVFFlat, IndexIVFPQ, ...), got {type(concrete).__name__}")
+    backend, dev = parse_device(device)
+
+    def rows(a, name):
+        if a is None:
+            return None
+        a = np.ascontiguousarray(a, dtype="float32")
+        if a.ndim != 2 or a.shape[1] != concrete.d:
+            raise ValueError(f"{name}: expected shape (n, {concrete.d}), got {a.shape}")
+        return a
+
+    x, train_extra = rows(x, "x"), rows(train_extra, "train_extra")
+    if ids is not None:
+        if x is None:
+            raise ValueError("ids: given without x")
+        ids = np.ascontiguousarray(ids, dtype="int64")
+        if ids.shape != (x.shape[0],):
+            raise ValueError(f"ids: expected shape ({x.shape[0]},), got {ids.shape}")
+    if not isinstance(niter, (int, np.integer)) or niter < 0:
+        raise ValueError(f"niter: expected a non-negative integer, got {niter!r}")
+    return _faiss_flash.refresh_ivf(_ptr(concrete), type(concrete).__name__, x, ids, train_extra, bool(keep_existing),
+                                    int(niter), int(max_train or 0), int(seed), bool(verbose), backend, dev)

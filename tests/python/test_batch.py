@@ -1,0 +1,85 @@
+"""batch_kmeans: B problems at once, numpy and torch, no copies."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import faiss_flash
+from conftest import gaussian
+
+try:
+    import torch
+except ImportError:  # Debian's python3-torch is optional
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (Debian package python3-torch)")
+needs_gpu = pytest.mark.skipif(not faiss_flash.cuda_available(), reason="no CUDA device visible: GPU test skipped")
+
+
+def test_batch_equals_separate_runs(rs):
+    x = np.stack([gaussian(rs, 3000, 16) for _ in range(3)])
+    r = faiss_flash.batch_kmeans(x, 12, niter=8, device="cpu")
+    assert r.centroids.shape == (3, 12, 16) and r.labels.shape == (3, 3000) and r.obj.shape == (3,)
+    # Problem b starts from the rows of a permutation seeded with seed + 1 + b: given
+    # explicitly, each problem run alone gives the same bits.
+    inits = np.stack([x[b][np.random.RandomState(1234 + 1 + b).permutation(3000)[:12]] for b in range(3)])
+    rb = faiss_flash.batch_kmeans(x, 12, niter=8, init_centroids=inits, device="cpu")
+    assert np.array_equal(rb.centroids, r.centroids)
+    for b in range(3):
+        one = faiss_flash.batch_kmeans(x[b], 12, niter=8, init_centroids=inits[b], device="cpu")
+        assert np.array_equal(one.centroids, r.centroids[b])
+        assert np.array_equal(one.labels, r.labels[b])
+
+
+def test_float16_numpy(rs):
+    x = gaussian(rs, 4000, 8).astype("float16")
+    r = faiss_flash.batch_kmeans(x, 10, niter=5, device="cpu")
+    r32 = faiss_flash.batch_kmeans(x.astype("float32"), 10, niter=5, device="cpu")
+    assert np.array_equal(r.centroids, r32.centroids)
+
+
+def test_no_copy_of_contiguous_input(rs):
+    x = gaussian(rs, 200000, 32).reshape(4, 50000, 32)
+    faiss_flash.batch_kmeans(x[:, :1000].copy(), 4, niter=1, device="cpu")  # warm-up
+    tracemalloc.start()
+    faiss_flash.batch_kmeans(x, 16, niter=2, device="cpu")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # outputs (labels, distances) are allocated; a copy of x would be x.nbytes
+    assert peak < x.nbytes / 2, f"peak Python allocation {peak} bytes for a {x.nbytes}-byte input"
+
+
+@pytest.mark.parametrize("bad, exc, word", [
+    (lambda: faiss_flash.batch_kmeans([[1.0, 2.0]], 1), TypeError, "x"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((4, 4), "int32"), 2), TypeError, "dtype"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((2, 3, 4, 5), "float32"), 2), ValueError, "dimensions"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32")[::2], 2), ValueError, "contiguous"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 9), ValueError, "k"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, metric="cos"), ValueError, "metric"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, device=3), TypeError, "device"),
+])
+def test_bad_arguments(bad, exc, word):
+    with pytest.raises(exc, match=word):
+        bad()
+
+
+@needs_torch
+def test_torch_cpu_tensors_in_and_out(rs):
+    x = torch.from_numpy(np.stack([gaussian(rs, 2000, 8) for _ in range(2)]))
+    r = faiss_flash.batch_kmeans(x, 6, niter=4, device="cpu")
+    assert isinstance(r.centroids, torch.Tensor) and r.centroids.shape == (2, 6, 8)
+    ref = faiss_flash.batch_kmeans(x.numpy(), 6, niter=4, device="cpu")
+    assert np.array_equal(r.centroids.numpy(), ref.centroids)
+    rb = faiss_flash.batch_kmeans(x.to(torch.bfloat16), 6, niter=4, device="cpu")
+    assert rb.centroids.dtype == torch.float32
+    with pytest.raises(ValueError, match="contiguous"):
+        faiss_flash.batch_kmeans(x.transpose(1, 2), 3)
+
+
+@needs_torch
+@needs_gpu
+def test_torch_cuda_tensors_stay_on_device(rs):
+    x = torch.from_numpy(np.stack([gaussian(rs, 5000, 64) for _ in range(4)])).cuda().half()
+    r = faiss_flash.batch_kmeans(x, 32, niter=5)
+    assert r.centroids.is_cuda and r.labels.is_cuda
+    cpu = faiss_flash.batch_kmeans(x.cpu(), 32, niter=5, device="cpu")
+    assert torch.allclose(r.centroids.cpu(), cpu.centroids, rtol=1e-3, atol=1e-3)

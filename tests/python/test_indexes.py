@@ -1,0 +1,69 @@
+"""Helpers taking faiss Python indexes: training, the assignment hook, refresh."""
+import faiss
+import numpy as np
+import pytest
+
+import faiss_flash
+from conftest import gaussian
+
+
+def recall(index, xb, xq, k=10, nprobe=16):
+    gt = faiss.IndexFlatL2(xb.shape[1])
+    gt.add(xb)
+    _, I0 = gt.search(xq, k)
+    index.nprobe = nprobe
+    _, I = index.search(xq, k)
+    return np.mean([len(set(a) & set(b)) / k for a, b in zip(I0, I)])
+
+
+@pytest.fixture
+def data(rs):
+    xb = gaussian(rs, 20000, 32, centres=200, spread=2.0)
+    xq = gaussian(np.random.RandomState(7), 200, 32, centres=200, spread=2.0)
+    return xb, xq
+
+
+@pytest.mark.parametrize("kind", ["IVF64,Flat", "IVF64,PQ8x4"])
+def test_train_index_matches_stock_recall(data, kind):
+    xb, xq = data
+    stock = faiss.index_factory(32, kind)
+    stock.train(xb)
+    stock.add(xb)
+    ours = faiss.index_factory(32, kind)
+    faiss_flash.train_index(ours, xb, device="cpu")
+    ours.add(xb)
+    assert recall(ours, xb, xq) == pytest.approx(recall(stock, xb, xq), abs=0.01)
+
+
+def test_install_assign_index(data):
+    xb, xq = data
+    index = faiss.index_factory(32, "IVF64,Flat")
+    assert faiss_flash.install_assign_index(index, device="cpu") == "clustering_index"
+    index.train(xb)
+    index.add(xb)
+    stock = faiss.index_factory(32, "IVF64,Flat")
+    stock.train(xb)
+    stock.add(xb)
+    assert recall(index, xb, xq) == pytest.approx(recall(stock, xb, xq), abs=0.01)
+    pq = faiss.IndexPQ(32, 4, 6)
+    assert faiss_flash.install_assign_index(pq, device="cpu") == "pq.assign_index"
+    pq.train(xb)
+    with pytest.raises(TypeError, match="index"):
+        faiss_flash.install_assign_index(faiss.IndexFlatL2(4))
+
+
+def test_refresh_ivf_recovers_recall_after_drift(rs):
+    d = 32
+    old = gaussian(rs, 20000, d, centres=100, spread=2.0)
+    shift = np.random.RandomState(3).randn(1, d).astype("float32") * 3
+    new = gaussian(np.random.RandomState(5), 20000, d, centres=100, spread=2.0) + shift
+    xq = np.vstack([new[:100], old[:100]]) + 0.1
+    index = faiss.index_factory(d, "IVF64,Flat")
+    faiss_flash.train_index(index, old, device="cpu")
+    index.add(np.vstack([old, new]))
+    before = recall(index, np.vstack([old, new]), xq, nprobe=4)
+    info = faiss_flash.refresh_ivf(index, np.vstack([old, new]), niter=5, device="cpu")
+    after = recall(index, np.vstack([old, new]), xq, nprobe=4)
+    assert index.ntotal == 40000
+    assert after >= before
+    assert info["kmeans_s"] > 0

@@ -1,0 +1,103 @@
+"""faiss_flash.Kmeans against faiss.Kmeans, and the properties of FAISS' tests/test_clustering.py."""
+import faiss
+import numpy as np
+import pytest
+
+import faiss_flash
+from conftest import gaussian
+
+
+def both(d, k, **kw):
+    return faiss.Kmeans(d, k, **kw), faiss_flash.Kmeans(d, k, device="cpu", **kw)
+
+
+def test_same_centroids_as_faiss_kmeans(rs):
+    x = gaussian(rs, 10000, 24)
+    ref, ours = both(24, 50, niter=12, seed=7)
+    o1, o2 = ref.train(x), ours.train(x)
+    assert np.array_equal(ref.centroids, ours.centroids)
+    assert o2 == pytest.approx(o1, rel=1e-5)
+    assert len(ours.iteration_stats) == 12
+    assert set(ours.iteration_stats[0]) == set(ref.iteration_stats[0])
+    np.testing.assert_allclose(ours.obj, ref.obj, rtol=1e-5)
+
+
+def test_same_with_subsampling_weights_and_init(rs):
+    x = gaussian(rs, 6000, 16)
+    w = rs.uniform(0.5, 2.0, 6000).astype("float32")
+    init = x[:5].copy()
+    ref, ours = both(16, 20, niter=6, max_points_per_centroid=100)
+    ref.train(x, weights=w, init_centroids=init)
+    ours.train(x, weights=w, init_centroids=init)
+    assert np.array_equal(ref.centroids, ours.centroids)
+
+
+def test_script_for_faiss_kmeans_runs_unchanged(rs):
+    x = gaussian(rs, 3000, 8)
+    for Kmeans in (faiss.Kmeans, faiss_flash.Kmeans):
+        km = Kmeans(8, 10, niter=5, verbose=False, spherical=False, seed=3)
+        km.train(x)
+        D, I = km.assign(x)
+        assert km.centroids.shape == (10, 8) and D.shape == (3000,) and I.shape == (3000,)
+        assert km.index.ntotal == 10 and km.obj.shape == (5,)
+
+
+def test_objective_decreases(rs):
+    km = faiss_flash.Kmeans(32, 64, niter=20)
+    km.train(gaussian(rs, 5000, 32, centres=64))
+    assert np.all(np.diff(km.obj) <= 1e-6 * km.obj[:-1])
+
+
+def test_more_centroids_lower_error(rs):
+    x = gaussian(rs, 8000, 16, centres=100)
+    errs = []
+    for k in (8, 32, 128):
+        km = faiss_flash.Kmeans(16, k, max_points_per_centroid=10000)
+        km.train(x)
+        errs.append(km.assign(x)[0].sum())
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_int_centroids(rs):
+    x = rs.randint(0, 256, (3000, 8)).astype("float32")
+    km = faiss_flash.Kmeans(8, 20, int_centroids=True)
+    km.train(x)
+    assert np.all(km.centroids == np.round(km.centroids))
+
+
+def test_nasty_data_does_not_crash():
+    x = np.tile(np.array([[0, 0], [1, 3], [2, 6], [3, 9], [4, 12]], dtype="float32"), (200, 1))
+    km = faiss_flash.Kmeans(2, 10)
+    km.train(x)
+    assert np.all(np.isfinite(km.centroids))
+    assert sum(s["nsplit"] for s in km.iteration_stats) > 0
+
+
+def test_nredo_keeps_the_best(rs):
+    x = gaussian(rs, 4000, 8, centres=40)
+    ref, ours = both(8, 30, niter=6, nredo=4)
+    ref.train(x)
+    ours.train(x)
+    assert ours.obj[-1] == pytest.approx(ref.obj[-1], rel=1e-6)
+    single = min(faiss_flash.Kmeans(8, 30, niter=6, seed=1234 + r * 15486557).train(x) for r in range(4))
+    assert ours.obj[-1] == pytest.approx(single, rel=1e-6)
+
+
+def test_spherical(rs):
+    km = faiss_flash.Kmeans(12, 16, spherical=True)
+    km.train(gaussian(rs, 3000, 12))
+    np.testing.assert_allclose(np.linalg.norm(km.centroids, axis=1), 1.0, rtol=1e-5)
+    assert isinstance(km.index, faiss.IndexFlatIP)
+
+
+@pytest.mark.parametrize("bad, exc, word", [
+    (lambda: faiss_flash.Kmeans(8, 0), ValueError, "k"),
+    (lambda: faiss_flash.Kmeans(8, 4, not_a_param=1), AttributeError, "not_a_param"),
+    (lambda: faiss_flash.Kmeans(8, 4, device="tpu"), ValueError, "device"),
+    (lambda: faiss_flash.Kmeans(8, 4).train(np.zeros((10, 3), "float32")), ValueError, "x"),
+    (lambda: faiss_flash.Kmeans(8, 40).train(np.ones((10, 8), "float32")), ValueError, "at least"),
+    (lambda: faiss_flash.Kmeans(2, 2).train(np.array([[0, 1], [np.nan, 1], [3, 3]], "float32")), ValueError, "NaN"),
+])
+def test_bad_input(bad, exc, word):
+    with pytest.raises(exc, match=word):
+        bad()
