@@ -9,9 +9,12 @@ from ._arrays import describe, is_torch, parse_device
 BatchKmeansResult = namedtuple("BatchKmeansResult", "centroids labels obj iteration_stats")
 
 
-def _initial_rows(n, k, seed, batch):
-    """FAISS-style initialisation: rows of a seeded permutation, one per problem."""
-    return [np.random.RandomState(seed + 1 + b).permutation(n)[:k] for b in range(batch)]
+def initial_rows(n, k, seed, batch):
+    """FAISS' initialisation, one permutation per problem: problem b starts from rows
+    faiss::rand_perm(n, seed + 1 + b)[:k]. Problem 0 thus starts where faiss.Kmeans(seed=seed)
+    does, and a 2-D input with n <= k * max_points_per_centroid (no FAISS subsampling) gives
+    faiss.Kmeans' centroids."""
+    return [_faiss_flash.rand_perm(n, seed + 1 + b)[:k].astype(np.int64) for b in range(batch)]
 
 
 def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_centroids=None, weights=None,
@@ -20,7 +23,10 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
 
     x: (B, N, d) or (N, d); numpy float32/float16, or torch float32/float16/bfloat16 on the CPU
     or a CUDA device. The data is read in place (no copy when contiguous).
-    Returns BatchKmeansResult(centroids (B, k, d) float32, labels (B, N) int64, obj (B,),
+    Initial centroids: init_centroids (B, k, d), else rows faiss::rand_perm(N, seed + 1 + b)[:k]
+    of each problem b (so a 2-D input starts where faiss.Kmeans(seed=seed) does).
+    Returns BatchKmeansResult(centroids (B, k, d) float32, labels (B, N) int64, obj (B,) float64
+    = sum of each point's distance (L2: squared) or similarity (ip) to its final centroid,
     iteration_stats [B][niter]) as numpy arrays for numpy input, torch tensors on x's device for
     torch input; a 2-D input gives 2-D / 1-D results.
     """
@@ -30,6 +36,8 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
         raise ValueError(f"k: expected a positive integer, got {k!r}")
     if not isinstance(niter, (int, np.integer)) or niter < 0:
         raise ValueError(f"niter: expected a non-negative integer, got {niter!r}")
+    if not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
     backend, cuda_device = parse_device(device)
     ptr, dtype, b, n, d, data_device = describe(x, "x")
     squeeze = (x.dim() if is_torch(x) else x.ndim) == 2
@@ -42,10 +50,12 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
 
     if init_centroids is not None:
         c = init_centroids.detach().float().cpu().numpy() if is_torch(init_centroids) else np.asarray(init_centroids)
-        c = np.ascontiguousarray(c, dtype="float32").reshape(b, k, d)
-        centroids = c.copy()
+        c = np.ascontiguousarray(c, dtype="float32")
+        if c.size != b * k * d:
+            raise ValueError(f"init_centroids: expected shape {(b, k, d) if not squeeze else (k, d)}, got {c.shape}")
+        centroids = c.reshape(b, k, d).copy()
     else:
-        rows = _initial_rows(n, k, seed, b)
+        rows = initial_rows(n, k, seed, b)
         if is_torch(x):
             import torch
             idx = torch.as_tensor(np.stack(rows), device=x.device).reshape(b, k)
@@ -58,11 +68,16 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     w = None
     if weights is not None:
         w = weights.detach().float().cpu().numpy() if is_torch(weights) else np.asarray(weights, dtype="float32")
-        w = np.ascontiguousarray(w, dtype="float32").reshape(b * n)
+        w = np.ascontiguousarray(w, dtype="float32")
+        if w.size != b * n:
+            raise ValueError(f"weights: expected shape {(b, n) if not squeeze else (n,)}, got {w.shape}")
+        w = w.reshape(b * n)
     stats = _faiss_flash.run_lloyd(ptr, dtype, b, n, d, data_device, centroids, k, niter, metric, spherical, w,
                                    backend, cuda_device)
     dist, labels = _faiss_flash.assign(ptr, dtype, b, n, d, data_device, centroids, k, metric, backend, cuda_device)
-    obj = np.array([s[-1]["obj"] if s else 0.0 for s in stats])
+    # objective of the returned centroids and labels (iteration_stats[b][-1]["obj"] is, as in
+    # FAISS, that of the centroids before the last update)
+    obj = dist.sum(axis=1, dtype="float64")
     if is_torch(x):
         import torch
         centroids = torch.from_numpy(centroids).to(x.device)

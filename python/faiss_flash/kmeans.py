@@ -5,17 +5,21 @@ import numpy as np
 from . import _faiss_flash
 from ._arrays import parse_device
 
-_PARAMS = ("niter", "nredo", "verbose", "spherical", "int_centroids", "update_index", "frozen_centroids",
-           "min_points_per_centroid", "max_points_per_centroid", "seed", "decode_block_size")
+# faiss.ClusteringParameters fields, handed to the C++ FlashClustering at train time.
+_CP_FIELDS = ("niter", "nredo", "verbose", "spherical", "int_centroids", "update_index", "frozen_centroids",
+              "min_points_per_centroid", "max_points_per_centroid", "seed", "decode_block_size")
 
 
 class Kmeans:
-    """Drop-in for faiss.Kmeans: same constructor keywords (ClusteringParameters fields), same
-    train / assign, same centroids, obj, iteration_stats and index attributes.
+    """Drop-in for faiss.Kmeans: same constructor keywords (ClusteringParameters fields, kept in
+    `self.cp` as FAISS does, so `km.cp.niter = 10` after construction works too), same train /
+    assign, same centroids, obj, iteration_stats and index attributes. With the CPU engine the
+    centroids are bit-identical to faiss.Kmeans with the same seed (except at exact ties).
 
     Extra keywords: device ('auto', 'cpu', 'cuda', 'cuda:N'), checkpoint_path and
-    checkpoint_every (resumable training). `gpu=` is accepted for compatibility: a true value
-    means device='cuda'.
+    checkpoint_every (resumable training). `gpu=` is accepted as FAISS does: a true value
+    selects device='auto' (the CUDA engine when a GPU is visible). `progressive_dim_steps`
+    (progressive-dimension clustering) is delegated to faiss.Kmeans.
     """
 
     def __init__(self, d, k, **kwargs):
@@ -24,29 +28,42 @@ class Kmeans:
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
         self.d, self.k = int(d), int(k)
+        self.gpu = False
         self.device = "auto"
-        self.params = {}
-        defaults = faiss.ClusteringParameters()
+        self.checkpoint = {}
+        self._delegate = None
+        if "progressive_dim_steps" in kwargs:
+            faiss_kwargs = {key: v for key, v in kwargs.items() if key != "device"}
+            self._delegate = faiss.Kmeans(d, k, **faiss_kwargs)
+            self.cp = self._delegate.cp
+            self.centroids = None
+            return
+        self.cp = faiss.ClusteringParameters()
         for key, value in kwargs.items():
             if key == "device":
                 parse_device(value)
                 self.device = value
             elif key == "gpu":
-                self.device = "cuda" if value else "cpu"
+                self.gpu = value
+                self.device = "auto" if value else "cpu"
             elif key in ("checkpoint_path", "checkpoint_every"):
-                self.params[key] = value
-            elif key in _PARAMS:
-                self.params[key] = value
+                self.checkpoint[key] = value
             else:
-                raise AttributeError(f"Kmeans: unknown parameter {key!r}")
-        self.cp = defaults
-        for key, value in self.params.items():
-            if key in _PARAMS:
+                # as faiss.Kmeans: an unknown field raises AttributeError
+                getattr(self.cp, key)
                 setattr(self.cp, key, value)
         self.centroids = None
 
     def train(self, x, weights=None, init_centroids=None):
-        """k-means of x (n, d) float32; returns the final objective."""
+        """k-means of x (n, d); returns the final objective. Sets centroids (k, d), obj
+        (per-iteration objectives), iteration_stats (list of dicts: obj, time, time_search,
+        imbalance_factor, nsplit) and index (an IndexFlatL2, or IndexFlatIP when spherical,
+        holding the centroids)."""
+        if self._delegate is not None:
+            obj = self._delegate.train(x, weights=weights, init_centroids=init_centroids)
+            self.centroids, self.obj = self._delegate.centroids, self._delegate.obj
+            self.iteration_stats = self._delegate.iteration_stats
+            return obj
         x = np.ascontiguousarray(x, dtype="float32")
         if x.ndim != 2 or x.shape[1] != self.d:
             raise ValueError(f"x: expected shape (n, {self.d}), got {x.shape}")
@@ -54,10 +71,11 @@ class Kmeans:
             weights = np.ascontiguousarray(weights, dtype="float32")
         if init_centroids is not None:
             init_centroids = np.ascontiguousarray(init_centroids, dtype="float32")
-        spherical = bool(self.params.get("spherical", False))
-        self.index = faiss.IndexFlatIP(self.d) if spherical else faiss.IndexFlatL2(self.d)
+        params = {f: getattr(self.cp, f) for f in _CP_FIELDS}
+        params.update(self.checkpoint)
+        self.index = faiss.IndexFlatIP(self.d) if self.cp.spherical else faiss.IndexFlatL2(self.d)
         backend, dev = parse_device(self.device)
-        centroids, stats = _faiss_flash.train_clustering(x, self.k, self.params, weights, init_centroids,
+        centroids, stats = _faiss_flash.train_clustering(x, self.k, params, weights, init_centroids,
                                                          int(self.index.this), backend, dev)
         self.centroids = centroids.reshape(self.k, self.d)
         self.obj = np.array([s["obj"] for s in stats])
@@ -66,6 +84,8 @@ class Kmeans:
 
     def assign(self, x):
         """(D, I): distance to and index of the nearest centroid of each row of x."""
+        if self._delegate is not None:
+            return self._delegate.assign(x)
         x = np.ascontiguousarray(x, dtype="float32")
         assert self.centroids is not None, "should train before assigning"
         self.index.reset()

@@ -4,6 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+import faiss
 import faiss_flash
 from conftest import gaussian
 
@@ -19,9 +20,9 @@ def test_batch_equals_separate_runs(rs):
     x = np.stack([gaussian(rs, 3000, 16) for _ in range(3)])
     r = faiss_flash.batch_kmeans(x, 12, niter=8, device="cpu")
     assert r.centroids.shape == (3, 12, 16) and r.labels.shape == (3, 3000) and r.obj.shape == (3,)
-    # Problem b starts from the rows of a permutation seeded with seed + 1 + b: given
-    # explicitly, each problem run alone gives the same bits.
-    inits = np.stack([x[b][np.random.RandomState(1234 + 1 + b).permutation(3000)[:12]] for b in range(3)])
+    # Problem b starts from rows faiss::rand_perm(N, seed + 1 + b)[:k]: given explicitly,
+    # each problem run alone gives the same bits.
+    inits = np.stack([x[b][faiss_flash._faiss_flash.rand_perm(3000, 1234 + 1 + b)[:12]] for b in range(3)])
     rb = faiss_flash.batch_kmeans(x, 12, niter=8, init_centroids=inits, device="cpu")
     assert np.array_equal(rb.centroids, r.centroids)
     for b in range(3):
@@ -30,11 +31,48 @@ def test_batch_equals_separate_runs(rs):
         assert np.array_equal(one.labels, r.labels[b])
 
 
+def test_single_problem_equals_faiss_kmeans(rs):
+    # n <= k * max_points_per_centroid: FAISS does not subsample, and problem 0 starts from
+    # FAISS' own initial rows, so the centroids are faiss.Kmeans' bit for bit.
+    x = gaussian(rs, 5000, 16)
+    ref = faiss.Kmeans(16, 40, niter=10, seed=99)
+    ref.train(x)
+    r = faiss_flash.batch_kmeans(x, 40, niter=10, seed=99, device="cpu")
+    assert np.array_equal(r.centroids, ref.centroids)
+    assert [s["obj"] for s in r.iteration_stats[0]] == pytest.approx(list(ref.obj), rel=1e-6)
+    D, I = ref.assign(x)
+    assert np.array_equal(r.labels, I)
+    assert r.obj == pytest.approx(float(D.astype("float64").sum()), rel=1e-5)
+
+
+def test_weights_and_inner_product(rs):
+    x = np.stack([gaussian(rs, 2000, 8) for _ in range(2)])
+    w = rs.uniform(0.5, 2, (2, 2000)).astype("float32")
+    r = faiss_flash.batch_kmeans(x, 5, niter=4, weights=w, device="cpu")
+    for b in range(2):
+        one = faiss_flash.batch_kmeans(x[b], 5, niter=4, weights=w[b], init_centroids=x[b][
+            faiss_flash._faiss_flash.rand_perm(2000, 1235 + b)[:5]], device="cpu")
+        assert np.array_equal(one.centroids, r.centroids[b])
+    ip = faiss_flash.batch_kmeans(x, 5, niter=4, metric="ip", spherical=True, device="cpu")
+    np.testing.assert_allclose(np.linalg.norm(ip.centroids, axis=2), 1.0, rtol=1e-5)
+    sims = np.einsum("bnd,bkd->bnk", x, ip.centroids)
+    assert np.array_equal(ip.labels, sims.argmax(axis=2)) or np.mean(ip.labels == sims.argmax(axis=2)) > 0.999
+
+
 def test_float16_numpy(rs):
     x = gaussian(rs, 4000, 8).astype("float16")
     r = faiss_flash.batch_kmeans(x, 10, niter=5, device="cpu")
     r32 = faiss_flash.batch_kmeans(x.astype("float32"), 10, niter=5, device="cpu")
     assert np.array_equal(r.centroids, r32.centroids)
+
+
+def test_engine_reads_the_callers_buffer(rs):
+    x = np.stack([gaussian(rs, 1000, 8) for _ in range(2)])
+    faiss_flash.batch_kmeans(x, 4, niter=2, device="cpu")
+    assert faiss_flash._faiss_flash._last_points_ptr() == x.__array_interface__["data"][0]
+    h = x.astype("float16")
+    faiss_flash.batch_kmeans(h, 4, niter=2, device="cpu")
+    assert faiss_flash._faiss_flash._last_points_ptr() == h.__array_interface__["data"][0]
 
 
 def test_no_copy_of_contiguous_input(rs):
@@ -56,6 +94,13 @@ def test_no_copy_of_contiguous_input(rs):
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 9), ValueError, "k"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, metric="cos"), ValueError, "metric"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, device=3), TypeError, "device"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, device="tpu"), ValueError, "device"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, niter=-1), ValueError, "niter"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, seed=1.5), TypeError, "seed"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, init_centroids=np.zeros((3, 4))),
+     ValueError, "init_centroids"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, weights=np.ones(7)), ValueError, "weights"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((0, 4), "float32"), 2), ValueError, "empty"),
 ])
 def test_bad_arguments(bad, exc, word):
     with pytest.raises(exc, match=word):
@@ -67,6 +112,8 @@ def test_torch_cpu_tensors_in_and_out(rs):
     x = torch.from_numpy(np.stack([gaussian(rs, 2000, 8) for _ in range(2)]))
     r = faiss_flash.batch_kmeans(x, 6, niter=4, device="cpu")
     assert isinstance(r.centroids, torch.Tensor) and r.centroids.shape == (2, 6, 8)
+    assert faiss_flash._faiss_flash._last_points_ptr() == x.data_ptr()  # assign read x in place
+    assert r.labels.dtype == torch.int64 and r.labels.shape == (2, 2000)
     ref = faiss_flash.batch_kmeans(x.numpy(), 6, niter=4, device="cpu")
     assert np.array_equal(r.centroids.numpy(), ref.centroids)
     rb = faiss_flash.batch_kmeans(x.to(torch.bfloat16), 6, niter=4, device="cpu")

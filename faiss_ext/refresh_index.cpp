@@ -1,0 +1,215 @@
+#include "faiss_ext/refresh_index.h"
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/invlists/InvertedLists.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "faiss_ext/FlashClustering.h"
+#include "kernels/flash_kmeans.h"
+
+namespace faiss_flash {
+
+namespace {
+
+using idx_t = faiss::Index::idx_t;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void require(bool ok, const std::string& msg) {
+    if (!ok) throw std::invalid_argument("refresh_ivf: " + msg);
+}
+
+// The vectors and ids an IndexIVFFlat holds, read from its inverted lists.
+struct Stored {
+    std::vector<float> x; // (n, d) row-major
+    std::vector<idx_t> ids; // (n,)
+};
+
+Stored read_ivf_flat(const faiss::IndexIVFFlat& index) {
+    const faiss::InvertedLists* il = index.invlists;
+    const size_t d = index.d;
+    Stored s;
+    s.x.reserve(size_t(index.ntotal) * d);
+    s.ids.reserve(index.ntotal);
+    for (size_t l = 0; l < il->nlist; l++) {
+        const size_t ls = il->list_size(l);
+        if (ls == 0) continue;
+        faiss::InvertedLists::ScopedCodes codes(il, l);
+        faiss::InvertedLists::ScopedIds ids(il, l);
+        const float* v = reinterpret_cast<const float*>(codes.get());
+        s.x.insert(s.x.end(), v, v + ls * d);
+        s.ids.insert(s.ids.end(), ids.get(), ids.get() + ls);
+    }
+    return s;
+}
+
+// Rows sorted by id (an array direct map needs ids 0, 1, 2, ... in order).
+void sort_by_id(Stored& s, size_t d) {
+    std::vector<size_t> order(s.ids.size());
+    std::iota(order.begin(), order.end(), size_t(0));
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return s.ids[a] < s.ids[b]; });
+    Stored t;
+    t.x.resize(s.x.size());
+    t.ids.resize(s.ids.size());
+    for (size_t i = 0; i < order.size(); i++) {
+        std::memcpy(&t.x[i * d], &s.x[order[i] * d], d * sizeof(float));
+        t.ids[i] = s.ids[order[i]];
+    }
+    s = std::move(t);
+}
+
+} // namespace
+
+RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const idx_t* ids,
+                         const RefreshOptions& opt) {
+    const auto t0 = std::chrono::steady_clock::now();
+    require(index != nullptr, "index is a null pointer");
+    require(index->is_trained, "index is not trained (train it once, then refresh)");
+    require(index->quantizer != nullptr && index->quantizer->ntotal == idx_t(index->nlist),
+            "index->quantizer must hold nlist=" + std::to_string(index->nlist) + " centroids");
+    require(n >= 0, "n must be >= 0, got " + std::to_string(n));
+    require(n == 0 || x != nullptr, "x is a null pointer");
+    require(opt.niter >= 0, "niter must be >= 0, got " + std::to_string(opt.niter));
+    require(opt.n_train_extra >= 0 && (opt.n_train_extra == 0 || opt.train_extra != nullptr),
+            "train_extra must hold n_train_extra rows");
+    const size_t d = index->d;
+    const idx_t nlist = idx_t(index->nlist);
+    const bool array_map = index->direct_map.type == faiss::DirectMap::Array;
+    require(!(array_map && ids != nullptr), "ids cannot be given: the index has an array direct map");
+
+    // 1. The vectors the index keeps, read back exactly from an IVF-Flat's lists.
+    Stored kept;
+    if (opt.keep_existing && index->ntotal > 0) {
+        const auto* flat = dynamic_cast<const faiss::IndexIVFFlat*>(index);
+        require(flat != nullptr && dynamic_cast<const faiss::IndexIVFFlatDedup*>(index) == nullptr &&
+                        index->code_size == d * sizeof(float),
+                "keep_existing needs an IndexIVFFlat (its codes are the vectors); for other IVF "
+                "indexes pass keep_existing=false and the whole set to hold in x");
+        kept = read_ivf_flat(*flat);
+        if (array_map) sort_by_id(kept, d);
+    }
+    const idx_t n_kept = idx_t(kept.ids.size());
+
+    // 2. Training sample: up to max_train rows of [kept; x; train_extra], a seeded partial
+    //    Fisher-Yates draw sorted back into pool order.
+    const idx_t pool = n_kept + n + opt.n_train_extra;
+    const idx_t cap = opt.max_train > 0 ? opt.max_train : idx_t(index->cp.max_points_per_centroid) * nlist;
+    require(pool >= nlist, "only " + std::to_string(pool) + " training rows for nlist=" + std::to_string(nlist));
+    auto row = [&](idx_t i) -> const float* {
+        if (i < n_kept) return &kept.x[size_t(i) * d];
+        i -= n_kept;
+        if (i < n) return x + size_t(i) * d;
+        return opt.train_extra + size_t(i - n) * d;
+    };
+    std::vector<float> sample; // (n_train, d)
+    const float* train_x = nullptr;
+    idx_t n_train = std::min(pool, cap);
+    if (n_train == pool && pool == n) {
+        train_x = x; // the new vectors alone, in place
+    } else {
+        std::vector<idx_t> pick(pool);
+        std::iota(pick.begin(), pick.end(), idx_t(0));
+        if (n_train < pool) {
+            std::mt19937 rng(opt.seed);
+            for (idx_t i = 0; i < n_train; i++) {
+                const idx_t j = i + idx_t(rng() % uint64_t(pool - i));
+                std::swap(pick[i], pick[j]);
+            }
+            pick.resize(n_train);
+            std::sort(pick.begin(), pick.end());
+        }
+        sample.resize(size_t(n_train) * d);
+        for (idx_t i = 0; i < n_train; i++) std::memcpy(&sample[size_t(i) * d], row(pick[i]), d * sizeof(float));
+        train_x = sample.data();
+    }
+
+    // 3. Warm-started k-means: the current centroids are the initial ones (all nlist given,
+    //    so none is drawn at random); FAISS' parameters of the index otherwise.
+    std::vector<float> old(size_t(nlist) * d);
+    index->quantizer->reconstruct_n(0, nlist, old.data());
+    FlashClustering clus(int(d), int(nlist), index->cp);
+    clus.niter = opt.niter;
+    clus.nredo = 1;
+    clus.seed = opt.seed;
+    clus.verbose = opt.verbose;
+    clus.max_points_per_centroid = int(std::min<idx_t>(n_train / nlist + 1, 1 << 30)); // no second subsampling
+    clus.flash = opt.flash;
+    clus.centroids = old;
+    faiss::IndexFlat assign_index(int(d), index->quantizer->metric_type);
+    clus.train(n_train, train_x, assign_index);
+
+    RefreshStats st;
+    st.n_train = n_train;
+    const flash::Metric metric = index->quantizer->metric_type == faiss::METRIC_INNER_PRODUCT
+            ? flash::Metric::InnerProduct
+            : flash::Metric::L2;
+    flash::Points p;
+    p.data = train_x;
+    p.n = n_train;
+    p.d = int64_t(d);
+    auto objective = [&](const float* c) {
+        std::vector<float> dist(n_train);
+        flash::assign_nearest(p, c, nlist, metric, nullptr, dist.data(), opt.flash.backend, opt.flash.cuda_device);
+        double s = 0;
+        for (float v : dist) s += v;
+        return s;
+    };
+    // The first iteration's objective is that of the old centroids (computed before the
+    // update), unless k-means did not iterate (niter 0, or as many rows as centroids).
+    if (opt.niter > 0 && n_train > nlist && !clus.iteration_stats.empty())
+        st.obj_before = clus.iteration_stats.front().obj;
+    else
+        st.obj_before = objective(old.data());
+    st.obj_after = objective(clus.centroids.data());
+    double shift = 0;
+    for (idx_t c = 0; c < nlist; c++) {
+        double s2 = 0;
+        for (size_t j = 0; j < d; j++) {
+            const double v = double(clus.centroids[c * d + j]) - old[c * d + j];
+            s2 += v * v;
+        }
+        shift += std::sqrt(s2);
+    }
+    st.mean_shift = shift / double(nlist);
+    st.kmeans_s = seconds_since(t0);
+
+    // 4. Swap the centroids, rebuild the inverted lists.
+    const auto t1 = std::chrono::steady_clock::now();
+    index->quantizer->reset();
+    index->quantizer->add(nlist, clus.centroids.data());
+    if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index); ivfpq && ivfpq->use_precomputed_table != 0)
+        ivfpq->precompute_table(); // tables of ||c||^2 + 2 <c, r> depend on the coarse centroids
+    sample = {};
+    index->reset();
+    if (n_kept > 0) {
+        if (array_map)
+            index->add(n_kept, kept.x.data());
+        else
+            index->add_with_ids(n_kept, kept.x.data(), kept.ids.data());
+    }
+    kept = {};
+    if (n > 0) {
+        if (ids)
+            index->add_with_ids(n, x, ids);
+        else
+            index->add(n, x);
+    }
+    st.ntotal = index->ntotal;
+    st.rebuild_s = seconds_since(t1);
+    return st;
+}
+
+} // namespace faiss_flash

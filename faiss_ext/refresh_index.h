@@ -1,0 +1,55 @@
+// Incremental refresh of a trained IVF index whose data has drifted.
+//
+// A full retrain runs k-means from random rows (cp.niter iterations, often nredo > 1) and
+// re-adds everything. A refresh warm-starts the coarse centroids from the current ones, runs
+// a few Lloyd iterations (FlashClustering, FAISS semantics) on a sample of old + new vectors,
+// swaps the quantizer's centroids and rebuilds the inverted lists:
+//
+//   faiss_flash::RefreshOptions opt;                 // niter = 5
+//   auto st = faiss_flash::refresh_ivf(&index, n_new, x_new, ids_new, opt);
+//
+// The vectors already in the index are kept (keep_existing, IndexIVFFlat: they are read back
+// exactly from the inverted lists, with their ids) or dropped (the caller passes the whole
+// set to hold in x). Vectors given only as a training sample (train_extra) shape the
+// centroids without being added.
+#pragma once
+
+#include <faiss/IndexIVF.h>
+
+#include "faiss_ext/FlashOptions.h"
+
+namespace faiss_flash {
+
+struct RefreshOptions {
+    int niter = 5;                  ///< warm-start Lloyd iterations
+    faiss::Index::idx_t max_train = 0; ///< training sample size; 0: cp.max_points_per_centroid * nlist
+    int seed = 1234;                ///< sample selection and FlashClustering seed
+    /// true: the index keeps the vectors it holds (IndexIVFFlat only: their codes are the
+    /// vectors) and x is added to them; false: the index is reset and holds exactly x.
+    bool keep_existing = true;
+    /// Extra training rows (n_train_extra, d) host fp32, used for the k-means only (e.g. a
+    /// sample of old vectors when keep_existing is false and the old data is not re-added).
+    faiss::Index::idx_t n_train_extra = 0;
+    const float* train_extra = nullptr;
+    bool verbose = false;
+    FlashOptions flash;
+};
+
+struct RefreshStats {
+    faiss::Index::idx_t n_train = 0; ///< rows the k-means ran on
+    faiss::Index::idx_t ntotal = 0;  ///< vectors in the index afterwards
+    double obj_before = 0;  ///< objective of the old centroids on the training sample
+    double obj_after = 0;   ///< objective of the refreshed centroids on the same sample
+    double mean_shift = 0;  ///< mean L2 distance between old and refreshed centroids
+    double kmeans_s = 0;    ///< seconds: gathering the sample + warm-started k-means
+    double rebuild_s = 0;   ///< seconds: swapping the quantizer + re-adding the vectors
+};
+
+/// Refreshes `index` (trained, quantizer holding nlist centroids) with n vectors x (n, d)
+/// host fp32 (n may be 0 when keep_existing) and their ids (null: sequential ids, as
+/// IndexIVF::add gives). Throws std::invalid_argument for bad arguments (untrained index,
+/// keep_existing on a non-Flat IVF, ids with an array direct map, too few training rows).
+RefreshStats refresh_ivf(faiss::IndexIVF* index, faiss::Index::idx_t n, const float* x,
+                         const faiss::Index::idx_t* ids = nullptr, const RefreshOptions& opt = {});
+
+} // namespace faiss_flash
