@@ -6,12 +6,12 @@
 // swaps the quantizer's centroids and rebuilds the inverted lists:
 //
 //   faiss_flash::RefreshOptions opt;                 // niter = 5
-//   auto st = faiss_flash::refresh_ivf(&index, n_new, x_new, ids_new, opt);
+//   auto st = faiss_flash::refresh_ivf(&index, n, x, ids, opt);  // index now holds x
 //
-// The vectors already in the index are kept (keep_existing, IndexIVFFlat: they are read back
-// exactly from the inverted lists, with their ids) or dropped (the caller passes the whole
-// set to hold in x). Vectors given only as a training sample (train_extra) shape the
-// centroids without being added.
+// The vectors already in the index are dropped (the caller passes the whole set to hold in
+// x; the default) or kept (keep_existing, IndexIVFFlat: read back exactly from the inverted
+// lists, with their ids, and x holds only the new vectors). Rows given only as a training
+// sample (train_extra) shape the centroids without being added.
 #pragma once
 
 #include <faiss/IndexIVF.h>
@@ -24,9 +24,9 @@ struct RefreshOptions {
     int niter = 5;                  ///< warm-start Lloyd iterations
     faiss::Index::idx_t max_train = 0; ///< training sample size; 0: cp.max_points_per_centroid * nlist
     int seed = 1234;                ///< sample selection and FlashClustering seed
-    /// true: the index keeps the vectors it holds (IndexIVFFlat only: their codes are the
-    /// vectors) and x is added to them; false: the index is reset and holds exactly x.
-    bool keep_existing = true;
+    /// false: the index is reset and holds exactly x; true: the index keeps the vectors it
+    /// holds (IndexIVFFlat only: their codes are the vectors) and x is added to them.
+    bool keep_existing = false;
     /// Extra training rows (n_train_extra, d) host fp32, used for the k-means only (e.g. a
     /// sample of old vectors when keep_existing is false and the old data is not re-added).
     faiss::Index::idx_t n_train_extra = 0;

@@ -54,7 +54,7 @@ def install_assign_index(index, device="auto"):
     return field
 
 
-def refresh_ivf(index, x=None, ids=None, keep_existing=True, train_extra=None, niter=5, max_train=None,
+def refresh_ivf(index, x=None, ids=None, keep_existing=False, train_extra=None, niter=5, max_train=None,
                 seed=1234, verbose=False, device="auto"):
     """Refreshes a trained IVF index whose data has drifted (C++: faiss_flash::refresh_ivf).
 
@@ -62,10 +62,10 @@ def refresh_ivf(index, x=None, ids=None, keep_existing=True, train_extra=None, n
     k-means iterations on a sample of the training pool, the quantizer gets the refined
     centroids and the inverted lists are rebuilt.
 
-    x: (n, d) vectors to add (float32), with `ids` (n,) int64 or None for sequential ids.
-    keep_existing: True (IndexIVFFlat only): the vectors the index holds stay (read back from
-        its lists, ids kept) and x is added; False: the index is reset and holds exactly x
-        (pass the whole set, old and new).
+    x: (n, d) float32 vectors, with `ids` (n,) int64 or None for sequential ids.
+    keep_existing: False (default): the index is reset and holds exactly x afterwards (pass the
+        whole set, old and new); True (IndexIVFFlat only): the vectors the index holds stay (read
+        back exactly from its lists, ids kept) and x holds only the new vectors to add.
     train_extra: (m, d) rows used only for the k-means (e.g. a sample of old vectors that are
         not re-added).
     The training pool is [kept vectors; x; train_extra]; max_train rows are drawn from it

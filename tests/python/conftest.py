@@ -12,3 +12,8 @@ def rs():
 def gaussian(rs, n, d, centres=20, spread=4.0):
     c = spread * rs.randn(centres, d).astype("float32")
     return (c[rs.randint(0, centres, n)] + rs.randn(n, d)).astype("float32")
+
+
+def pytest_configure(config):
+    # python3-faiss 1.7.3's loader uses distutils' LooseVersion
+    config.addinivalue_line("filterwarnings", "ignore:distutils Version classes:DeprecationWarning")

@@ -101,3 +101,85 @@ def test_spherical(rs):
 def test_bad_input(bad, exc, word):
     with pytest.raises(exc, match=word):
         bad()
+
+
+def test_cp_edited_after_construction(rs):
+    # faiss.Kmeans reads its ClusteringParameters at train time; so do we
+    x = gaussian(rs, 3000, 8)
+    ref, ours = both(8, 12)
+    ref.cp.niter = ours.cp.niter = 3
+    ref.cp.seed = ours.cp.seed = 77
+    ref.train(x)
+    ours.train(x)
+    assert ours.obj.shape == (3,) and np.array_equal(ref.centroids, ours.centroids)
+
+
+def test_frozen_centroids_and_update_index(rs):
+    x = gaussian(rs, 4000, 8)
+    init = x[:4].copy()
+    ref, ours = both(8, 10, niter=5, frozen_centroids=True, update_index=True)
+    ref.train(x, init_centroids=init)
+    ours.train(x, init_centroids=init)
+    assert np.array_equal(ours.centroids[:4], init)
+    assert np.array_equal(ref.centroids, ours.centroids)
+
+
+def test_second_train_and_assign_like_faiss(rs):
+    x = gaussian(rs, 3000, 8)
+    ref, ours = both(8, 12, niter=4)
+    for km in (ref, ours):
+        km.train(x)
+        km.train(x[:2000])
+    assert np.array_equal(ref.centroids, ours.centroids)
+    assert len(ours.iteration_stats) == len(ref.iteration_stats) == 4
+    D1, I1 = ref.assign(x)
+    D2, I2 = ours.assign(x)
+    assert np.array_equal(I1, I2) and np.array_equal(D1, D2)
+
+
+def test_gpu_keyword_and_progressive_dim_fallback(rs):
+    x = gaussian(rs, 2000, 8)
+    km = faiss_flash.Kmeans(8, 6, niter=3, gpu=False)
+    km.train(x)
+    assert km.gpu is False and km.device == "cpu"
+    pd = faiss_flash.Kmeans(8, 6, niter=3, progressive_dim_steps=2)
+    pd.train(x)
+    ref = faiss.Kmeans(8, 6, niter=3, progressive_dim_steps=2)
+    ref.train(x)
+    assert np.array_equal(pd.centroids, ref.centroids)
+
+
+@pytest.mark.skipif(not faiss_flash.cuda_available(), reason="no CUDA device visible: GPU test skipped")
+def test_cuda_engine_agrees_with_faiss(rs):
+    x = gaussian(rs, 20000, 32)
+    ref = faiss.Kmeans(32, 64, niter=10)
+    ours = faiss_flash.Kmeans(32, 64, niter=10, device="cuda")
+    ref.train(x)
+    ours.train(x)
+    np.testing.assert_allclose(ours.obj, ref.obj, rtol=1e-4)
+    assert np.mean(ref.assign(x)[1] == ours.assign(x)[1]) > 0.999
+
+
+def test_seeds(rs):
+    x = gaussian(rs, 3000, 8)
+    runs = {}
+    for seed in (1, 2, 1):
+        km = faiss_flash.Kmeans(8, 16, niter=5, seed=seed)
+        km.train(x)
+        runs.setdefault(seed, []).append(km.centroids)
+    assert np.array_equal(runs[1][0], runs[1][1])
+    assert not np.array_equal(runs[1][0], runs[2][0])
+
+
+def test_weighted_equals_duplicated_points(rs):
+    # FAISS test_clustering.py::test_weighted: weight 2 == the point twice
+    x = gaussian(rs, 2000, 8)
+    w = rs.randint(1, 3, 2000).astype("float32")
+    dup = np.repeat(x, w.astype(int), axis=0)
+    init = x[:10].copy()
+    a = faiss_flash.Kmeans(8, 10, niter=5, max_points_per_centroid=10**6)
+    a.train(x, weights=w, init_centroids=init)
+    b = faiss_flash.Kmeans(8, 10, niter=5, max_points_per_centroid=10**6)
+    b.train(dup, init_centroids=init)
+    np.testing.assert_allclose(a.centroids, b.centroids, rtol=1e-4, atol=1e-4)
+    # (the objective itself is unweighted in FAISS 1.7.3, so it differs)
