@@ -71,6 +71,29 @@ void sort_by_id(Stored& s, size_t d) {
     s = std::move(t);
 }
 
+// index->add_with_ids(n, x, ids), with the coarse assignment computed by the engine when the
+// quantizer is a flat index (exact search, ties to the lowest index: the lists FAISS' own
+// quantizer->assign would give, except at float near-ties); other quantizers assign themselves.
+void add_to_lists(faiss::IndexIVF* index, idx_t n, const float* x, const idx_t* ids, const FlashOptions& flash) {
+    if (n == 0) return;
+    const auto* flat = dynamic_cast<const faiss::IndexFlat*>(index->quantizer);
+    const faiss::MetricType m = index->quantizer->metric_type;
+    if (flat == nullptr || (m != faiss::METRIC_L2 && m != faiss::METRIC_INNER_PRODUCT)) {
+        index->add_with_ids(n, x, ids);
+        return;
+    }
+    flash::Points p;
+    p.data = x;
+    p.n = n;
+    p.d = index->d;
+    std::vector<int64_t> lists(n); // (n,) coarse list of each vector
+    flash::assign_nearest(p, flat->get_xb(), idx_t(index->nlist),
+                          m == faiss::METRIC_INNER_PRODUCT ? flash::Metric::InnerProduct : flash::Metric::L2,
+                          lists.data(), nullptr, flash.backend, flash.cuda_device);
+    static_assert(sizeof(int64_t) == sizeof(idx_t), "faiss idx_t is 64-bit");
+    index->add_core(n, x, ids, reinterpret_cast<const idx_t*>(lists.data()));
+}
+
 } // namespace
 
 RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const idx_t* ids,
@@ -173,7 +196,7 @@ RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const 
         st.obj_before = clus.iteration_stats.front().obj;
     else
         st.obj_before = objective(old.data());
-    st.obj_after = objective(clus.centroids.data());
+    st.obj_after = opt.objective_after ? objective(clus.centroids.data()) : std::nan("");
     double shift = 0;
     for (idx_t c = 0; c < nlist; c++) {
         double s2 = 0;
@@ -194,19 +217,10 @@ RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const 
         ivfpq->precompute_table(); // tables of ||c||^2 + 2 <c, r> depend on the coarse centroids
     sample = {};
     index->reset();
-    if (n_kept > 0) {
-        if (array_map)
-            index->add(n_kept, kept.x.data());
-        else
-            index->add_with_ids(n_kept, kept.x.data(), kept.ids.data());
-    }
+    // (an array direct map takes no ids: the kept rows are in id order, 0, 1, 2, ...)
+    add_to_lists(index, n_kept, kept.x.data(), array_map ? nullptr : kept.ids.data(), opt.flash);
     kept = {};
-    if (n > 0) {
-        if (ids)
-            index->add_with_ids(n, x, ids);
-        else
-            index->add(n, x);
-    }
+    add_to_lists(index, n, x, ids, opt.flash);
     st.ntotal = index->ntotal;
     st.rebuild_s = seconds_since(t1);
     return st;

@@ -32,6 +32,9 @@ struct RefreshOptions {
     faiss::Index::idx_t n_train_extra = 0;
     const float* train_extra = nullptr;
     bool verbose = false;
+    /// Also compute the objective of the refreshed centroids on the training sample (one
+    /// more assignment pass, about the cost of an iteration); otherwise obj_after is NaN.
+    bool objective_after = false;
     FlashOptions flash;
 };
 
@@ -39,10 +42,11 @@ struct RefreshStats {
     faiss::Index::idx_t n_train = 0; ///< rows the k-means ran on
     faiss::Index::idx_t ntotal = 0;  ///< vectors in the index afterwards
     double obj_before = 0;  ///< objective of the old centroids on the training sample
-    double obj_after = 0;   ///< objective of the refreshed centroids on the same sample
+    double obj_after = 0;   ///< same for the refreshed centroids (NaN unless objective_after)
     double mean_shift = 0;  ///< mean L2 distance between old and refreshed centroids
     double kmeans_s = 0;    ///< seconds: gathering the sample + warm-started k-means
     double rebuild_s = 0;   ///< seconds: swapping the quantizer + re-adding the vectors
+                            ///< (coarse assignment on the engine when the quantizer is flat)
 };
 
 /// Refreshes `index` (trained, quantizer holding nlist centroids) with n vectors x (n, d)

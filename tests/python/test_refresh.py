@@ -53,7 +53,7 @@ def test_warm_start_is_faiss_kmeans_from_the_old_centroids(drift):
     index = trained_ivf(old)
     index.add(xb)
     c_old = centroids_of(index)
-    info = faiss_flash.refresh_ivf(index, xb, niter=4, max_train=len(xb), device="cpu")
+    info = faiss_flash.refresh_ivf(index, xb, niter=4, max_train=len(xb), objective=True, device="cpu")
     # max_train = all rows: no sampling, the refresh is FAISS' k-means started from the old
     # centroids
     ref = faiss.Kmeans(D, NLIST, niter=4, max_points_per_centroid=10**6)
@@ -114,7 +114,7 @@ def test_sample_and_train_extra(drift):
     # index ends up holding only `new`; a sample of old vectors shapes the centroids too
     info = faiss_flash.refresh_ivf(index, new, train_extra=old[:2000], max_train=3000, niter=3, device="cpu")
     assert info["n_train"] == 3000 and index.ntotal == len(new)
-    info = faiss_flash.refresh_ivf(index, new, niter=0, device="cpu")
+    info = faiss_flash.refresh_ivf(index, new, niter=0, objective=True, device="cpu")
     assert info["obj_after"] == pytest.approx(info["obj_before"], rel=1e-6)
 
 
@@ -135,7 +135,7 @@ def test_refresh_improves_stale_index(drift):
         index = trained_ivf(old, kind)
         index.add(xb)
         before = recall(index)
-        info = faiss_flash.refresh_ivf(index, xb, niter=5, device="cpu")
+        info = faiss_flash.refresh_ivf(index, xb, niter=5, objective=True, device="cpu")
         after = recall(index)
         print(f"{kind}: recall@10 {before:.3f} -> {after:.3f}, objective {info['obj_before']:.4g} -> "
               f"{info['obj_after']:.4g}")
