@@ -50,12 +50,19 @@ run() {
   FLASH_TEST_BACKEND=cuda run_suite hooks_on_cuda "$bin/test_index_hooks"
   FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
   run_suite bad_input "$bin/test_bad_input"
-  sanitize=CudaEngine.TiesGoToLowestIndex:CudaEngine.EmptyClustersSplitLikeFaiss:CudaEngine.RunsAreBitIdentical*
+  sanitize=CudaEngine.TiesGoToLowestIndex:CudaEngine.SmallShapesEveryPath:CudaEngine.EmptyClustersSplitLikeFaiss:CudaEngine.RunsAreBitIdentical*
   if command -v compute-sanitizer > /dev/null; then
     run_suite memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
     run_suite racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
   fi
   "$bin/bench_gpu" --csv "$out/ours.csv" ${BENCH_ARGS:-} | tee "$out/bench.log" || status=1
+  # Every kernel configuration timed once per shape bucket (the autotuner's log lists them),
+  # then the per-phase breakdown and the fp32 certificate's re-check share.
+  FLASH_AUTOTUNE=1 FLASH_CACHE_DIR="$out" "$bin/bench_gpu" --csv "$out/ours_tuned.csv" ${BENCH_ARGS:-} \
+    > "$out/bench_tuned.log" 2>&1 || status=1
+  grep -E "autotune|^B=" "$out/bench_tuned.log" || true
+  FLASH_CUDA_PHASE_TIMES=1 "$bin/bench_gpu" --repeats 1 ${BENCH_ARGS:-} > "$out/phases.log" 2>&1 || status=1
+  grep -E "phases|certificate|^B=" "$out/phases.log" | sort | uniq -c | sort -rn | head -40 || true
   if [ -d .peers/flash_kmeans ]; then
     python3 bench/peers/run_peers.py --flash-kmeans-path .peers --csv "$out/peers.csv" ${PEER_ARGS:-} \
       2>&1 | tee "$out/peers.log" || status=1

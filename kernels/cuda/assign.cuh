@@ -20,26 +20,51 @@ struct AssignArgs {
     int64_t batch = 1, n = 0, d = 0, k = 0;
     int32_t* labels = nullptr;        // (batch, n) out
     float* distances = nullptr;       // (batch, n) out: squared L2 (clamped at 0) or similarity
+
+    // fp32 on tensor cores (set by the entry when split_fp32_supported()): every fp32 value v
+    // is split into two bf16, hi = bf16(v), lo = bf16(v - hi), stored as rows of 2 * dsplit
+    // bf16 [hi (d, zero-padded to dsplit) | lo (same)]; the products hi.hi + hi.lo + lo.hi are
+    // exact in fp32, so only the dropped lo.lo term, the residuals and the accumulation
+    // round (bounded below 2^-15 ||x|| ||c|| at d <= 128).
+    const void* xsplit = nullptr;     // (batch, n, 2 * dsplit) bf16
+    const void* csplit = nullptr;     // (batch, k, 2 * dsplit) bf16
+    int64_t dsplit = 0;
+    const float* cmax = nullptr;      // (batch) max_j ||c_j|| (for the error bound)
+    // Certificate: a point whose best and second-best values are closer than the error bound
+    // of both computations (ours and exact fp32 FMA) is appended to its problem's list and
+    // recomputed with fp32 FMA. Null lists = no re-check (Fp32Mode::TF32, opt-in).
+    uint32_t* recheck_count = nullptr; // (batch), zeroed before the launch
+    uint32_t* recheck_list = nullptr;  // (batch, n) point indices within the problem
 };
 
-/// Tensor-core path for fp16 / bf16 inputs (fp32 accumulation); `variant` picks one of the
-/// compiled tile configurations (0 .. assign_mma_variants(a) - 1).
+/// Tensor-core path (mma.sync m16n8k16) for fp16 / bf16 inputs, any GPU of sm_80 or later.
 void launch_assign_mma(const AssignArgs& a, int variant, cudaStream_t stream);
 int assign_mma_variants(const AssignArgs& a);
 
-/// fp32 inputs with fp32 FMA products (exact fp32 arithmetic).
+/// wgmma path (sm_90a): fp16 / bf16 inputs with d <= 256, and split fp32 with d <= 128.
+bool wgmma_supported(const AssignArgs& a);
+int assign_wgmma_variants(const AssignArgs& a);
+void launch_assign_wgmma(const AssignArgs& a, int variant, cudaStream_t stream);
+
+/// fp32 inputs with fp32 FMA products (exact fp32 arithmetic). With a.recheck_list, only
+/// the listed points are recomputed (the certificate's uncertain points).
 void launch_assign_fp32(const AssignArgs& a, cudaStream_t stream);
+void launch_assign_fp32_recheck(const AssignArgs& a, cudaStream_t stream);
+
+/// Recomputes a.distances of fp32 points for their labels with fp32 FMA dot products.
+void launch_exact_distances(const AssignArgs& a, cudaStream_t stream);
+
+/// Padded width of the split fp32 rows for dimension d (0 when the split path does not apply).
+int64_t split_fp32_width(int64_t d);
+
+/// Number of kernel configurations for this problem (the wgmma ones first).
+int assign_variants(const AssignArgs& a);
 
 /// The kernel configuration for a problem: the heuristic, or the autotuner's cached winner
 /// when FLASH_AUTOTUNE=1 (see autotune.cu).
 int choose_assign_variant(const AssignArgs& a, cudaStream_t stream);
 
-/// Dispatch on dtype: the single place that chooses the assignment kernel.
-inline void launch_assign(const AssignArgs& a, int variant, cudaStream_t stream) {
-    if (a.dtype == DType::F32)
-        launch_assign_fp32(a, stream);
-    else
-        launch_assign_mma(a, variant, stream);
-}
+/// Dispatch: the single place that chooses the assignment kernel.
+void launch_assign(const AssignArgs& a, int variant, cudaStream_t stream);
 
 } // namespace flash::cuda_engine

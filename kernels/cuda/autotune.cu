@@ -1,6 +1,6 @@
 // Kernel-configuration choice for the assignment: a heuristic by default; with
 // FLASH_AUTOTUNE=1 each configuration is timed once per (GPU, dtype, shape bucket) and the
-// winner is cached on disk ($FLASH_CACHE_DIR or ~/.cache/faiss-flash/autotune-v1.txt), so
+// winner is cached on disk ($FLASH_CACHE_DIR or ~/.cache/faiss-flash/autotune-v2.txt), so
 // later runs and processes pay nothing. FLASH_ASSIGN_VARIANT=i forces configuration i.
 #include <cuda_runtime.h>
 
@@ -29,12 +29,12 @@ int pow2_bucket(int64_t v) {
 }
 
 std::string cache_path() {
-    if (const char* dir = std::getenv("FLASH_CACHE_DIR")) return std::string(dir) + "/autotune-v1.txt";
+    if (const char* dir = std::getenv("FLASH_CACHE_DIR")) return std::string(dir) + "/autotune-v2.txt";
     const char* home = std::getenv("HOME");
     const std::string dir = std::string(home ? home : "/tmp") + "/.cache/faiss-flash";
     mkdir((std::string(home ? home : "/tmp") + "/.cache").c_str(), 0755);
     mkdir(dir.c_str(), 0755);
-    return dir + "/autotune-v1.txt";
+    return dir + "/autotune-v2.txt";
 }
 
 struct Cache {
@@ -53,11 +53,11 @@ float time_variant(const AssignArgs& a, int v, cudaStream_t s) {
     cudaEvent_t e0, e1;
     FLASH_CUDA_CHECK(cudaEventCreate(&e0));
     FLASH_CUDA_CHECK(cudaEventCreate(&e1));
-    launch_assign_mma(a, v, s); // warm-up
+    launch_assign(a, v, s); // warm-up
     std::vector<float> t;
     for (int r = 0; r < 3; r++) {
         FLASH_CUDA_CHECK(cudaEventRecord(e0, s));
-        launch_assign_mma(a, v, s);
+        launch_assign(a, v, s);
         FLASH_CUDA_CHECK(cudaEventRecord(e1, s));
         FLASH_CUDA_CHECK(cudaEventSynchronize(e1));
         float ms = 0;
@@ -70,7 +70,9 @@ float time_variant(const AssignArgs& a, int v, cudaStream_t s) {
     return t[1];
 }
 
-// Measured on an H200 (bench/RESULTS.md): see heuristic_variant's comment.
+// Variant 0 everywhere: the wgmma kernel with the widest centroid tile that fits (where
+// wgmma applies), else the first mma.sync / FMA configuration. Measured on an H200
+// (bench/RESULTS.md).
 int heuristic_variant(const AssignArgs& a) {
     (void)a;
     return 0;
@@ -78,9 +80,34 @@ int heuristic_variant(const AssignArgs& a) {
 
 } // namespace
 
+// Variants are numbered wgmma configurations first, then the portable ones (mma.sync for
+// fp16 / bf16, plain fp32 FMA for fp32).
+int assign_variants(const AssignArgs& a) {
+    const int w = wgmma_supported(a) ? assign_wgmma_variants(a) : 0;
+    return w + (a.dtype == DType::F32 ? 1 : assign_mma_variants(a));
+}
+
+void launch_assign(const AssignArgs& a, int variant, cudaStream_t stream) {
+    const int w = wgmma_supported(a) ? assign_wgmma_variants(a) : 0;
+    if (a.dtype == DType::F32) {
+        if (variant < w && a.xsplit) {
+            if (a.recheck_list)
+                FLASH_CUDA_CHECK(cudaMemsetAsync(a.recheck_count, 0, sizeof(uint32_t) * a.batch, stream));
+            launch_assign_wgmma(a, variant, stream);
+            if (a.recheck_list) launch_assign_fp32_recheck(a, stream);
+            launch_exact_distances(a, stream);
+        } else {
+            launch_assign_fp32(a, stream);
+        }
+    } else if (variant < w) {
+        launch_assign_wgmma(a, variant, stream);
+    } else {
+        launch_assign_mma(a, variant - w, stream);
+    }
+}
+
 int choose_assign_variant(const AssignArgs& a, cudaStream_t s) {
-    if (a.dtype == DType::F32) return 0;
-    const int count = assign_mma_variants(a);
+    const int count = assign_variants(a);
     if (const char* forced = std::getenv("FLASH_ASSIGN_VARIANT")) return std::min(std::max(0, std::atoi(forced)), count - 1);
     const char* tune = std::getenv("FLASH_AUTOTUNE");
     if (count == 1 || !tune || std::string(tune) != "1") return heuristic_variant(a);

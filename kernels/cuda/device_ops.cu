@@ -267,6 +267,42 @@ void launch_row_norms(const void* x, DType dtype, int64_t rows, int64_t d, float
     FLASH_LAUNCH_CHECK("row_norms");
 }
 
+__global__ void split_fp32(const float* src, int64_t rows, int64_t d, int64_t width, __nv_bfloat16* dst) {
+    const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (g >= rows * width) return;
+    const int64_t r = g / width, j = g % width;
+    const float v = j < d ? src[r * d + j] : 0.f;
+    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    dst[r * 2 * width + j] = hi;
+    dst[r * 2 * width + width + j] = __float2bfloat16_rn(v - __bfloat162float(hi)); // v - hi is exact
+}
+
+__global__ void max_norm(const float* norms, int64_t k, float* cmax) {
+    __shared__ float red[32];
+    float m = 0.f;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) m = fmaxf(m, norms[blockIdx.x * k + j]);
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = m;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        m = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
+        for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        if (threadIdx.x == 0) cmax[blockIdx.x] = sqrtf(m);
+    }
+}
+
+void launch_split_fp32(const float* src, int64_t rows, int64_t d, int64_t width, void* dst, cudaStream_t s) {
+    const int64_t total = rows * width;
+    if (total == 0) return;
+    split_fp32<<<unsigned((total + 255) / 256), 256, 0, s>>>(src, rows, d, width, static_cast<__nv_bfloat16*>(dst));
+    FLASH_LAUNCH_CHECK("split_fp32");
+}
+
+void launch_max_norm(const float* norms, int64_t batch, int64_t k, float* cmax, cudaStream_t s) {
+    max_norm<<<unsigned(batch), 256, 0, s>>>(norms, k, cmax);
+    FLASH_LAUNCH_CHECK("max_norm");
+}
+
 void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, DType dtype, void* lowp, float* norms,
                               cudaStream_t s) {
     prepare_centroids<<<warp_blocks(rows), 256, 0, s>>>(centroids, rows, d, dtype, lowp, norms);

@@ -34,6 +34,13 @@ int64_t stats_workspace_size(int64_t batch, int64_t n);
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
                             double* workspace, double* obj, double* imbalance, cudaStream_t s);
 
+/// Split fp32 rows for the tensor-core fp32 path: dst row r = [bf16(v) | bf16(v - bf16(v))],
+/// each part zero-padded from d to width (dst is (rows, 2 * width) bf16).
+void launch_split_fp32(const float* src, int64_t rows, int64_t d, int64_t width, void* dst, cudaStream_t s);
+
+/// cmax[b] = max_j sqrt(norms[b * k + j]).
+void launch_max_norm(const float* norms, int64_t batch, int64_t k, float* cmax, cudaStream_t s);
+
 /// Sets *flag to 1 if x holds NaN or Inf.
 void launch_check_finite(const void* x, DType dtype, int64_t count, int* flag, cudaStream_t s);
 

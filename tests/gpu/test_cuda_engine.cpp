@@ -143,12 +143,85 @@ TEST(CudaEngine, TiesGoToLowestIndex) {
     }
 }
 
+// Small integers make every product and sum exact in fp32, so every kernel configuration
+// (wgmma, mma.sync, split-fp32 with its certificate and FMA re-check, plain FMA) must return
+// the exact labels and distances, ties (plentiful here) going to the lowest index.
+TEST(CudaEngine, AllKernelVariantsExactOnIntegerData) {
+    REQUIRE_GPU();
+    std::mt19937 rng(2026);
+    std::uniform_int_distribution<int> val(-3, 3);
+    for (auto t : {flash::DType::F32, flash::DType::F16, flash::DType::BF16})
+        for (int64_t d : {17, 64, 100, 128, 200})
+            for (int64_t k : {7, 130, 300}) {
+                const int64_t n = 1000, B = 2;
+                std::vector<float> x(B * n * d), c(B * k * d);
+                for (auto& v : x) v = float(val(rng));
+                for (auto& v : c) v = float(val(rng));
+                std::vector<uint16_t> xh(x.size());
+                for (size_t i = 0; i < x.size(); i++) xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+                const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
+                for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
+                    std::vector<int64_t> want(B * n);
+                    std::vector<float> want_d(B * n);
+                    for (int64_t b = 0; b < B; b++)
+                        for (int64_t i = 0; i < n; i++) {
+                            const float* xi = &x[(b * n + i) * d];
+                            double best = 0;
+                            int64_t arg = -1;
+                            for (int64_t j = 0; j < k; j++) {
+                                const float* cj = &c[(b * k + j) * d];
+                                const double v = m == flash::Metric::L2 ? l2_d(xi, cj, d) : -dot_d(xi, cj, d);
+                                if (arg < 0 || v < best) best = v, arg = j;
+                            }
+                            want[b * n + i] = arg;
+                            want_d[b * n + i] = float(m == flash::Metric::L2 ? best : -best);
+                        }
+                    for (int variant = 0; variant < 5; variant++) {
+                        SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d) + " k=" +
+                                     std::to_string(k) + " metric=" + std::to_string(int(m)) +
+                                     " variant=" + std::to_string(variant));
+                        setenv("FLASH_ASSIGN_VARIANT", std::to_string(variant).c_str(), 1);
+                        std::vector<int64_t> lab(B * n);
+                        std::vector<float> dis(B * n);
+                        flash::assign_nearest(host_points(data, n, d, t, B), c.data(), k, m, lab.data(), dis.data(),
+                                              flash::Backend::CUDA);
+                        unsetenv("FLASH_ASSIGN_VARIANT");
+                        int64_t bad = 0;
+                        for (int64_t i = 0; i < B * n; i++) bad += lab[i] != want[i] || dis[i] != want_d[i];
+                        ASSERT_EQ(bad, 0);
+                    }
+                }
+            }
+}
+
 flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
     flash::LloydOptions o;
     o.k = k;
     o.niter = niter;
     o.backend = b;
     return o;
+}
+
+// Small shapes through every kernel family (wgmma fp16 / bf16 / split fp32 with its re-check,
+// FMA above d = 128, vectorised and scalar updates): the compute-sanitizer target.
+TEST(CudaEngine, SmallShapesEveryPath) {
+    REQUIRE_GPU();
+    for (auto t : {flash::DType::F32, flash::DType::F16, flash::DType::BF16})
+        for (int64_t d : {17, 128, 200}) {
+            const int64_t B = 2, n = 300, k = 130;
+            SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d));
+            const auto x = flash_test::gaussian_mixture(B * n, d, 20, 4000 + d);
+            std::vector<uint16_t> xh(x.size());
+            for (size_t i = 0; i < x.size(); i++) xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+            const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
+            std::vector<float> c(B * k * d);
+            for (int64_t b = 0; b < B; b++)
+                std::copy(x.begin() + b * n * d, x.begin() + (b * n + k) * d, c.begin() + b * k * d);
+            const auto st = flash::run_lloyd(host_points(data, n, d, t, B), c.data(), options(k, 3, flash::Backend::CUDA));
+            ASSERT_EQ(st.size(), size_t(B));
+            for (const auto& v : c) ASSERT_TRUE(std::isfinite(v));
+            for (int b = 0; b < B; b++) EXPECT_LE(st[b][2].obj, st[b][0].obj * (1 + 1e-5));
+        }
 }
 
 TEST(CudaEngine, LloydMatchesCpuEngine) {

@@ -1,0 +1,363 @@
+// FlashAssign on Hopper tensor cores (wgmma.mma_async, sm_90a), fp32 accumulation.
+//
+// A block of NWG warpgroups owns BM = 64 * NWG points of one problem; their tile stays in
+// shared memory (d <= 256). Centroid tiles of BN rows stream through a 3-stage cp.async ring.
+// Each warpgroup keeps two accumulators and ping-pongs: the products of tile j + 1 run on the
+// tensor cores while the epilogue of tile j folds its 64 x BN values into a running
+// (value, index) minimum per point in registers. One barrier per tile. The n x k matrix never
+// leaves the chip.
+//
+// SPLIT (fp32 input): operands are [hi | lo] bf16 rows (see AssignArgs); each k-step issues
+// hi.hi + hi.lo + lo.hi. The epilogue also keeps the second-best value; points whose gap is
+// inside the error bound are listed for an exact fp32 FMA re-check (assign_fp32.cu).
+//
+// Shared-memory tiles are K-major without swizzle, as 8 x 8 core matrices of 128 bytes:
+// element (r, c) of an R x KW tile lives at ((r / 8) * (KW / 8) + c / 8) * 64 + (r % 8) * 8 + c % 8.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <cstdint>
+#include <cstdlib>
+
+#include "kernels/cuda/argmin.cuh"
+#include "kernels/cuda/assign.cuh"
+#include "kernels/cuda/check.cuh"
+#include "kernels/cuda/wgmma_ops.cuh"
+
+namespace flash::cuda_engine {
+
+namespace {
+
+constexpr int kStages = 4; // centroid tiles in flight: prefetch distance of two tiles
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(addr), "l"(gmem));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Generic-proxy writes (cp.async, st.shared) made visible to wgmma's async-proxy reads.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads across wgmma_wait (CUTLASS's
+// warpgroup_fence_operand).
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// Matrix descriptor of a K-major, non-swizzled tile: LBO = bytes between core matrices along
+// K (128), SBO = bytes between 8-row groups.
+__device__ __forceinline__ uint64_t make_desc(const void* p, uint32_t sbo) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(128 >> 4) << 16) | (uint64_t(sbo >> 4) << 32);
+}
+
+template <class T, int KW, int NT>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64_t width, int64_t r0, int rows,
+                                          bool vec) {
+    const int chunks = rows * (KW / 8);
+    for (int q = threadIdx.x; q < chunks; q += NT) {
+        const int r8 = q % 8, kc = (q / 8) % (KW / 8), rg = q / (8 * (KW / 8));
+        const int col = kc * 8;
+        T* dst = s + (rg * (KW / 8) + kc) * 64 + r8 * 8;
+        const int64_t gr = r0 + rg * 8 + r8;
+        if (gr >= nrows || col >= width) {
+            *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+        } else if (vec && col + 8 <= width) {
+            cp_async16(dst, g + gr * width + col);
+        } else {
+            unsigned short* d16 = reinterpret_cast<unsigned short*>(dst);
+            const unsigned short* g16 = reinterpret_cast<const unsigned short*>(g + gr * width);
+#pragma unroll
+            for (int e = 0; e < 8; e++) d16[e] = col + e < width ? g16[col + e] : 0;
+        }
+    }
+}
+
+template <class T, int KW, int BN, int NWG>
+constexpr size_t smem_bytes() {
+    return sizeof(T) * size_t(NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN;
+}
+
+// AREG: the warpgroup's A operand (its 64 points) is read from shared memory into registers
+// once and every wgmma takes A from registers; shared-memory bandwidth then serves B only.
+template <class T, int KW, int BN, int NWG, bool SPLIT, bool AREG>
+__global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, bool vec) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap(); // built for sm_90a only; the host never launches it elsewhere
+#else
+    constexpr int NT = NWG * 128, BM = NWG * 64, NACC = BN / 2;
+    constexpr int KSTEPS = (SPLIT ? KW / 2 : KW) / 16; // k16 steps over one operand part
+    constexpr int LO = KW / 2 * 8;                       // element offset of the lo part (SPLIT)
+    constexpr uint32_t SBO = KW / 8 * 128;
+    extern __shared__ __align__(128) unsigned char smem[];
+    T* As = reinterpret_cast<T*>(smem);                                // (BM, KW) points, resident
+    T* Bs = As + BM * KW;                                              // (kStages, BN, KW) centroids
+    float* Ns = reinterpret_cast<float*>(Bs + kStages * BN * KW);      // (kStages, BN) penalties
+
+    const int64_t b = blockIdx.x / tiles_per_problem;
+    const int64_t m0 = (blockIdx.x % tiles_per_problem) * BM;
+    const int64_t n = a.n, k = a.k;
+    const int64_t width = SPLIT ? 2 * a.dsplit : a.d;
+    const T* x = static_cast<const T*>(SPLIT ? a.xsplit : a.x) + b * n * width;
+    const T* c = static_cast<const T*>(SPLIT ? a.csplit : a.centroids) + b * k * width;
+    const float* cn = a.cnorm + b * k;
+    const bool l2 = a.metric == Metric::L2;
+    const float scale = l2 ? -2.f : -1.f;
+    const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+
+    // Centroid tile j into stage j % kStages, with its penalties: ||c||^2 (L2) or 0 (inner
+    // product), +inf past k (padded rows are zero, so their value is +inf and never wins).
+    auto load_centroids = [&](int64_t j) {
+        const int st = int(j % kStages);
+        load_tile<T, KW, NT>(Bs + st * BN * KW, c, k, width, j * BN, BN, vec);
+        for (int q = tid; q < BN; q += NT) {
+            const int64_t col = j * BN + q;
+            float* dst = Ns + st * BN + q;
+            if (col >= k) *dst = INFINITY;
+            else if (l2) cp_async4(dst, cn + col);
+            else *dst = 0.f;
+        }
+    };
+
+    const int64_t ntiles = (k + BN - 1) / BN;
+    load_tile<T, KW, NT>(As, x, n, width, m0, BM, vec);
+    load_centroids(0);
+    cp_async_commit();
+    load_centroids(1);
+    cp_async_commit();
+    load_centroids(2);
+    cp_async_commit();
+    cp_async_wait<2>();
+    fence_proxy_async();
+    __syncthreads();
+
+    // AREG: fragments of k-step s (hi part; SPLIT: lo part at KSTEPS + s). Lane l addresses row
+    // l % 8 of 8 x 8 matrix l / 8: rows +8 for odd matrices, k +8 for matrices 2 and 3.
+    constexpr int NFRAG = AREG ? (SPLIT ? 2 : 1) * KSTEPS : 1;
+    uint32_t afrag[NFRAG][4];
+    if constexpr (AREG) {
+        const int row = wg * 64 + warp * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+#pragma unroll
+        for (int f = 0; f < NFRAG; f++) {
+            const int kc = (f % KSTEPS) * 2 + lane / 16 + (f / KSTEPS) * (KW / 16);
+            ldmatrix_x4(afrag[f], As + ((row / 8) * (KW / 8) + kc) * 64 + (row % 8) * 8);
+        }
+    }
+
+    const uint64_t a_desc = make_desc(As + wg * 64 * KW, SBO);
+    auto issue = [&](float (&acc)[NACC], int64_t j) {
+        const uint64_t b_desc = make_desc(Bs + (j % kStages) * BN * KW, SBO);
+        wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < KSTEPS; s++) {
+            const uint64_t off = uint64_t(s * 128 * sizeof(T)) >> 4; // two core matrices per k-step
+            const uint64_t lo = uint64_t(LO * sizeof(T)) >> 4;
+            if constexpr (AREG) {
+                WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc + off, s > 0);
+                if constexpr (SPLIT) {
+                    WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc + off + lo, 1);
+                    WgmmaRS<T, BN>::mma(acc, afrag[KSTEPS + s], b_desc + off, 1);
+                }
+            } else {
+                Wgmma<T, BN>::mma(acc, a_desc + off, b_desc + off, s > 0);
+                if constexpr (SPLIT) {
+                    Wgmma<T, BN>::mma(acc, a_desc + off, b_desc + off + lo, 1);
+                    Wgmma<T, BN>::mma(acc, a_desc + off + lo, b_desc + off, 1);
+                }
+            }
+        }
+        wgmma_commit();
+    };
+
+    Best best[2] = {best_init(), best_init()}; // rows lane / 4 and lane / 4 + 8 of this warp
+    float second[2] = {FLT_MAX, FLT_MAX};      // SPLIT: second-best value per row
+
+    auto epilogue = [&](float (&acc)[NACC], int64_t j) {
+        const float* ns = Ns + (j % kStages) * BN;
+        const int n0 = int(j * BN);
+#pragma unroll
+        for (int i = 0; i < BN / 8; i++) {
+            const int cl = i * 8 + (lane % 4) * 2;
+            const float2 p = *reinterpret_cast<const float2*>(ns + cl);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    // Columns reach a thread in increasing order, so a strict < keeps the
+                    // lowest index among equal values.
+                    const float v = fmaf(scale, acc[4 * i + 2 * h + e], e ? p.y : p.x);
+                    if (v < best[h].v) {
+                        if constexpr (SPLIT) second[h] = best[h].v;
+                        best[h].v = v;
+                        best[h].i = n0 + cl + e;
+                    } else if constexpr (SPLIT) {
+                        second[h] = fminf(second[h], v);
+                    }
+                }
+            }
+        }
+    };
+
+    // Tile j is in flight in `cur`; start tile j + 1 in `nxt`, then fold `cur`. The loop
+    // runs one step past an odd tile count: that phantom tile's stage holds zero rows with +inf
+    // penalties (load_centroids past k), so its values never win. Straight-line steps keep
+    // ptxas from serialising the wgmma chain (C7518).
+    auto step = [&](float (&cur)[NACC], float (&nxt)[NACC], int64_t j) {
+        cp_async_wait<1>(); // tile j + 1 landed (tile j + 2 may still be in flight)
+        fence_proxy_async();
+        __syncthreads(); // ... for every thread; every warpgroup is done with tile j - 1
+        if (j + 1 < ntiles) {
+            issue(nxt, j + 1);
+            wgmma_wait<1>();
+        } else {
+            wgmma_wait<0>();
+        }
+        fence_operands(cur);
+        load_centroids(j + 3); // into the stage of tile j - 1
+        cp_async_commit();
+        epilogue(cur, j);
+    };
+
+    float acc0[NACC], acc1[NACC];
+#pragma unroll
+    for (int i = 0; i < NACC; i++) acc0[i] = acc1[i] = 0.f;
+    issue(acc0, 0);
+    for (int64_t j = 0; j < ntiles; j += 2) {
+        step(acc0, acc1, j);
+        step(acc1, acc0, j + 1);
+    }
+    cp_async_wait<0>();
+    cp_async_wait<0>();
+
+    // A row's columns are spread over the 4 lanes of a quad.
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, best[h].v, off);
+            const int oi = __shfl_xor_sync(0xffffffffu, best[h].i, off);
+            const float os = __shfl_xor_sync(0xffffffffu, second[h], off);
+            if (before(ov, oi, best[h])) {
+                second[h] = fminf(os, best[h].v);
+                best[h] = {ov, oi};
+            } else {
+                second[h] = fminf(second[h], ov);
+            }
+        }
+        const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
+        if (lane % 4 == 0 && row < n) {
+            const int64_t o = b * n + row;
+            a.labels[o] = best[h].i;
+            a.distances[o] = l2 ? fmaxf(a.xnorm[o] + best[h].v, 0.f) : -best[h].v;
+            if (SPLIT && a.recheck_list) {
+                // |computed - exact| of one value <= vs * eps * ||x|| * max ||c||, for our
+                // products (dropped lo.lo and residuals: 4 * 2^-18; accumulation: 2^-21 per
+                // k16 wgmma step, a generous model of truncating fp32 accumulation) and for
+                // fp32 FMA (d * 2^-24), both measured against exact arithmetic. A gap of more
+                // than twice that makes both agree on the argmin.
+                const float eps = 1.05f * (4.f * 0x1p-18f + float(3 * KSTEPS) * 0x1p-21f + float(a.d) * 0x1p-24f);
+                const float bound = (l2 ? 2.f : 1.f) * eps * sqrtf(a.xnorm[o]) * a.cmax[b] + 1e-30f;
+                if (!(second[h] - best[h].v > 2.f * bound)) {
+                    const uint32_t pos = atomicAdd(a.recheck_count + b, 1u);
+                    a.recheck_list[b * n + pos] = uint32_t(row);
+                }
+            }
+        }
+    }
+#endif
+}
+
+template <class T, int KW, int BN, bool SPLIT, bool AREG>
+void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
+    constexpr int NWG = 2, BM = NWG * 64;
+    constexpr size_t smem = smem_bytes<T, KW, BN, NWG>();
+    static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
+    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, SPLIT, AREG>;
+    static const cudaError_t configured =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    FLASH_CUDA_CHECK(configured);
+    const int64_t tiles = (a.n + BM - 1) / BM;
+    const int64_t blocks = tiles * a.batch;
+    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
+    kernel<<<unsigned(blocks), NWG * 128, smem, stream>>>(a, tiles, vec);
+}
+
+// The closed set of configurations, variant 0 = the heuristic's choice:
+//   0: A in registers, BN = 128 centroid tiles (BN = 64 where the point tile is 256 wide);
+//   1: A from shared memory, same tile; 2: A from shared memory, BN = 64 (less shared memory).
+// KW = padded width of a shared-memory row (d, or 2 * dsplit for split fp32).
+template <class T, int KW, bool SPLIT>
+void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
+    if constexpr (KW == 256) {
+        if (variant == 0) launch_config<T, KW, 64, SPLIT, true>(a, vec, stream);
+        else launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
+    } else {
+        if (variant == 0) launch_config<T, KW, 128, SPLIT, true>(a, vec, stream);
+        else if (variant == 1) launch_config<T, KW, 128, SPLIT, false>(a, vec, stream);
+        else launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
+    }
+}
+
+template <class T>
+void launch_typed(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
+    if (a.d <= 64) launch_width<T, 64, false>(a, variant, vec, stream);
+    else if (a.d <= 128) launch_width<T, 128, false>(a, variant, vec, stream);
+    else launch_width<T, 256, false>(a, variant, vec, stream);
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+} // namespace
+
+int64_t split_fp32_width(int64_t d) { return d <= 64 ? 64 : (d <= 128 ? 128 : 0); }
+
+bool wgmma_supported(const AssignArgs& a) {
+    if (std::getenv("FLASH_NO_WGMMA")) return false;
+    int dev = 0, major = 0, minor = 0;
+    FLASH_CUDA_CHECK(cudaGetDevice(&dev));
+    FLASH_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    FLASH_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    if (major != 9 || minor != 0) return false; // sm_90a code runs on compute capability 9.0 only
+    return a.dtype == DType::F32 ? split_fp32_width(a.d) > 0 : a.d <= 256;
+}
+
+int assign_wgmma_variants(const AssignArgs& a) {
+    const int64_t kw = a.dtype == DType::F32 ? 2 * split_fp32_width(a.d) : (a.d <= 64 ? 64 : a.d <= 128 ? 128 : 256);
+    return kw == 256 ? 2 : 3;
+}
+
+void launch_assign_wgmma(const AssignArgs& a, int variant, cudaStream_t stream) {
+    if (a.dtype == DType::F32) {
+        if (a.dsplit == 64) launch_width<__nv_bfloat16, 128, true>(a, variant, true, stream);
+        else launch_width<__nv_bfloat16, 256, true>(a, variant, true, stream);
+    } else {
+        const bool vec = a.d % 8 == 0 && aligned16(a.x) && aligned16(a.centroids);
+        if (a.dtype == DType::F16) launch_typed<__half>(a, variant, vec, stream);
+        else launch_typed<__nv_bfloat16>(a, variant, vec, stream);
+    }
+    FLASH_LAUNCH_CHECK("assign_wgmma");
+}
+
+} // namespace flash::cuda_engine
