@@ -94,6 +94,58 @@ void add_to_lists(faiss::IndexIVF* index, idx_t n, const float* x, const idx_t* 
     index->add_core(n, x, ids, reinterpret_cast<const idx_t*>(lists.data()));
 }
 
+// Moves centroids from the least to the most populated clusters before the warm-started
+// Lloyd iterations. Lloyd only moves a centroid towards the points it already owns, so a
+// dense region that appeared far from the old centroids stays covered by the few centroids
+// that first captured it (huge lists, slow search) however long it runs. Here the largest
+// cluster L (by the assignment to the old centroids, `labels`) is split with FAISS' own
+// empty-cluster rule (a copy of centroid L, even dimensions scaled by 1 + 1/1024 and odd ones
+// by 1 - 1/1024, the original the other way round) into the slot of the smallest cluster S,
+// whose points fall to their neighbours; repeated while L is above twice the mean size and S
+// below half of it, at most max_moves times, each cluster giving its slot at most once.
+// centroids: (k, d), updated in place. Returns the number of moves.
+idx_t rebalance(float* centroids, idx_t k, size_t d, const std::vector<int64_t>& labels, idx_t max_moves) {
+    const double mean = double(labels.size()) / double(k);
+    std::vector<double> h(k, 0.0);
+    for (int64_t l : labels) h[l] += 1;
+    std::vector<idx_t> by_size(k); // donors, smallest first (ties: lowest index)
+    std::iota(by_size.begin(), by_size.end(), idx_t(0));
+    std::stable_sort(by_size.begin(), by_size.end(), [&](idx_t a, idx_t b) { return h[a] < h[b]; });
+    std::vector<std::pair<double, idx_t>> heap; // (size, cluster), largest on top (ties: lowest index)
+    auto before = [](const std::pair<double, idx_t>& a, const std::pair<double, idx_t>& b) {
+        return a.first < b.first || (a.first == b.first && a.second > b.second);
+    };
+    for (idx_t c = 0; c < k; c++) heap.emplace_back(h[c], c);
+    std::make_heap(heap.begin(), heap.end(), before);
+    std::vector<char> used(k, 0); // gave its slot, or received a split
+    idx_t moves = 0;
+    for (idx_t next = 0; moves < max_moves && next < k; next++) {
+        const idx_t s = by_size[next];
+        if (used[s]) continue;
+        if (h[s] >= 0.5 * mean) break;
+        std::pop_heap(heap.begin(), heap.end(), before);
+        auto [size, l] = heap.back();
+        heap.pop_back();
+        if (size <= 2.0 * mean || l == s) break;
+        float* cl = centroids + size_t(l) * d;
+        float* cs = centroids + size_t(s) * d;
+        constexpr float eps = 1.0f / 1024;
+        for (size_t j = 0; j < d; j++) {
+            const float v = cl[j];
+            cs[j] = j % 2 == 0 ? v * (1 + eps) : v * (1 - eps);
+            cl[j] = j % 2 == 0 ? v * (1 - eps) : v * (1 + eps);
+        }
+        used[s] = used[l] = 1;
+        h[l] = h[s] = size / 2;
+        heap.emplace_back(h[l], l);
+        std::push_heap(heap.begin(), heap.end(), before);
+        heap.emplace_back(h[s], s);
+        std::push_heap(heap.begin(), heap.end(), before);
+        moves++;
+    }
+    return moves;
+}
+
 } // namespace
 
 RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const idx_t* ids,
@@ -161,19 +213,8 @@ RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const 
 
     // 3. Warm-started k-means: the current centroids are the initial ones (all nlist given,
     //    so none is drawn at random); FAISS' parameters of the index otherwise.
-    std::vector<float> old(size_t(nlist) * d);
+    std::vector<float> old(size_t(nlist) * d); // (nlist, d)
     index->quantizer->reconstruct_n(0, nlist, old.data());
-    FlashClustering clus(int(d), int(nlist), index->cp);
-    clus.niter = opt.niter;
-    clus.nredo = 1;
-    clus.seed = opt.seed;
-    clus.verbose = opt.verbose;
-    clus.max_points_per_centroid = int(std::min<idx_t>(n_train / nlist + 1, 1 << 30)); // no second subsampling
-    clus.flash = opt.flash;
-    clus.centroids = old;
-    faiss::IndexFlat assign_index(int(d), index->quantizer->metric_type);
-    clus.train(n_train, train_x, assign_index);
-
     RefreshStats st;
     st.n_train = n_train;
     const flash::Metric metric = index->quantizer->metric_type == faiss::METRIC_INNER_PRODUCT
@@ -183,20 +224,42 @@ RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const 
     p.data = train_x;
     p.n = n_train;
     p.d = int64_t(d);
-    auto objective = [&](const float* c) {
+    auto objective = [&](const float* c, int64_t* labels) {
         std::vector<float> dist(n_train);
-        flash::assign_nearest(p, c, nlist, metric, nullptr, dist.data(), opt.flash.backend, opt.flash.cuda_device);
+        flash::assign_nearest(p, c, nlist, metric, labels, dist.data(), opt.flash.backend, opt.flash.cuda_device);
         double s = 0;
         for (float v : dist) s += v;
         return s;
     };
-    // The first iteration's objective is that of the old centroids (computed before the
-    // update), unless k-means did not iterate (niter 0, or as many rows as centroids).
-    if (opt.niter > 0 && n_train > nlist && !clus.iteration_stats.empty())
-        st.obj_before = clus.iteration_stats.front().obj;
-    else
-        st.obj_before = objective(old.data());
-    st.obj_after = opt.objective_after ? objective(clus.centroids.data()) : std::nan("");
+    std::vector<float> init = old;
+    bool have_obj_before = false;
+    const idx_t max_rebalance = opt.max_rebalance < 0 ? nlist / 4 : opt.max_rebalance;
+    if (max_rebalance > 0 && n_train > nlist) {
+        std::vector<int64_t> labels(n_train);
+        st.obj_before = objective(old.data(), labels.data());
+        have_obj_before = true;
+        st.n_rebalanced = rebalance(init.data(), nlist, d, labels, max_rebalance);
+    }
+    FlashClustering clus(int(d), int(nlist), index->cp);
+    clus.niter = opt.niter;
+    clus.nredo = 1;
+    clus.seed = opt.seed;
+    clus.verbose = opt.verbose;
+    clus.max_points_per_centroid = int(std::min<idx_t>(n_train / nlist + 1, 1 << 30)); // no second subsampling
+    clus.flash = opt.flash;
+    clus.centroids = init;
+    faiss::IndexFlat assign_index(int(d), index->quantizer->metric_type);
+    clus.train(n_train, train_x, assign_index);
+
+    // Without rebalancing, the first iteration's objective is that of the old centroids
+    // (computed before the update), unless k-means did not iterate (niter 0, n == nlist).
+    if (!have_obj_before) {
+        if (opt.niter > 0 && n_train > nlist && !clus.iteration_stats.empty())
+            st.obj_before = clus.iteration_stats.front().obj;
+        else
+            st.obj_before = objective(old.data(), nullptr);
+    }
+    st.obj_after = opt.objective_after ? objective(clus.centroids.data(), nullptr) : std::nan("");
     double shift = 0;
     for (idx_t c = 0; c < nlist; c++) {
         double s2 = 0;

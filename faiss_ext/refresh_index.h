@@ -31,6 +31,12 @@ struct RefreshOptions {
     /// sample of old vectors when keep_existing is false and the old data is not re-added).
     faiss::Index::idx_t n_train_extra = 0;
     const float* train_extra = nullptr;
+    /// Before iterating, move up to max_rebalance centroids from clusters under half the
+    /// mean size to split clusters over twice the mean size (FAISS' split rule). Lloyd alone
+    /// cannot spread centroids into a dense region that appeared far from them. 0: off
+    /// (then the refresh is exactly FAISS' k-means started from the current centroids).
+    /// Costs one extra assignment pass over the sample. -1: nlist / 4.
+    faiss::Index::idx_t max_rebalance = -1;
     bool verbose = false;
     /// Also compute the objective of the refreshed centroids on the training sample (one
     /// more assignment pass, about the cost of an iteration); otherwise obj_after is NaN.
@@ -44,6 +50,7 @@ struct RefreshStats {
     double obj_before = 0;  ///< objective of the old centroids on the training sample
     double obj_after = 0;   ///< same for the refreshed centroids (NaN unless objective_after)
     double mean_shift = 0;  ///< mean L2 distance between old and refreshed centroids
+    faiss::Index::idx_t n_rebalanced = 0; ///< centroids moved by the rebalancing step
     double kmeans_s = 0;    ///< seconds: gathering the sample + warm-started k-means
     double rebuild_s = 0;   ///< seconds: swapping the quantizer + re-adding the vectors
                             ///< (coarse assignment on the engine when the quantizer is flat)

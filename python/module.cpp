@@ -250,7 +250,8 @@ std::string install_assign_index(uintptr_t index_ptr, const std::string& type_na
 py::dict refresh_ivf(uintptr_t index_ptr, const std::string& type_name, std::optional<farray> x,
                      std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> ids,
                      std::optional<farray> train_extra, bool keep_existing, int niter, int64_t max_train, int seed,
-                     bool verbose, bool objective_after, const std::string& backend, int device) {
+                     int64_t max_rebalance, bool verbose, bool objective_after, const std::string& backend,
+                     int device) {
     faiss::IndexIVF* ivf = as_ivf(index_ptr, type_name);
     if (!ivf) throw std::invalid_argument("index: expected an IndexIVF*, got " + type_name);
     const int64_t d = ivf->d;
@@ -269,6 +270,7 @@ py::dict refresh_ivf(uintptr_t index_ptr, const std::string& type_name, std::opt
     opt.keep_existing = keep_existing;
     opt.verbose = verbose;
     opt.objective_after = objective_after;
+    opt.max_rebalance = max_rebalance;
     opt.flash.backend = backend_of(backend);
     opt.flash.cuda_device = device;
     if (train_extra) {
@@ -288,6 +290,7 @@ py::dict refresh_ivf(uintptr_t index_ptr, const std::string& type_name, std::opt
     out["obj_before"] = st.obj_before;
     out["obj_after"] = st.obj_after;
     out["mean_shift"] = st.mean_shift;
+    out["n_rebalanced"] = st.n_rebalanced;
     out["kmeans_s"] = st.kmeans_s;
     out["rebuild_s"] = st.rebuild_s;
     return out;

@@ -55,7 +55,7 @@ def install_assign_index(index, device="auto"):
 
 
 def refresh_ivf(index, x=None, ids=None, keep_existing=False, train_extra=None, niter=5, max_train=None,
-                seed=1234, verbose=False, objective=False, device="auto"):
+                seed=1234, rebalance=-1, verbose=False, objective=False, device="auto"):
     """Refreshes a trained IVF index whose data has drifted (C++: faiss_flash::refresh_ivf).
 
     The coarse centroids are warm-started from the current ones and refined by `niter`
@@ -70,10 +70,15 @@ def refresh_ivf(index, x=None, ids=None, keep_existing=False, train_extra=None, 
         not re-added).
     The training pool is [kept vectors; x; train_extra]; max_train rows are drawn from it
     (default cp.max_points_per_centroid * nlist).
+    rebalance: before iterating, move up to this many centroids from clusters under half the
+        mean size to split clusters over twice the mean size (Lloyd alone cannot spread
+        centroids into a dense region that appeared far from them); one more assignment pass.
+        -1 (default): nlist // 4; 0: off (the refresh is then exactly FAISS' k-means started
+        from the current centroids).
     objective: also compute obj_after (one more assignment pass over the sample).
     Returns a dict: n_train, ntotal, obj_before / obj_after (objective of the old / refreshed
     centroids on the training sample; obj_after is NaN unless objective=True), mean_shift,
-    kmeans_s, rebuild_s.
+    n_rebalanced, kmeans_s, rebuild_s.
     """
     concrete = faiss.downcast_index(index)
     if not isinstance(concrete, faiss.IndexIVF):
@@ -98,5 +103,6 @@ def refresh_ivf(index, x=None, ids=None, keep_existing=False, train_extra=None, 
     if not isinstance(niter, (int, np.integer)) or niter < 0:
         raise ValueError(f"niter: expected a non-negative integer, got {niter!r}")
     return _faiss_flash.refresh_ivf(_ptr(concrete), type(concrete).__name__, x, ids, train_extra, bool(keep_existing),
-                                    int(niter), int(max_train or 0), int(seed), bool(verbose), bool(objective),
+                                    int(niter), int(max_train or 0), int(seed), int(rebalance), bool(verbose),
+                                    bool(objective),
                                     backend, dev)

@@ -53,7 +53,8 @@ def test_warm_start_is_faiss_kmeans_from_the_old_centroids(drift):
     index = trained_ivf(old)
     index.add(xb)
     c_old = centroids_of(index)
-    info = faiss_flash.refresh_ivf(index, xb, niter=4, max_train=len(xb), objective=True, device="cpu")
+    info = faiss_flash.refresh_ivf(index, xb, niter=4, max_train=len(xb), rebalance=0, objective=True,
+                                   device="cpu")
     # max_train = all rows: no sampling, the refresh is FAISS' k-means started from the old
     # centroids
     ref = faiss.Kmeans(D, NLIST, niter=4, max_points_per_centroid=10**6)
@@ -114,7 +115,7 @@ def test_sample_and_train_extra(drift):
     # index ends up holding only `new`; a sample of old vectors shapes the centroids too
     info = faiss_flash.refresh_ivf(index, new, train_extra=old[:2000], max_train=3000, niter=3, device="cpu")
     assert info["n_train"] == 3000 and index.ntotal == len(new)
-    info = faiss_flash.refresh_ivf(index, new, niter=0, objective=True, device="cpu")
+    info = faiss_flash.refresh_ivf(index, new, niter=0, rebalance=0, objective=True, device="cpu")
     assert info["obj_after"] == pytest.approx(info["obj_before"], rel=1e-6)
 
 
@@ -179,3 +180,28 @@ def test_bad_ids_and_niter(drift):
         faiss_flash.refresh_ivf(index, old, ids=np.arange(5), device="cpu")
     with pytest.raises(ValueError, match="niter"):
         faiss_flash.refresh_ivf(index, old, niter=-1, device="cpu")
+
+
+def test_rebalance_spreads_centroids_into_a_new_dense_region(drift):
+    old, _ = drift
+    rs = np.random.RandomState(2)
+    # a dense region far from every old centroid: Lloyd from the old centroids leaves it to
+    # the few centroids that capture it first; rebalancing splits those
+    new = gaussian(rs, 6000, D, centres=10, spread=1.0) + 12.0
+    xb = np.vstack([old, new])
+
+    def imbalance(index):
+        inv = faiss.extract_index_ivf(index).invlists
+        h = np.array([inv.list_size(i) for i in range(NLIST)], dtype="float64")
+        return NLIST * (h ** 2).sum() / h.sum() ** 2
+
+    results = {}
+    for reb in (0, -1):
+        index = trained_ivf(old)
+        info = faiss_flash.refresh_ivf(index, xb, niter=5, rebalance=reb, objective=True, device="cpu")
+        results[reb] = (imbalance(index), info["obj_after"], info["n_rebalanced"])
+        print(f"rebalance={reb}: imbalance {results[reb][0]:.2f}, objective {info['obj_before']:.4g} -> "
+              f"{results[reb][1]:.4g}, {results[reb][2]} centroids moved")
+    assert results[0][2] == 0 and 0 < results[-1][2] <= NLIST // 4
+    assert results[-1][0] < results[0][0]
+    assert results[-1][1] < results[0][1]
