@@ -25,7 +25,9 @@ def main(argv=None):
     ap.add_argument("-o", "--output")
     ap.add_argument("--ivf-index", help="also write a trained IVF-Flat index with nlist = k")
     ap.add_argument("--compare", action="store_true", help="also run stock faiss.Kmeans and compare")
-    ap.add_argument("--verbose", action="store_true", help="a progress line per iteration")
+    ap.add_argument("--verbose", action="store_true",
+                    help="a progress line per iteration (on by default for long runs)")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
     if args.k <= 0 or args.niter < 0:
         ap.error("-k must be positive and --niter non-negative")
@@ -40,7 +42,12 @@ def main(argv=None):
     if n < args.k:
         print(f"flash-kmeans: {args.input}: {n} vectors cannot make {args.k} clusters", file=sys.stderr)
         return 2
-    params = dict(niter=args.niter, seed=args.seed, verbose=args.verbose, spherical=args.metric == "ip",
+    # Long runs show a progress line per iteration: above about 2e11 flops (2 n k d niter on the
+    # subsample), a few seconds on a CPU.
+    rows = min(n, args.k * args.max_points_per_centroid)
+    long_run = 2.0 * rows * args.k * d * args.niter > 2e11
+    verbose = (args.verbose or long_run) and not args.quiet
+    params = dict(niter=args.niter, seed=args.seed, verbose=verbose, spherical=args.metric == "ip",
                   max_points_per_centroid=args.max_points_per_centroid)
     try:
         km = Kmeans(d, args.k, device=args.device, **params)
@@ -48,8 +55,13 @@ def main(argv=None):
         km.train(x)
         t_ours = time.perf_counter() - t0
     except (ValueError, TypeError) as e:
-        print(f"flash-kmeans: {e}", file=sys.stderr)
+        print(f"flash-kmeans: {args.input}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("flash-kmeans: interrupted", file=sys.stderr)
+        return 130
+    if verbose:
+        print(flush=True)
     print(f"{n} vectors, d={d}, k={args.k}: objective {km.obj[-1]:.6g} in {t_ours:.3f} s ({args.niter} iterations)")
     if args.output:
         write_vectors(args.output, km.centroids)
@@ -64,7 +76,7 @@ def main(argv=None):
         faiss.write_index(index, args.ivf_index)
         print(f"IVF-Flat index (nlist={args.k}, {index.ntotal} vectors) written to {args.ivf_index}")
     if args.compare:
-        ref = faiss.Kmeans(d, args.k, **params)
+        ref = faiss.Kmeans(d, args.k, **dict(params, verbose=False))
         t0 = time.perf_counter()
         ref.train(x)
         t_ref = time.perf_counter() - t0

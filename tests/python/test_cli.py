@@ -67,3 +67,66 @@ def test_malformed_npy_and_missing_file(tmp_path):
     assert r.returncode == 2 and "not a valid .npy" in r.stderr
     r = cli(str(tmp_path / "nope.fvecs"), "-k", "2")
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+@pytest.mark.parametrize("name, content, word", [
+    ("bad.bvecs", b"\x04\x00\x00\x00" + b"\x01" * 4 + b"\x04\x00\x00\x00" + b"\x01" * 2, "truncated"),
+    ("bad.fvecs", (np.array([2], "int32").tobytes() + np.ones(2, "float32").tobytes()) +
+     (np.array([3], "int32").tobytes() + np.ones(1, "float32").tobytes()), "row 1 has dimension 3"),
+    ("nan.fvecs", np.array([2], "int32").tobytes() + np.array([1, np.nan], "float32").tobytes(), "NaN"),
+    ("empty.fvecs", b"", "empty file"),
+    ("data.txt", b"1 2 3", "unknown extension"),
+])
+def test_malformed_vector_files(tmp_path, name, content, word):
+    p = tmp_path / name
+    p.write_bytes(content)
+    r = cli(str(p), "-k", "1")
+    assert r.returncode == 2 and word in r.stderr and str(p) in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("array, word", [
+    (np.zeros(10, "float32"), "2-D"),
+    (np.zeros((4, 2), "complex64"), "real numbers"),
+    (np.zeros((0, 3), "float32"), "empty"),
+    (np.array([[1e39, 0]], "float64"), "NaN or Inf"),
+])
+def test_bad_npy_contents(tmp_path, array, word):
+    p = tmp_path / "x.npy"
+    np.save(p, array)
+    r = cli(str(p), "-k", "1")
+    assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_directory_too_few_vectors_and_bad_k(tmp_path, rs):
+    r = cli(str(tmp_path), "-k", "2")
+    assert r.returncode == 2 and "is a directory" in r.stderr
+    np.save(tmp_path / "x.npy", gaussian(rs, 5, 4))
+    r = cli(str(tmp_path / "x.npy"), "-k", "10")
+    assert r.returncode == 2 and "cannot make 10 clusters" in r.stderr and "Traceback" not in r.stderr
+    r = cli(str(tmp_path / "x.npy"), "-k", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_progress_lines_and_inner_product_index(tmp_path, rs):
+    x = gaussian(rs, 2000, 8)
+    np.save(tmp_path / "x.npy", x)
+    r = cli(str(tmp_path / "x.npy"), "-k", "4", "--niter", "3", "--device", "cpu", "--verbose")
+    assert r.returncode == 0 and r.stdout.count("Iteration") == 3, r.stdout
+    r = cli(str(tmp_path / "x.npy"), "-k", "4", "--niter", "3", "--device", "cpu", "--quiet")
+    assert r.returncode == 0 and "Iteration" not in r.stdout
+    r = cli(str(tmp_path / "x.npy"), "-k", "4", "--metric", "ip", "--device", "cpu",
+            "--ivf-index", str(tmp_path / "ip.index"), "-o", str(tmp_path / "c.fvecs"))
+    assert r.returncode == 0, r.stderr
+    import faiss
+    index = faiss.read_index(str(tmp_path / "ip.index"))
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT and index.ntotal == 2000
+    from faiss_flash.io import read_vectors
+    c = read_vectors(str(tmp_path / "c.fvecs"))
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1, rtol=1e-5)
+
+
+def test_wrapper_script(tmp_path, rs):
+    np.save(tmp_path / "x.npy", gaussian(rs, 500, 4))
+    r = subprocess.run([os.path.join(ROOT, "scripts", "flash-kmeans"), str(tmp_path / "x.npy"), "-k", "3",
+                        "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0 and "objective" in r.stdout, r.stderr
