@@ -1,10 +1,11 @@
 // FlashAssign for fp32 inputs with fp32 FMA products: exact fp32 arithmetic (no TF32), so
 // every assignment is the fp32 argmin up to the rounding of one dot product.
 //
-// A block owns BM = 64 points and streams centroid tiles of BN = 64 through shared memory in
-// BK = 16 slices (k-major, so each thread reads 4 consecutive points / centroids); every
-// thread accumulates a 4 x 4 block of dot products in registers, then folds it into a running
-// (value, index) minimum per point. The n x k matrix never leaves the chip.
+// A block owns BM = 128 points and streams centroid tiles of BN = 128 through shared memory in
+// BK = 8 slices (k-major, so each thread reads 8 consecutive points / centroids as two float4);
+// every thread accumulates an 8 x 8 block of dot products in registers (each one a sequential
+// FMA chain over the dimensions), then folds it into a running (value, index) minimum per
+// point. The n x k matrix never leaves the chip.
 #include <cstdint>
 
 #include "kernels/cuda/argmin.cuh"
@@ -15,26 +16,40 @@ namespace flash::cuda_engine {
 
 namespace {
 
-constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
+constexpr int TM = 8, TN = 8, BM = 16 * TM, BN = 16 * TN, BK = 8, THREADS = 256;
 
 // ROWS x BK slice of a row-major (nrows, d) fp32 matrix at (r0, k0), stored k-major.
-// rows: when not null, slice row r is row rows[r] of g (-1 = none).
+// The ROWS x BK slice of a row-major (nrows, d) fp32 matrix at (r0, k0), PER elements per
+// thread: fetched into registers first (so the next slice's loads overlap this slice's
+// products), then stored k-major into shared memory. rows: when not null, slice row r is
+// row rows[r] of g (-1 = none).
 template <int ROWS>
-__device__ __forceinline__ void load_slice(float (*s)[ROWS + 4], const float* g, int64_t nrows, int64_t d,
-                                           int64_t r0, int64_t k0, const int64_t* rows = nullptr) {
+struct Slice {
+    static constexpr int PER = ROWS * BK / THREADS;
+    float v[PER];
+    __device__ __forceinline__ void fetch(const float* g, int64_t nrows, int64_t d, int64_t r0, int64_t k0,
+                                          const int64_t* rows) {
 #pragma unroll
-    for (int e = threadIdx.x; e < ROWS * BK; e += THREADS) {
-        const int r = e / BK, kk = e % BK;
-        const int64_t gr = rows ? rows[r] : r0 + r, gk = k0 + kk;
-        s[kk][r] = (gr >= 0 && gr < nrows && gk < d) ? g[gr * d + gk] : 0.f;
+        for (int q = 0; q < PER; q++) {
+            const int e = threadIdx.x + q * THREADS, r = e / BK, kk = e % BK;
+            const int64_t gr = rows ? rows[r] : r0 + r, gk = k0 + kk;
+            v[q] = (gr >= 0 && gr < nrows && gk < d) ? g[gr * d + gk] : 0.f;
+        }
     }
-}
+    __device__ __forceinline__ void store(float (*s)[ROWS + 4]) const {
+#pragma unroll
+        for (int q = 0; q < PER; q++) {
+            const int e = threadIdx.x + q * THREADS;
+            s[e % BK][e / BK] = v[q];
+        }
+    }
+};
 
 // GATHER: the block's points are entries m0 .. m0 + BM of its problem's re-check list.
 template <bool GATHER>
 __global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int64_t tiles_per_problem) {
-    __shared__ __align__(16) float As[BK][BM + 4];
-    __shared__ __align__(16) float Bs[BK][BN + 4];
+    __shared__ __align__(16) float As[2][BK][BM + 4];
+    __shared__ __align__(16) float Bs[2][BK][BN + 4];
     __shared__ int64_t rows[BM];
 
     const int64_t b = blockIdx.x / tiles_per_problem;
@@ -51,47 +66,72 @@ __global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int6
     const float* c = static_cast<const float*>(a.centroids) + b * k * d;
     const float* cn = a.cnorm + b * k;
     const bool l2 = a.metric == Metric::L2;
-    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16; // rows ty*4.., centroids tx*4..
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16; // rows ty*TM.., centroids tx*TN..
+    const int64_t* rp = GATHER ? rows : nullptr;
 
-    Best best[4];
+    Best best[TM];
 #pragma unroll
-    for (int i = 0; i < 4; i++) best[i] = best_init();
+    for (int i = 0; i < TM; i++) best[i] = best_init();
 
-    for (int64_t n0 = 0; n0 < k; n0 += BN) {
-        float acc[4][4] = {};
-        for (int64_t k0 = 0; k0 < d; k0 += BK) {
-            load_slice<BM>(As, x, n, d, m0, k0, GATHER ? rows : nullptr);
-            load_slice<BN>(Bs, c, k, d, n0, k0);
-            __syncthreads();
-#pragma unroll
-            for (int kk = 0; kk < BK; kk++) {
-                const float4 av = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
-                const float4 bv = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
-                const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) acc[i][j] = fmaf(ar[i], br[j], acc[i][j]);
-            }
-            __syncthreads();
+    // Steps run over (centroid tile, k-slice) pairs; slice s + 1 is fetched while s is used.
+    const int64_t nk = (d + BK - 1) / BK, steps = nk * ((k + BN - 1) / BN);
+    Slice<BM> sa;
+    Slice<BN> sb;
+    sa.fetch(x, n, d, m0, 0, rp);
+    sb.fetch(c, k, d, 0, 0, nullptr);
+    sa.store(As[0]);
+    sb.store(Bs[0]);
+    __syncthreads();
+    float acc[TM][TN] = {};
+    for (int64_t s = 0; s < steps; s++) {
+        const int buf = int(s & 1);
+        if (s + 1 < steps) {
+            const int64_t k1 = ((s + 1) % nk) * BK;
+            sa.fetch(x, n, d, m0, k1, rp);
+            sb.fetch(c, k, d, ((s + 1) / nk) * BN, k1, nullptr);
         }
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int64_t col = n0 + tx * 4 + j;
-            if (col < k) {
-                const float cnv = cn[col];
+        for (int kk = 0; kk < BK; kk++) {
+            const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][ty * TM]);
+            const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][kk][ty * TM + 4]);
+            const float4 b0 = *reinterpret_cast<const float4*>(&Bs[buf][kk][tx * TN]);
+            const float4 b1 = *reinterpret_cast<const float4*>(&Bs[buf][kk][tx * TN + 4]);
+            const float ar[TM] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const float br[TN] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const float v = l2 ? cnv - 2.f * acc[i][j] : -acc[i][j];
-                    if (before(v, int(col), best[i])) best[i] = {v, int(col)};
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(ar[i], br[j], acc[i][j]);
+        }
+        if (s % nk == nk - 1) { // last slice of a centroid tile: fold it into the minimum
+            const int64_t n0 = (s / nk) * BN;
+#pragma unroll
+            for (int j = 0; j < TN; j++) {
+                const int64_t col = n0 + tx * TN + j;
+                if (col < k) {
+                    const float cnv = cn[col];
+#pragma unroll
+                    for (int i = 0; i < TM; i++) {
+                        const float v = l2 ? cnv - 2.f * acc[i][j] : -acc[i][j];
+                        if (before(v, int(col), best[i])) best[i] = {v, int(col)};
+                    }
                 }
             }
+#pragma unroll
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
         }
+        if (s + 1 < steps) {
+            sa.store(As[buf ^ 1]); // buffer buf ^ 1 was last read in step s - 1, before its barrier
+            sb.store(Bs[buf ^ 1]);
+        }
+        __syncthreads();
     }
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < TM; i++) {
         const Best r = merge_lanes<16>(best[i]);
-        const int64_t row = GATHER ? rows[ty * 4 + i] : m0 + ty * 4 + i;
+        const int64_t row = GATHER ? rows[ty * TM + i] : m0 + ty * TM + i;
         if (tx == 0 && row >= 0 && row < n) {
             const int64_t o = b * n + row;
             a.labels[o] = r.i;

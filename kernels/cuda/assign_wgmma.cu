@@ -73,6 +73,39 @@ __device__ __forceinline__ uint64_t make_desc(const void* p, uint32_t sbo) {
     return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(128 >> 4) << 16) | (uint64_t(sbo >> 4) << 32);
 }
 
+// 128-byte swizzled K-major tile (the layout TMA's SWIZZLE_128B writes): K splits into
+// atoms of 64 columns (128 bytes); atom a holds all R rows at 128-byte stride; within each
+// 8-row group, 16-byte chunk c of row r sits at chunk c ^ (r % 8), so the 8 rows of a core
+// matrix hit different banks. Needs 1024-byte aligned tiles.
+template <class T, int KW, int NT>
+__device__ __forceinline__ void load_tile_swizzled(T* s, const T* g, int64_t nrows, int64_t width, int64_t r0,
+                                                   int rows, bool vec) {
+    constexpr int CPR = KW / 8; // 16-byte chunks per row
+    const int chunks = rows * CPR;
+    for (int q = threadIdx.x; q < chunks; q += NT) {
+        const int r = q / CPR, c = q % CPR, col = c * 8;
+        T* dst = s + (c / 8) * rows * 64 + r * 64 + ((c % 8) ^ (r % 8)) * 8;
+        const int64_t gr = r0 + r;
+        if (gr >= nrows || col >= width) {
+            *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+        } else if (vec && col + 8 <= width) {
+            cp_async16(dst, g + gr * width + col);
+        } else {
+            unsigned short* d16 = reinterpret_cast<unsigned short*>(dst);
+            const unsigned short* g16 = reinterpret_cast<const unsigned short*>(g + gr * width);
+#pragma unroll
+            for (int e = 0; e < 8; e++) d16[e] = col + e < width ? g16[col + e] : 0;
+        }
+    }
+}
+
+// Descriptor of a 128-byte swizzled K-major tile: SBO = 1024 (8 rows x 128 bytes), LBO
+// unused, layout type 1 (SWIZZLE_128B) in bits 62-63.
+__device__ __forceinline__ uint64_t make_desc_swizzled(const void* p) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
 template <class T, int KW, int NT>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64_t width, int64_t r0, int rows,
                                           bool vec) {
@@ -97,13 +130,19 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64
 
 template <class T, int KW, int BN, int NWG>
 constexpr size_t smem_bytes() {
-    return sizeof(T) * size_t(NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN;
+    return 1024 + sizeof(T) * size_t(NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN;
 }
 
 // AREG: the warpgroup's A operand (its 64 points) is read from shared memory into registers
 // once and every wgmma takes A from registers; shared-memory bandwidth then serves B only.
-template <class T, int KW, int BN, int NWG, bool SPLIT, bool AREG>
-__global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, bool vec) {
+// SWZ: centroid tiles in the 128-byte swizzled layout (else the plain core-matrix layout).
+// Two blocks per SM where the tile allows it (BN = 64, two warpgroups, rows up to 128 wide):
+// more warps to hide the epilogue's latency.
+template <int KW, int BN, int NWG>
+constexpr int min_blocks() { return BN == 64 && NWG == 2 && KW <= 128 ? 2 : 1; }
+
+template <class T, int KW, int BN, int NWG, bool SPLIT, bool AREG, bool SWZ>
+__global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, bool vec) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); // built for sm_90a only; the host never launches it elsewhere
 #else
@@ -112,7 +151,8 @@ __global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a
     constexpr int LO = KW / 2 * 8;                       // element offset of the lo part (SPLIT)
     constexpr uint32_t SBO = KW / 8 * 128;
     extern __shared__ __align__(128) unsigned char smem[];
-    T* As = reinterpret_cast<T*>(smem);                                // (BM, KW) points, resident
+    const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    T* As = reinterpret_cast<T*>(smem + ((1024 - (sbase & 1023)) & 1023)); // (BM, KW) points, resident
     T* Bs = As + BM * KW;                                              // (kStages, BN, KW) centroids
     float* Ns = reinterpret_cast<float*>(Bs + kStages * BN * KW);      // (kStages, BN) penalties
 
@@ -131,7 +171,8 @@ __global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a
     // product), +inf past k (padded rows are zero, so their value is +inf and never wins).
     auto load_centroids = [&](int64_t j) {
         const int st = int(j % kStages);
-        load_tile<T, KW, NT>(Bs + st * BN * KW, c, k, width, j * BN, BN, vec);
+        if constexpr (SWZ) load_tile_swizzled<T, KW, NT>(Bs + st * BN * KW, c, k, width, j * BN, BN, vec);
+        else load_tile<T, KW, NT>(Bs + st * BN * KW, c, k, width, j * BN, BN, vec);
         for (int q = tid; q < BN; q += NT) {
             const int64_t col = j * BN + q;
             float* dst = Ns + st * BN + q;
@@ -168,31 +209,39 @@ __global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a
 
     const uint64_t a_desc = make_desc(As + wg * 64 * KW, SBO);
     auto issue = [&](float (&acc)[NACC], int64_t j) {
-        const uint64_t b_desc = make_desc(Bs + (j % kStages) * BN * KW, SBO);
+        const T* bt = Bs + (j % kStages) * BN * KW;
+        const uint64_t b_desc = SWZ ? make_desc_swizzled(bt) : make_desc(bt, SBO);
+        // Descriptor offset (16-byte units) of B's k-step at column kcol.
+        auto b_off = [](int kcol) -> uint64_t {
+            if constexpr (SWZ) return uint64_t((kcol / 64) * BN * 128 + (kcol % 64) * 2) >> 4;
+            else return uint64_t((kcol / 8) * 128) >> 4;
+        };
         wgmma_fence();
 #pragma unroll
         for (int s = 0; s < KSTEPS; s++) {
             const uint64_t off = uint64_t(s * 128 * sizeof(T)) >> 4; // two core matrices per k-step
             const uint64_t lo = uint64_t(LO * sizeof(T)) >> 4;
             if constexpr (AREG) {
-                WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc + off, s > 0);
+                WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc + b_off(16 * s), s > 0);
                 if constexpr (SPLIT) {
-                    WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc + off + lo, 1);
-                    WgmmaRS<T, BN>::mma(acc, afrag[KSTEPS + s], b_desc + off, 1);
+                    WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc + b_off(KW / 2 + 16 * s), 1);
+                    WgmmaRS<T, BN>::mma(acc, afrag[KSTEPS + s], b_desc + b_off(16 * s), 1);
                 }
             } else {
-                Wgmma<T, BN>::mma(acc, a_desc + off, b_desc + off, s > 0);
+                Wgmma<T, BN>::mma(acc, a_desc + off, b_desc + b_off(16 * s), s > 0);
                 if constexpr (SPLIT) {
-                    Wgmma<T, BN>::mma(acc, a_desc + off, b_desc + off + lo, 1);
-                    Wgmma<T, BN>::mma(acc, a_desc + off + lo, b_desc + off, 1);
+                    Wgmma<T, BN>::mma(acc, a_desc + off, b_desc + b_off(KW / 2 + 16 * s), 1);
+                    Wgmma<T, BN>::mma(acc, a_desc + off + lo, b_desc + b_off(16 * s), 1);
                 }
             }
         }
         wgmma_commit();
     };
 
-    Best best[2] = {best_init(), best_init()}; // rows lane / 4 and lane / 4 + 8 of this warp
-    float second[2] = {FLT_MAX, FLT_MAX};      // SPLIT: second-best value per row
+    // Rows lane / 4 and lane / 4 + 8 of this warp, each as two independent chains (even and
+    // odd column groups) so that the compare-select dependencies interleave; merged at the end.
+    Best best[2][2] = {{best_init(), best_init()}, {best_init(), best_init()}};
+    float second[2][2] = {{FLT_MAX, FLT_MAX}, {FLT_MAX, FLT_MAX}}; // SPLIT: second-best values
 
     auto epilogue = [&](float (&acc)[NACC], int64_t j) {
         const float* ns = Ns + (j % kStages) * BN;
@@ -208,12 +257,13 @@ __global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a
                     // Columns reach a thread in increasing order, so a strict < keeps the
                     // lowest index among equal values.
                     const float v = fmaf(scale, acc[4 * i + 2 * h + e], e ? p.y : p.x);
-                    if (v < best[h].v) {
-                        if constexpr (SPLIT) second[h] = best[h].v;
-                        best[h].v = v;
-                        best[h].i = n0 + cl + e;
+                    Best& bh = best[h][i & 1];
+                    if (v < bh.v) {
+                        if constexpr (SPLIT) second[h][i & 1] = bh.v;
+                        bh.v = v;
+                        bh.i = n0 + cl + e;
                     } else if constexpr (SPLIT) {
-                        second[h] = fminf(second[h], v);
+                        second[h][i & 1] = fminf(second[h][i & 1], v);
                     }
                 }
             }
@@ -251,26 +301,35 @@ __global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a
     cp_async_wait<0>();
     cp_async_wait<0>();
 
-    // A row's columns are spread over the 4 lanes of a quad.
+    // Merge (best, second) pairs: the two chains of a row, then the 4 lanes of a quad (a
+    // row's columns are spread over them).
+    auto merge_pair = [](Best& b, float& sec, float ov, int oi, float os) {
+        if (before(ov, oi, b)) {
+            sec = fminf(os, b.v);
+            b = {ov, oi};
+        } else {
+            sec = fminf(sec, ov);
+        }
+    };
+    Best bestr[2];
+    float secondr[2];
 #pragma unroll
     for (int h = 0; h < 2; h++) {
+        bestr[h] = best[h][0];
+        secondr[h] = second[h][0];
+        merge_pair(bestr[h], secondr[h], best[h][1].v, best[h][1].i, second[h][1]);
 #pragma unroll
         for (int off = 1; off < 4; off <<= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, best[h].v, off);
-            const int oi = __shfl_xor_sync(0xffffffffu, best[h].i, off);
-            const float os = __shfl_xor_sync(0xffffffffu, second[h], off);
-            if (before(ov, oi, best[h])) {
-                second[h] = fminf(os, best[h].v);
-                best[h] = {ov, oi};
-            } else {
-                second[h] = fminf(second[h], ov);
-            }
+            const float ov = __shfl_xor_sync(0xffffffffu, bestr[h].v, off);
+            const int oi = __shfl_xor_sync(0xffffffffu, bestr[h].i, off);
+            const float os = __shfl_xor_sync(0xffffffffu, secondr[h], off);
+            merge_pair(bestr[h], secondr[h], ov, oi, os);
         }
         const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
         if (lane % 4 == 0 && row < n) {
             const int64_t o = b * n + row;
-            a.labels[o] = best[h].i;
-            a.distances[o] = l2 ? fmaxf(a.xnorm[o] + best[h].v, 0.f) : -best[h].v;
+            a.labels[o] = bestr[h].i;
+            a.distances[o] = l2 ? fmaxf(a.xnorm[o] + bestr[h].v, 0.f) : -bestr[h].v;
             if (SPLIT && a.recheck_list) {
                 // |computed - exact| of one value <= vs * eps * ||x|| * max ||c||, for our
                 // products (dropped lo.lo and residuals: 4 * 2^-18; accumulation: 2^-21 per
@@ -279,7 +338,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a
                 // than twice that makes both agree on the argmin.
                 const float eps = 1.05f * (4.f * 0x1p-18f + float(3 * KSTEPS) * 0x1p-21f + float(a.d) * 0x1p-24f);
                 const float bound = (l2 ? 2.f : 1.f) * eps * sqrtf(a.xnorm[o]) * a.cmax[b] + 1e-30f;
-                if (!(second[h] - best[h].v > 2.f * bound)) {
+                if (!(secondr[h] - bestr[h].v > 2.f * bound)) {
                     const uint32_t pos = atomicAdd(a.recheck_count + b, 1u);
                     a.recheck_list[b * n + pos] = uint32_t(row);
                 }
@@ -289,12 +348,12 @@ __global__ void __launch_bounds__(NWG * 128, 1) assign_wgmma_kernel(AssignArgs a
 #endif
 }
 
-template <class T, int KW, int BN, bool SPLIT, bool AREG>
+template <class T, int KW, int BN, bool SPLIT, bool AREG, bool SWZ = false, int NWG = 2>
 void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
-    constexpr int NWG = 2, BM = NWG * 64;
+    constexpr int BM = NWG * 64;
     constexpr size_t smem = smem_bytes<T, KW, BN, NWG>();
     static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
-    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, SPLIT, AREG>;
+    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, SPLIT, AREG, SWZ>;
     static const cudaError_t configured =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     FLASH_CUDA_CHECK(configured);
@@ -305,18 +364,25 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
 }
 
 // The closed set of configurations, variant 0 = the heuristic's choice:
-//   0: A in registers, BN = 128 centroid tiles (BN = 64 where the point tile is 256 wide);
-//   1: A from shared memory, same tile; 2: A from shared memory, BN = 64 (less shared memory).
+//   0: A in registers, swizzled centroid tiles of BN = 128 (BN = 64 where rows are 256 wide);
+//   1: the same without swizzle; 2: A from shared memory, same tile; 3: A from shared memory,
+//   BN = 64 (less shared memory) where rows are narrower than 256; 4: three warpgroups (192
+//   points per block: a third less centroid traffic from L2 per product), swizzled BN = 64;
+//   5: as 4 with two warpgroups.
 // KW = padded width of a shared-memory row (d, or 2 * dsplit for split fp32).
 template <class T, int KW, bool SPLIT>
 void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
     if constexpr (KW == 256) {
-        if (variant == 0) launch_config<T, KW, 64, SPLIT, true>(a, vec, stream);
+        if (variant == 0) launch_config<T, KW, 64, SPLIT, true, true>(a, vec, stream);
+        else if (variant == 1) launch_config<T, KW, 64, SPLIT, true>(a, vec, stream);
         else launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
     } else {
-        if (variant == 0) launch_config<T, KW, 128, SPLIT, true>(a, vec, stream);
-        else if (variant == 1) launch_config<T, KW, 128, SPLIT, false>(a, vec, stream);
-        else launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
+        if (variant == 0) launch_config<T, KW, 128, SPLIT, true, true>(a, vec, stream);
+        else if (variant == 1) launch_config<T, KW, 128, SPLIT, true>(a, vec, stream);
+        else if (variant == 2) launch_config<T, KW, 128, SPLIT, false>(a, vec, stream);
+        else if (variant == 3) launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
+        else if (variant == 4) launch_config<T, KW, 64, SPLIT, true, true, 3>(a, vec, stream);
+        else launch_config<T, KW, 64, SPLIT, true, true, 2>(a, vec, stream);
     }
 }
 
@@ -345,7 +411,7 @@ bool wgmma_supported(const AssignArgs& a) {
 
 int assign_wgmma_variants(const AssignArgs& a) {
     const int64_t kw = a.dtype == DType::F32 ? 2 * split_fp32_width(a.d) : (a.d <= 64 ? 64 : a.d <= 128 ? 128 : 256);
-    return kw == 256 ? 2 : 3;
+    return kw == 256 ? 3 : 6;
 }
 
 void launch_assign_wgmma(const AssignArgs& a, int variant, cudaStream_t stream) {

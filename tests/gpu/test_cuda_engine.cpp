@@ -176,7 +176,7 @@ TEST(CudaEngine, AllKernelVariantsExactOnIntegerData) {
                             want[b * n + i] = arg;
                             want_d[b * n + i] = float(m == flash::Metric::L2 ? best : -best);
                         }
-                    for (int variant = 0; variant < 5; variant++) {
+                    for (int variant = 0; variant < 8; variant++) {
                         SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d) + " k=" +
                                      std::to_string(k) + " metric=" + std::to_string(int(m)) +
                                      " variant=" + std::to_string(variant));
