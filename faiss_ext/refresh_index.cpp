@@ -231,40 +231,49 @@ RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const 
         for (float v : dist) s += v;
         return s;
     };
-    std::vector<float> init = old;
+    // Rounds of (rebalance, then a share of the niter Lloyd iterations); one round without
+    // rebalancing is plain FAISS k-means from the current centroids.
+    std::vector<float> cur = old; // (nlist, d)
     bool have_obj_before = false;
     const idx_t max_rebalance = opt.max_rebalance < 0 ? nlist / 4 : opt.max_rebalance;
-    if (max_rebalance > 0 && n_train > nlist) {
-        std::vector<int64_t> labels(n_train);
-        st.obj_before = objective(old.data(), labels.data());
-        have_obj_before = true;
-        st.n_rebalanced = rebalance(init.data(), nlist, d, labels, max_rebalance);
-    }
-    FlashClustering clus(int(d), int(nlist), index->cp);
-    clus.niter = opt.niter;
-    clus.nredo = 1;
-    clus.seed = opt.seed;
-    clus.verbose = opt.verbose;
-    clus.max_points_per_centroid = int(std::min<idx_t>(n_train / nlist + 1, 1 << 30)); // no second subsampling
-    clus.flash = opt.flash;
-    clus.centroids = init;
+    const int rounds = max_rebalance > 0 && n_train > nlist ? std::max(1, std::min(opt.rebalance_rounds, opt.niter)) : 1;
     faiss::IndexFlat assign_index(int(d), index->quantizer->metric_type);
-    clus.train(n_train, train_x, assign_index);
-
-    // Without rebalancing, the first iteration's objective is that of the old centroids
-    // (computed before the update), unless k-means did not iterate (niter 0, n == nlist).
-    if (!have_obj_before) {
-        if (opt.niter > 0 && n_train > nlist && !clus.iteration_stats.empty())
-            st.obj_before = clus.iteration_stats.front().obj;
-        else
-            st.obj_before = objective(old.data(), nullptr);
+    for (int r = 0; r < rounds; r++) {
+        if (max_rebalance > 0 && n_train > nlist) {
+            std::vector<int64_t> labels(n_train);
+            const double obj = objective(cur.data(), labels.data());
+            if (r == 0) {
+                st.obj_before = obj;
+                have_obj_before = true;
+            }
+            st.n_rebalanced += rebalance(cur.data(), nlist, d, labels, max_rebalance);
+        }
+        FlashClustering clus(int(d), int(nlist), index->cp);
+        clus.niter = opt.niter / rounds + (r < opt.niter % rounds ? 1 : 0);
+        clus.nredo = 1;
+        clus.seed = opt.seed;
+        clus.verbose = opt.verbose;
+        clus.max_points_per_centroid = int(std::min<idx_t>(n_train / nlist + 1, 1 << 30)); // no second subsampling
+        clus.flash = opt.flash;
+        clus.centroids = cur;
+        clus.train(n_train, train_x, assign_index);
+        // Without rebalancing, the first iteration's objective is that of the old centroids
+        // (computed before the update), unless k-means did not iterate (niter 0, n == nlist).
+        if (!have_obj_before) {
+            if (clus.niter > 0 && n_train > nlist && !clus.iteration_stats.empty())
+                st.obj_before = clus.iteration_stats.front().obj;
+            else
+                st.obj_before = objective(old.data(), nullptr);
+            have_obj_before = true;
+        }
+        cur = clus.centroids;
     }
-    st.obj_after = opt.objective_after ? objective(clus.centroids.data(), nullptr) : std::nan("");
+    st.obj_after = opt.objective_after ? objective(cur.data(), nullptr) : std::nan("");
     double shift = 0;
     for (idx_t c = 0; c < nlist; c++) {
         double s2 = 0;
         for (size_t j = 0; j < d; j++) {
-            const double v = double(clus.centroids[c * d + j]) - old[c * d + j];
+            const double v = double(cur[c * d + j]) - old[c * d + j];
             s2 += v * v;
         }
         shift += std::sqrt(s2);
@@ -275,7 +284,7 @@ RefreshStats refresh_ivf(faiss::IndexIVF* index, idx_t n, const float* x, const 
     // 4. Swap the centroids, rebuild the inverted lists.
     const auto t1 = std::chrono::steady_clock::now();
     index->quantizer->reset();
-    index->quantizer->add(nlist, clus.centroids.data());
+    index->quantizer->add(nlist, cur.data());
     if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index); ivfpq && ivfpq->use_precomputed_table != 0)
         ivfpq->precompute_table(); // tables of ||c||^2 + 2 <c, r> depend on the coarse centroids
     sample = {};

@@ -37,6 +37,9 @@ struct RefreshOptions {
     /// (then the refresh is exactly FAISS' k-means started from the current centroids).
     /// Costs one extra assignment pass over the sample. -1: nlist / 4.
     faiss::Index::idx_t max_rebalance = -1;
+    /// Rebalance this many times, the niter iterations shared between the rounds (each round
+    /// adds one assignment pass). Ignored without rebalancing.
+    int rebalance_rounds = 1;
     bool verbose = false;
     /// Also compute the objective of the refreshed centroids on the training sample (one
     /// more assignment pass, about the cost of an iteration); otherwise obj_after is NaN.

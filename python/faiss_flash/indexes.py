@@ -55,7 +55,7 @@ def install_assign_index(index, device="auto"):
 
 
 def refresh_ivf(index, x=None, ids=None, keep_existing=False, train_extra=None, niter=5, max_train=None,
-                seed=1234, rebalance=-1, verbose=False, objective=False, device="auto"):
+                seed=1234, rebalance=-1, rebalance_rounds=1, verbose=False, objective=False, device="auto"):
     """Refreshes a trained IVF index whose data has drifted (C++: faiss_flash::refresh_ivf).
 
     The coarse centroids are warm-started from the current ones and refined by `niter`
@@ -75,6 +75,7 @@ def refresh_ivf(index, x=None, ids=None, keep_existing=False, train_extra=None, 
         centroids into a dense region that appeared far from them); one more assignment pass.
         -1 (default): nlist // 4; 0: off (the refresh is then exactly FAISS' k-means started
         from the current centroids).
+    rebalance_rounds: rebalance this many times, sharing the niter iterations between rounds.
     objective: also compute obj_after (one more assignment pass over the sample).
     Returns a dict: n_train, ntotal, obj_before / obj_after (objective of the old / refreshed
     centroids on the training sample; obj_after is NaN unless objective=True), mean_shift,
@@ -103,6 +104,6 @@ def refresh_ivf(index, x=None, ids=None, keep_existing=False, train_extra=None, 
     if not isinstance(niter, (int, np.integer)) or niter < 0:
         raise ValueError(f"niter: expected a non-negative integer, got {niter!r}")
     return _faiss_flash.refresh_ivf(_ptr(concrete), type(concrete).__name__, x, ids, train_extra, bool(keep_existing),
-                                    int(niter), int(max_train or 0), int(seed), int(rebalance), bool(verbose),
+                                    int(niter), int(max_train or 0), int(seed), int(rebalance), int(rebalance_rounds), bool(verbose),
                                     bool(objective),
                                     backend, dev)
