@@ -345,9 +345,7 @@ void launch_resident(const AssignArgs& a, cudaStream_t stream, bool vec) {
     constexpr int LD = DPAD + 8, TBN = WN * NI * 8, RBM = WM * 64, NT = WM * WN * 32;
     constexpr size_t smem = sizeof(T) * size_t(RBM + 2 * TBN) * LD;
     auto kernel = assign_mma_resident_kernel<T, DPAD, WM, WN, NI>;
-    static const cudaError_t configured =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    FLASH_CUDA_CHECK(configured);
+    set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
     const int64_t tiles = (a.n + RBM - 1) / RBM;
     const int64_t blocks = tiles * a.batch;
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");

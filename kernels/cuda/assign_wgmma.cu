@@ -354,9 +354,7 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     constexpr size_t smem = smem_bytes<T, KW, BN, NWG>();
     static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
     auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, SPLIT, AREG, SWZ>;
-    static const cudaError_t configured =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    FLASH_CUDA_CHECK(configured);
+    set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
     const int64_t tiles = (a.n + BM - 1) / BM;
     const int64_t blocks = tiles * a.batch;
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");

@@ -70,11 +70,14 @@ float time_variant(const AssignArgs& a, int v, cudaStream_t s) {
     return t[1];
 }
 
-// Variant 0 everywhere: the wgmma kernel with the widest centroid tile that fits (where
-// wgmma applies), else the first mma.sync / FMA configuration. Measured on an H200
-// (bench/RESULTS.md).
+// Measured with FLASH_AUTOTUNE=1 on an H100 (bench/RESULTS.md, 2026-11-25): for fp16 / bf16
+// rows of at most 128 elements the two-warpgroup kernel with swizzled 64-wide centroid tiles
+// (wgmma variant 5) won every shape bucket but one (K = 8192, where it was within 1.2% of the
+// winner): 22% to 25% less assignment time than variant 0 on the large configs. For split fp32
+// and 256-wide rows variant 0 (the widest tile) won. Elsewhere (no wgmma) variant 0 is the
+// first mma.sync / FMA configuration.
 int heuristic_variant(const AssignArgs& a) {
-    (void)a;
+    if (a.dtype != DType::F32 && a.d <= 128 && wgmma_supported(a) && assign_wgmma_variants(a) > 5) return 5;
     return 0;
 }
 

@@ -4,8 +4,11 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace flash::cuda_engine {
 
@@ -32,6 +35,20 @@ namespace flash::cuda_engine {
 #else
 #define FLASH_LAUNCH_CHECK(what) FLASH_CUDA_CHECK(cudaGetLastError())
 #endif
+
+/// Raises a kernel's dynamic shared-memory limit on the current device, once per (kernel,
+/// device): the attribute is per device, so a process that launches on several GPUs must
+/// set it on each of them.
+inline void set_max_dynamic_smem(const void* kernel, size_t bytes) {
+    static std::mutex mu;
+    static std::set<std::pair<const void*, int>> done;
+    int dev = 0;
+    FLASH_CUDA_CHECK(cudaGetDevice(&dev));
+    std::lock_guard<std::mutex> lock(mu);
+    if (done.count({kernel, dev})) return;
+    FLASH_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    done.insert({kernel, dev});
+}
 
 /// A cudaMalloc'ed array of T, freed on destruction. Allocation failure throws a clear
 /// out-of-memory error naming the buffer.
