@@ -140,9 +140,7 @@ void FlashClustering::train_points(const flash::Points& xin, faiss::Index& index
     opt.int_centroids = int_centroids;
     opt.k_frozen = frozen_centroids ? int64_t(n_input_centroids) : 0;
     opt.weights = weights;
-    opt.backend = flash.backend;
-    opt.cuda_device = flash.cuda_device;
-    opt.fp32_mode = flash.fp32_mode;
+    apply_engine_options(flash, opt);
     opt.checkpoint_every = flash.checkpoint_every;
     opt.stop_on_sigint = flash.stop_on_sigint;
     // The engine updates centroids.data() in place; FAISS' own post-processing keeps the

@@ -148,9 +148,7 @@ void train_product_quantizer(faiss::ProductQuantizer& pq, idx_t n, const float* 
     flash::LloydOptions lo;
     lo.k = idx_t(ksub);
     lo.niter = cp.niter;
-    lo.backend = opt.backend;
-    lo.cuda_device = opt.cuda_device;
-    lo.fp32_mode = opt.fp32_mode;
+    apply_engine_options(opt, lo);
     flash::run_lloyd(p, cen.data(), lo);
     for (size_t m = 0; m < M; m++) pq.set_params(cen.data() + m * ksub * dsub, int(m));
 }

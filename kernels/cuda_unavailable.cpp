@@ -7,6 +7,8 @@ namespace flash::cuda_engine {
 
 int device_count() { return 0; }
 
+bool fits_in_memory(const Points&, int64_t, int) { return true; }
+
 std::vector<std::vector<IterationStats>> run_lloyd(const Points&, float*, const LloydOptions&) {
     throw std::runtime_error("faiss-flash was built without CUDA (configure with -DFLASH_CUDA=ON)");
 }
@@ -14,5 +16,14 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points&, float*, const 
 void assign_nearest(const Points&, const float*, int64_t, Metric, int64_t*, float*, int) {
     throw std::runtime_error("faiss-flash was built without CUDA (configure with -DFLASH_CUDA=ON)");
 }
+
+struct PartialSums::Impl {};
+
+PartialSums::PartialSums(const Points&, const LloydOptions&) {
+    throw std::runtime_error("faiss-flash was built without CUDA (configure with -DFLASH_CUDA=ON)");
+}
+PartialSums::~PartialSums() = default;
+void PartialSums::run(const float*, double*, double*, int64_t*, double*) {}
+Placement PartialSums::placement() const { return {}; }
 
 } // namespace flash::cuda_engine

@@ -11,6 +11,7 @@
 #include "kernels/cuda/cuda_engine.h"
 #include "kernels/flash_kmeans.h"
 #include "kernels/lloyd_common.h"
+#include "kernels/sharded_lloyd.h"
 
 namespace flash {
 
@@ -43,9 +44,31 @@ Backend resolve_backend(Backend requested, const Points& x) {
 
 namespace {
 
+// The several-GPU and streaming options (they apply to host points on the CUDA engine).
+void validate_placement(const Points& x, const LloydOptions& opt) {
+    auto fail = [](const std::string& m) { throw std::invalid_argument("faiss-flash: " + m); };
+    for (int dv : opt.cuda_devices)
+        if (dv < 0) fail("cuda_devices: device ordinals must be >= 0, got " + std::to_string(dv));
+    if (opt.device_memory_limit < 0)
+        fail("device_memory_limit must be >= 0 bytes, got " + std::to_string(opt.device_memory_limit));
+    if (opt.stream_piece_rows < 0) fail("stream_piece_rows must be >= 0, got " + std::to_string(opt.stream_piece_rows));
+    if (opt.transfer_dtype != DType::F32 && x.dtype != DType::F32 && opt.transfer_dtype != x.dtype)
+        fail("transfer_dtype converts fp32 points only; these are fp16/bf16");
+    if (x.device >= 0 && (opt.cuda_devices.size() > 1 || opt.streaming == Streaming::Force))
+        fail("several GPUs and streaming take host points; these are on CUDA device " + std::to_string(x.device));
+}
+
 std::vector<std::vector<IterationStats>> run_on(Backend backend, const Points& x, float* centroids,
                                                 const LloydOptions& opt) {
-    if (backend == Backend::CUDA) return cuda_engine::run_lloyd(x, centroids, opt);
+    if (backend == Backend::CUDA) {
+        if (wants_sharded_run(x, opt)) return run_lloyd_sharded(x, centroids, opt);
+        if (opt.cuda_devices.size() == 1) {
+            LloydOptions one = opt;
+            one.cuda_device = opt.cuda_devices[0];
+            return cuda_engine::run_lloyd(x, centroids, one);
+        }
+        return cuda_engine::run_lloyd(x, centroids, opt);
+    }
     return cpu::run_lloyd(x, centroids, opt);
 }
 
@@ -150,6 +173,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     if (opt.checkpoint_every < 0)
         throw std::invalid_argument("faiss-flash: checkpoint_every must be >= 0, got " +
                                     std::to_string(opt.checkpoint_every));
+    validate_placement(x, opt);
     const Backend backend = resolve_backend(opt.backend, x);
     if (x.device < 0) check_finite_host(x);
     clear_stop_request();

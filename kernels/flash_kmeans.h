@@ -19,6 +19,27 @@ enum class Backend : int { Auto = 0, CPU = 1, CUDA = 2 };
 /// TF32: plain TF32 tensor-core products, opt-in, may misassign close points.
 enum class Fp32Mode : int { Exact = 0, TF32 = 1 };
 
+/// Where the CUDA engine keeps host points.
+/// Auto: resident on the GPU(s) when they fit, else as much as fits resident and the rest
+///       streamed from host memory every iteration (copies overlap compute).
+/// Off:  everything resident; data that does not fit is a clear out-of-memory error.
+/// Force: nothing resident, every piece streamed every iteration (tests, shared GPUs).
+enum class Streaming : int { Auto = 0, Off = 1, Force = 2 };
+
+/// How the points were placed by the last sharded / streaming run (LloydOptions::placement).
+struct Placement {
+    int shards = 0;                ///< one per entry of cuda_devices (1 for a single device)
+    int64_t pieces = 0;            ///< pieces of stream_piece_rows rows (per problem)
+    int64_t resident_rows = 0;     ///< rows kept on the GPU(s) for the whole run
+    int64_t streamed_rows = 0;     ///< rows copied from host memory every iteration
+    int64_t streamed_bytes = 0;    ///< bytes copied per iteration
+    bool host_pinned = false;      ///< streamed rows were DMA'd from pinned memory (no staging copy)
+    double setup_s = 0;            ///< allocation, pinning and the upload of the resident rows
+    double copy_s = 0;             ///< per iteration: host-to-device copy time (slowest shard, CUDA events)
+    double compute_s = 0;          ///< per iteration: assignment + partial sums (slowest shard, CUDA events)
+    double iteration_s = 0;        ///< per iteration: wall time of the whole pass incl. the reduction
+};
+
 /// A batch of B point sets, each (n, d) row-major and contiguous:
 /// element (b, i, j) lives at data[(b * n + i) * d + j].
 struct Points {
@@ -51,6 +72,28 @@ struct LloydOptions {
     Backend backend = Backend::Auto;
     int cuda_device = -1;       ///< -1: the device holding the data, else device 0
     Fp32Mode fp32_mode = Fp32Mode::Exact;
+
+    /// Several GPUs in one process: the points (host memory) are sharded over these CUDA
+    /// ordinals in order; a device may appear more than once (two shards on one GPU, which
+    /// tests the path on a single device). Sums, counts and objective are reduced in a fixed
+    /// order: deterministic for a given list, equal to one GPU within float tolerance.
+    /// Empty: the single device of cuda_device.
+    std::vector<int> cuda_devices;
+    /// Host data larger than the GPU (see Streaming); applies to host points on CUDA.
+    Streaming streaming = Streaming::Auto;
+    /// Cap in bytes on the GPU memory used per device (0: the free memory less a margin).
+    int64_t device_memory_limit = 0;
+    /// fp32 host points sent to the GPU as F16 / BF16 (half the bytes per copy; the
+    /// assignment then runs on tensor cores in that type). F32: as they are.
+    DType transfer_dtype = DType::F32;
+    /// Rows per piece of the sharded / streaming engine (0: about 1 GiB of points per piece).
+    int64_t stream_piece_rows = 0;
+    /// Pin (cudaHostRegister) the streamed part of pageable host points once per run, so
+    /// every iteration DMAs it directly; false (or when pinning fails): staging copies.
+    bool pin_host_data = true;
+    /// When set, receives how the sharded / streaming engine placed the points.
+    Placement* placement = nullptr;
+
     /// Host post-processing of the updated (k, d) centroids of one problem, replacing
     /// spherical / int_centroids. The CPU engine calls it; FlashClustering uses it to
     /// reuse FAISS' own post-processing bit for bit.

@@ -103,6 +103,21 @@ int split_empty_clusters(int64_t d, int64_t k, int64_t n, int64_t k_frozen, floa
     return nsplit;
 }
 
+void centroids_from_sums(const double* sums, const double* weights, int64_t k, int64_t d, int64_t k_frozen,
+                         float* centroids, float* counts) {
+    for (int64_t c = k_frozen; c < k; c++) {
+        const double w = weights[c];
+        counts[c - k_frozen] = float(w);
+        float* cen = centroids + c * d;
+        if (w == 0) {
+            std::fill(cen, cen + d, 0.0f);
+            continue;
+        }
+        const float inv = 1 / float(w);
+        for (int64_t j = 0; j < d; j++) cen[j] = float(sums[c * d + j]) * inv;
+    }
+}
+
 double imbalance_from_counts(const int64_t* counts, int64_t k) {
     double tot = 0, uf = 0;
     for (int64_t i = 0; i < k; i++) {

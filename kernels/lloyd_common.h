@@ -26,6 +26,13 @@ size_t dtype_size(DType t);
 /// n: number of training points. Returns the number of splits.
 int split_empty_clusters(int64_t d, int64_t k, int64_t n, int64_t k_frozen, float* counts, float* centroids);
 
+/// Centroids from reduced cluster sums (sharded and distributed engines), as FAISS computes
+/// them: row c >= k_frozen = float(sums[c]) * (1 / float(weights[c])), zeros where the
+/// weight is 0; counts receives the k - k_frozen weights of the non-frozen clusters (the
+/// input of split_empty_clusters). Frozen rows are left as they are.
+void centroids_from_sums(const double* sums, const double* weights, int64_t k, int64_t d, int64_t k_frozen,
+                         float* centroids, float* counts);
+
 /// k * sum(h^2) / (sum h)^2, h the number of points per cluster (unweighted).
 double imbalance_factor(const int64_t* labels, int64_t n, int64_t k);
 

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 #include <stdexcept>
 
 #include "faiss_ext/FlashAssignIndex.h"
@@ -150,6 +151,33 @@ TEST(BadInput, AssignIndexOnEmptyIndexFollowsFaiss) {
     index.search(2, q.data(), 1, dis.data(), lab.data());
     EXPECT_EQ(lab[0], -1);
     EXPECT_TRUE(std::isinf(dis[0]));
+}
+
+} // namespace
+
+namespace {
+
+// The several-GPU / streaming options are checked before any engine runs (CPU builds too).
+TEST(BadInput, PlacementOptionsAreChecked) {
+    const auto x = flash_test::gaussian_mixture(200, 4, 3, 9);
+    std::vector<float> c(x.begin(), x.begin() + 5 * 4);
+    const auto before = c;
+    auto run = [&](auto&& edit, flash::Points p) {
+        flash::LloydOptions o;
+        o.k = 5;
+        o.niter = 2;
+        o.backend = flash::Backend::CPU;
+        edit(o);
+        return error_of([&] { flash::run_lloyd(p, c.data(), o); });
+    };
+    const auto pts = flash_test::host_points(x.data(), 200, 4);
+    EXPECT_NE(run([](auto& o) { o.cuda_devices = {0, -2}; }, pts).find("cuda_devices"), std::string::npos);
+    EXPECT_NE(run([](auto& o) { o.device_memory_limit = -1; }, pts).find("device_memory_limit"), std::string::npos);
+    EXPECT_NE(run([](auto& o) { o.stream_piece_rows = -3; }, pts).find("stream_piece_rows"), std::string::npos);
+    std::vector<uint16_t> half(200 * 4, 0x3c00);
+    const auto hp = flash_test::host_points(half.data(), 200, 4, flash::DType::F16);
+    EXPECT_NE(run([](auto& o) { o.transfer_dtype = flash::DType::BF16; }, hp).find("transfer_dtype"), std::string::npos);
+    EXPECT_EQ(c, before) << "a refused run wrote centroids";
 }
 
 } // namespace

@@ -39,6 +39,33 @@ inline float half_to_float(uint16_t h) {
     return f;
 }
 
+/// fp32 -> fp16, round to nearest even (finite input; values from 65520 up become Inf).
+inline uint16_t float_to_half(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x47800000u) return uint16_t(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u)); // >= 2^16
+    if (ax < 0x38800000u) { // below 2^-14: a subnormal half, m * 2^-24 with m rounded to even
+        float af;
+        std::memcpy(&af, &ax, 4);
+        const float scaled = af * 16777216.0f; // exact (power of two)
+        uint32_t m = uint32_t(scaled);
+        const float rest = scaled - float(m);
+        if (rest > 0.5f || (rest == 0.5f && (m & 1u))) m++;
+        return uint16_t(sign | m);
+    }
+    const uint32_t r = ax - 0x38000000u; // exponent rebiased from 127 to 15
+    return uint16_t(sign | ((r + 0x0fffu + ((r >> 13) & 1u)) >> 13));
+}
+
+/// fp32 -> bf16, round to nearest even (finite input).
+inline uint16_t float_to_bf16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
 /// Row i of an (n, d) matrix of `dtype`, converted to fp32 into out (d floats).
 inline void load_row(const void* x, DType dtype, int64_t i, int64_t d, float* out) {
     if (dtype == DType::F32) {

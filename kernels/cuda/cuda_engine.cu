@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
@@ -13,61 +14,13 @@
 #include "kernels/cuda/assign.cuh"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/device_ops.cuh"
+#include "kernels/cuda/resources.cuh"
 #include "kernels/cuda/update.cuh"
 #include "kernels/lloyd_common.h"
 
 namespace flash::cuda_engine {
 
 namespace {
-
-// Makes `device` current for the scope, restoring the caller's device afterwards.
-class DeviceScope {
-  public:
-    explicit DeviceScope(int device) {
-        FLASH_CUDA_CHECK(cudaGetDevice(&previous_));
-        FLASH_CUDA_CHECK(cudaSetDevice(device));
-    }
-    ~DeviceScope() { cudaSetDevice(previous_); }
-    DeviceScope(const DeviceScope&) = delete;
-    DeviceScope& operator=(const DeviceScope&) = delete;
-
-  private:
-    int previous_ = 0;
-};
-
-class Stream {
-  public:
-    Stream() { FLASH_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-    ~Stream() { cudaStreamDestroy(s_); }
-    Stream(const Stream&) = delete;
-    Stream& operator=(const Stream&) = delete;
-    cudaStream_t get() const { return s_; }
-
-  private:
-    cudaStream_t s_ = nullptr;
-};
-
-class Events {
-  public:
-    explicit Events(size_t count) : ev_(count, nullptr) {
-        for (auto& e : ev_) FLASH_CUDA_CHECK(cudaEventCreate(&e));
-    }
-    ~Events() {
-        for (auto e : ev_)
-            if (e) cudaEventDestroy(e);
-    }
-    Events(const Events&) = delete;
-    Events& operator=(const Events&) = delete;
-    cudaEvent_t operator[](size_t i) const { return ev_[i]; }
-    double seconds(size_t from, size_t to) const {
-        float ms = 0;
-        FLASH_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_[from], ev_[to]));
-        return ms / 1000.0;
-    }
-
-  private:
-    std::vector<cudaEvent_t> ev_;
-};
 
 int pick_device(const Points& x, int requested) {
     const int count = device_count();
@@ -109,41 +62,6 @@ struct DevicePoints {
     }
 };
 
-// Buffers of the tensor-core fp32 path (AssignArgs::xsplit): the points split once, the
-// centroids split before each assignment, and the certificate's re-check lists. Left empty
-// (and `a` untouched) where the path does not apply.
-struct SplitFp32 {
-    DeviceBuffer<unsigned char> xs, cs;
-    DeviceBuffer<float> cmax;
-    DeviceBuffer<uint32_t> count, list;
-    int64_t width = 0;
-
-    SplitFp32(AssignArgs& a, bool recheck, cudaStream_t s) {
-        if (a.dtype != DType::F32 || !wgmma_supported(a)) return;
-        width = split_fp32_width(a.d);
-        xs.allocate(size_t(a.batch) * a.n * 2 * width * 2, "split points");
-        cs.allocate(size_t(a.batch) * a.k * 2 * width * 2, "split centroids");
-        launch_split_fp32(static_cast<const float*>(a.x), a.batch * a.n, a.d, width, xs.get(), s);
-        a.xsplit = xs.get();
-        a.csplit = cs.get();
-        a.dsplit = width;
-        if (recheck) {
-            cmax.allocate(a.batch, "centroid norm bound");
-            count.allocate(a.batch, "re-check counts");
-            list.allocate(size_t(a.batch) * a.n, "re-check lists");
-            a.cmax = cmax.get();
-            a.recheck_count = count.get();
-            a.recheck_list = list.get();
-        }
-    }
-    // After launch_prepare_centroids (which wrote a.cnorm).
-    void prepare(const AssignArgs& a, const float* centroids, cudaStream_t s) {
-        if (!width) return;
-        launch_split_fp32(centroids, a.batch * a.k, a.d, width, cs.get(), s);
-        if (a.cmax) launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
-    }
-};
-
 } // namespace
 
 int device_count() {
@@ -153,6 +71,25 @@ int device_count() {
         return 0;
     }
     return count;
+}
+
+bool fits_in_memory(const Points& x, int64_t k, int device) {
+    if (device < 0 || device >= device_count()) return true; // pick_device reports the error
+    DeviceScope scope(device);
+    size_t free_b = 0, total_b = 0;
+    FLASH_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const double rows = double(x.batch) * double(x.n);
+    AssignArgs probe;
+    probe.dtype = x.dtype;
+    probe.d = x.d;
+    const int64_t width = x.dtype == DType::F32 && wgmma_supported(probe) ? split_fp32_width(x.d) : 0;
+    // points, split fp32 copy, labels / distances / norms / weights / re-check list, sort keys
+    // and ids (twice) and the radix-sort workspace, chunk partial sums; centroids and their copies.
+    const double need = rows * (double(x.d) * double(dtype_size(x.dtype)) + 4.0 * double(width) + 20 + 24 +
+                                double(x.d) * 4 / 32) +
+                        double(x.batch) * double(k) * double(x.d) * 24;
+    const double margin = std::max(512.0 * (1 << 20), double(free_b) / 32);
+    return need + margin <= double(free_b);
 }
 
 std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt) {

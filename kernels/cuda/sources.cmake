@@ -5,7 +5,9 @@ set(FLASH_CUDA_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/assign_fp32.cu
   ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/update.cu
   ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/device_ops.cu
-  ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/autotune.cu)
+  ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/autotune.cu
+  ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/partial_sums.cu
+  ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/host_staging.cpp)
 
 # The wgmma kernels need the architecture-specific target sm_90a (plain sm_90 rejects
 # wgmma), so they build as their own object library for that target only; the host code

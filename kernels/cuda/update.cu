@@ -149,6 +149,29 @@ __global__ void __launch_bounds__(kThreads) finalize(int64_t k, int64_t d, int64
     }
 }
 
+// Block = one cluster: the cluster's float sum over its chunk partials (in order, as
+// finalize), added to double accumulators (one block per cluster: no atomics).
+__global__ void __launch_bounds__(kThreads) accumulate_clusters(int64_t d, const uint32_t* nchunks,
+                                                                const uint32_t* chunk_start, const uint32_t* sizes,
+                                                                const float* partial, const float* wpartial,
+                                                                double* sums, double* wsums,
+                                                                unsigned long long* counts) {
+    const int64_t c = blockIdx.x;
+    const uint32_t c0 = chunk_start[c], c1 = c0 + nchunks[c];
+    if (c1 == c0) return;
+    if (threadIdx.x == 0) {
+        float w = 0.f;
+        for (uint32_t ch = c0; ch < c1; ch++) w += wpartial[ch];
+        wsums[c] += double(w);
+        counts[c] += sizes[c];
+    }
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        float s = 0.f;
+        for (uint32_t ch = c0; ch < c1; ch++) s += partial[int64_t(ch) * d + j];
+        sums[c * d + j] += double(s);
+    }
+}
+
 int bits_for(int64_t values) {
     int b = 1;
     while ((int64_t(1) << b) < values) b++;
@@ -186,7 +209,27 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
 
 void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
                             float* centroids, float* counts, cudaStream_t stream) {
-    const int64_t total = batch_ * n_, clusters = batch_ * k_;
+    const int64_t clusters = batch_ * k_;
+    segment_sums(x, dtype, batch_ * n_, labels, weights, stream);
+    finalize<<<unsigned(clusters), kThreads, 0, stream>>>(k_, d_, k_frozen, nchunks_.get(), chunk_start_.get(),
+                                                          partial_.get(), wpartial_.get(), centroids, counts);
+    FLASH_LAUNCH_CHECK("finalize");
+}
+
+void SortInverseUpdate::accumulate(const void* x, DType dtype, int64_t rows, const int32_t* labels,
+                                   const float* weights, double* sums, double* wsums, unsigned long long* counts,
+                                   cudaStream_t stream) {
+    if (batch_ != 1 || rows > n_ || rows <= 0)
+        throw std::logic_error("SortInverseUpdate::accumulate: one problem of at most n rows");
+    segment_sums(x, dtype, rows, labels, weights, stream);
+    accumulate_clusters<<<unsigned(k_), kThreads, 0, stream>>>(d_, nchunks_.get(), chunk_start_.get(), sizes_.get(),
+                                                               partial_.get(), wpartial_.get(), sums, wsums, counts);
+    FLASH_LAUNCH_CHECK("accumulate_clusters");
+}
+
+void SortInverseUpdate::segment_sums(const void* x, DType dtype, int64_t total, const int32_t* labels,
+                                     const float* weights, cudaStream_t stream) {
+    const int64_t clusters = batch_ * k_;
     FLASH_CUDA_CHECK(cudaMemsetAsync(sizes_.get(), 0, sizeof(uint32_t) * clusters, stream));
     make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get(),
                                                           sizes_.get());
@@ -220,9 +263,6 @@ void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, c
                                                                    offsets_.get(), nchunks_.get(), chunk_start_.get(),
                                                                    clusters, weights, partial_.get(), wpartial_.get());
     FLASH_LAUNCH_CHECK("chunk_sums");
-    finalize<<<unsigned(clusters), kThreads, 0, stream>>>(k_, d_, k_frozen, nchunks_.get(), chunk_start_.get(),
-                                                          partial_.get(), wpartial_.get(), centroids, counts);
-    FLASH_LAUNCH_CHECK("finalize");
 }
 
 } // namespace flash::cuda_engine

@@ -24,10 +24,20 @@ class SortInverseUpdate {
     void run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
              float* centroids, float* counts, cudaStream_t stream);
 
+    /// Sharded / streaming form, one problem (batch 1) of rows <= n points: adds each
+    /// cluster's float sum (the same chunked order as run) to sums (k, d), its weight to
+    /// wsums (k) and its size to counts (k), all device memory.
+    void accumulate(const void* x, DType dtype, int64_t rows, const int32_t* labels, const float* weights,
+                    double* sums, double* wsums, unsigned long long* counts, cudaStream_t stream);
+
     /// Plain (unweighted) cluster sizes of the last run, (batch, k).
     const uint32_t* sizes() const { return sizes_.get(); }
 
   private:
+    // Sorts the first `total` labels and writes the chunk partial sums.
+    void segment_sums(const void* x, DType dtype, int64_t total, const int32_t* labels, const float* weights,
+                      cudaStream_t stream);
+
     int64_t batch_, n_, d_, k_;
     int end_bit_;
     int64_t max_chunks_;

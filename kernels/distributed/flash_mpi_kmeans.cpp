@@ -2,7 +2,9 @@
 //   mpirun -np 4 flash_mpi_kmeans data.fvecs -k 1024 [--niter 25] [--seed 1234]
 //          [--max-points-per-centroid 256] [--metric l2|ip] [--backend auto|cpu|cuda]
 //          [-o centroids.fvecs]
-// Rank 0 prints one line per iteration and writes the centroids.
+//   mpirun -np 2 flash_mpi_kmeans --synthetic N --dim D -k K ...   (generated shards, no file)
+// Rank 0 prints one line per iteration and writes the centroids. With --backend cuda each
+// rank uses the GPU of its index among the ranks of its node.
 #include <mpi.h>
 
 #include <cstdint>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "kernels/distributed/lloyd_mpi.h"
+#include "kernels/synthetic_points.h"
 
 namespace {
 
@@ -56,6 +59,7 @@ int main(int argc, char** argv) {
     int rc = 0;
     try {
         std::string path, out, metric = "l2", backend = "auto";
+        int64_t synthetic = 0, dim = 128;
         flash::distributed::MpiKmeansOptions opt;
         opt.lloyd.niter = 25;
         for (int i = 1; i < argc; i++) {
@@ -71,10 +75,14 @@ int main(int argc, char** argv) {
             else if (a == "--metric") metric = value();
             else if (a == "--backend") backend = value();
             else if (a == "-o") out = value();
+            else if (a == "--synthetic") synthetic = std::atoll(value().c_str());
+            else if (a == "--dim") dim = std::atoll(value().c_str());
             else if (path.empty() && a[0] != '-') path = a;
             else throw std::invalid_argument("unknown argument " + a);
         }
-        if (path.empty() || opt.lloyd.k <= 0) throw std::invalid_argument("usage: flash_mpi_kmeans FILE.fvecs -k K [...]");
+        if ((path.empty() && synthetic <= 0) || opt.lloyd.k <= 0)
+            throw std::invalid_argument("usage: flash_mpi_kmeans FILE.fvecs -k K [...] (or --synthetic N --dim D)");
+        if (synthetic > 0 && dim <= 0) throw std::invalid_argument("--dim must be positive");
         if (metric == "ip") opt.lloyd.metric = flash::Metric::InnerProduct;
         else if (metric != "l2") throw std::invalid_argument("--metric must be l2 or ip");
         if (backend == "cpu") opt.lloyd.backend = flash::Backend::CPU;
@@ -82,7 +90,16 @@ int main(int argc, char** argv) {
         else if (backend != "auto") throw std::invalid_argument("--backend must be auto, cpu or cuda");
 
         int64_t n_total = 0, d = 0, r0 = 0;
-        const auto x = read_fvecs_slice(path, rank, size, n_total, d, r0);
+        std::vector<float> x;
+        if (synthetic > 0) {
+            n_total = synthetic;
+            d = dim;
+            r0 = n_total * rank / size;
+            x.resize(size_t(n_total * (rank + 1) / size - r0) * d);
+            flash::synthetic_points(r0, int64_t(x.size()) / d, d, flash::DType::F32, x.data());
+        } else {
+            x = read_fvecs_slice(path, rank, size, n_total, d, r0);
+        }
         flash::Points local;
         local.data = x.data();
         local.n = int64_t(x.size()) / d;

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cpu/half_convert.h"
 #include "kernels/cpu/lloyd_cpu.h"
+#include "kernels/cuda/cuda_engine.h"
 #include "kernels/lloyd_common.h"
 
 namespace flash::distributed {
@@ -123,20 +125,47 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     xl.data = xs.data();
     xl.n = int64_t(rows.size());
 
+    // On the CUDA engine the shard stays on this rank's GPU for the whole run (one device per
+    // rank: cuda_device, else the rank's index among the ranks of its node), and each pass
+    // returns the shard's cluster sums directly.
+    std::unique_ptr<cuda_engine::PartialSums> gpu;
+    if (xl.n > 0 && resolve_backend(lo.backend, xl) == Backend::CUDA) {
+        LloydOptions go = lo;
+        go.weights = ws.empty() ? nullptr : ws.data();
+        if (go.cuda_device < 0 && go.cuda_devices.empty()) {
+            MPI_Comm node;
+            int local_rank = 0;
+            check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node),
+                      "MPI_Comm_split_type");
+            check_mpi(MPI_Comm_rank(node, &local_rank), "MPI_Comm_rank");
+            MPI_Comm_free(&node);
+            go.cuda_device = local_rank % std::max(1, cuda_engine::device_count());
+        }
+        gpu = std::make_unique<cuda_engine::PartialSums>(xl, go);
+    }
+
     std::vector<IterationStats> stats;
-    std::vector<int64_t> labels(rows.size());
-    std::vector<float> dist(rows.size());
+    std::vector<int64_t> labels(gpu ? 0 : rows.size());
+    std::vector<float> dist(gpu ? 0 : rows.size());
     ClusterSums s;
+    s.sums.assign(size_t(k * d), 0.0);
+    s.weight.assign(size_t(k), 0.0);
+    s.count.assign(size_t(k), 0);
     std::vector<int64_t> count(static_cast<size_t>(k));
     std::vector<float> counts_f(static_cast<size_t>(k));
     const double t0 = wall_seconds();
     double search = 0;
     for (int it = 0; it < lo.niter; it++) {
         const double ts = wall_seconds();
-        if (xl.n > 0)
-            assign_nearest(xl, centroids, k, lo.metric, labels.data(), dist.data(), lo.backend, lo.cuda_device);
-        search += wall_seconds() - ts;
-        accumulate(xl, local_rows, ws.empty() ? nullptr : ws.data(), labels.data(), dist.data(), k, s);
+        if (gpu) {
+            gpu->run(centroids, s.sums.data(), s.weight.data(), s.count.data(), &s.obj);
+            search += wall_seconds() - ts;
+        } else {
+            if (xl.n > 0)
+                assign_nearest(xl, centroids, k, lo.metric, labels.data(), dist.data(), lo.backend, lo.cuda_device);
+            search += wall_seconds() - ts;
+            accumulate(xl, local_rows, ws.empty() ? nullptr : ws.data(), labels.data(), dist.data(), k, s);
+        }
 
         // One all-reduce of sums, weighted counts, counts and objective.
         std::vector<double> packed(s.sums);
@@ -147,17 +176,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
                   "MPI_Allreduce");
         check_mpi(MPI_Allreduce(s.count.data(), count.data(), int(k), MPI_INT64_T, MPI_SUM, comm), "MPI_Allreduce");
 
-        for (int64_t c = lo.k_frozen; c < k; c++) {
-            const double w = total[k * d + c];
-            counts_f[c - lo.k_frozen] = float(w);
-            float* cen = centroids + c * d;
-            if (w == 0) {
-                std::fill(cen, cen + d, 0.0f);
-                continue;
-            }
-            const float inv = 1 / float(w);
-            for (int64_t j = 0; j < d; j++) cen[j] = float(total[c * d + j]) * inv;
-        }
+        centroids_from_sums(total.data(), total.data() + k * d, k, d, lo.k_frozen, centroids, counts_f.data());
         IterationStats st;
         st.obj = total[k * d + k];
         st.nsplit = split_empty_clusters(d, k, n_train, lo.k_frozen, counts_f.data(), centroids);

@@ -15,15 +15,12 @@
 #include "kernels/cuda/cuda_engine.h"
 #include "kernels/flash_kmeans.h"
 #include "test_data.h"
+#include "gpu/require_gpu.h"
 
 namespace {
 
 using flash_test::host_points;
 
-#define REQUIRE_GPU()                                                                                  \
-    do {                                                                                               \
-        if (flash::cuda_engine::device_count() == 0) GTEST_SKIP() << "no CUDA device visible: GPU test skipped"; \
-    } while (0)
 
 double dot_d(const float* a, const float* b, int64_t d) {
     double s = 0;

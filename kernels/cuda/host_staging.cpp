@@ -1,0 +1,49 @@
+#include "kernels/cuda/host_staging.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "kernels/cpu/half_convert.h"
+#include "kernels/lloyd_common.h"
+
+namespace flash::cuda_engine {
+
+bool stage_elements(const void* src, DType src_type, void* dst, DType dst_type, int64_t count) {
+    constexpr int64_t kBlock = 1 << 16; // elements per task: 256 KiB of fp32
+    const int64_t blocks = (count + kBlock - 1) / kBlock;
+    if (src_type == dst_type) {
+        const size_t es = dtype_size(src_type);
+#pragma omp parallel for schedule(static)
+        for (int64_t b = 0; b < blocks; b++) {
+            const int64_t i0 = b * kBlock, i1 = std::min(count, i0 + kBlock);
+            std::memcpy(static_cast<char*>(dst) + i0 * es, static_cast<const char*>(src) + i0 * es, (i1 - i0) * es);
+        }
+        return true;
+    }
+    if (src_type != DType::F32 || dst_type == DType::F32)
+        throw std::invalid_argument("faiss-flash: host points convert only from F32 to F16 or BF16");
+    const float* s = static_cast<const float*>(src);
+    uint16_t* h = static_cast<uint16_t*>(dst);
+    const uint16_t inf_bits = dst_type == DType::F16 ? 0x7c00u : 0x7f80u;
+    int overflow = 0;
+#pragma omp parallel for schedule(static) reduction(| : overflow)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t i0 = b * kBlock, i1 = std::min(count, i0 + kBlock);
+        int of = 0;
+        if (dst_type == DType::F16)
+            for (int64_t i = i0; i < i1; i++) {
+                h[i] = cpu::float_to_half(s[i]);
+                of |= (h[i] & 0x7fffu) == inf_bits;
+            }
+        else
+            for (int64_t i = i0; i < i1; i++) {
+                h[i] = cpu::float_to_bf16(s[i]);
+                of |= (h[i] & 0x7fffu) == inf_bits;
+            }
+        overflow |= of;
+    }
+    return overflow == 0;
+}
+
+} // namespace flash::cuda_engine

@@ -1,0 +1,581 @@
+// PartialSums: one pass of a Lloyd iteration over host points sharded across GPUs and, where
+// they do not fit, streamed from host memory (see cuda_engine.h).
+//
+// The points of each problem are cut into pieces of P rows. The pieces, problem-major, are
+// dealt to the shards (one per entry of the device list) in contiguous runs. Each shard keeps
+// as many of its pieces resident as its memory budget allows and streams the others through
+// kSlots device buffers on a copy stream: the copy of piece j + 1 overlaps the compute of
+// piece j. Per piece, on the compute stream: norms (cached for resident pieces), FlashAssign,
+// the sort-inverse segment sums added to the shard's double accumulators, the piece's
+// objective. The layout of the pieces does not depend on the memory available, so a run that
+// streams gives the same bits as one that keeps everything resident.
+#include "kernels/cuda/cuda_engine.h"
+
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <exception>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/cuda/assign.cuh"
+#include "kernels/cuda/check.cuh"
+#include "kernels/cuda/device_ops.cuh"
+#include "kernels/cuda/host_staging.h"
+#include "kernels/cuda/resources.cuh"
+#include "kernels/cuda/update.cuh"
+#include "kernels/lloyd_common.h"
+
+namespace flash::cuda_engine {
+
+namespace {
+
+constexpr int kSlots = 3;                   // device buffers for streamed pieces
+constexpr int kStaging = 4;                 // pinned host staging buffers per shard
+constexpr size_t kStagingBytes = 32u << 20; // bytes per staging buffer
+
+struct Piece {
+    int64_t b = 0, row0 = 0, rows = 0; // problem, first row within it, row count
+};
+
+std::string gib(double bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / double(1 << 30));
+    return buf;
+}
+
+// Pinned host memory, freed on destruction.
+class PinnedBuffer {
+  public:
+    PinnedBuffer() = default;
+    ~PinnedBuffer() {
+        if (ptr_) cudaFreeHost(ptr_);
+    }
+    PinnedBuffer(const PinnedBuffer&) = delete;
+    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+    void allocate(size_t bytes, const char* name) {
+        if (cudaHostAlloc(&ptr_, bytes, cudaHostAllocPortable) != cudaSuccess) {
+            (void)cudaGetLastError();
+            ptr_ = nullptr;
+            throw std::runtime_error("faiss-flash: cannot allocate " + std::to_string(bytes) +
+                                     " bytes of pinned host memory for " + name);
+        }
+    }
+    void* get() const { return ptr_; }
+
+  private:
+    void* ptr_ = nullptr;
+};
+
+// Pins a range of the caller's pageable memory (whole pages) while alive; ok() is false when
+// the driver refused (the run then stages its copies instead).
+class HostRegistration {
+  public:
+    HostRegistration(const void* p, size_t bytes) {
+        const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+        const uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+        const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes + page - 1) & ~(page - 1);
+        if (cudaHostRegister(reinterpret_cast<void*>(a), e - a, cudaHostRegisterPortable) == cudaSuccess)
+            ptr_ = reinterpret_cast<void*>(a);
+        else
+            (void)cudaGetLastError();
+    }
+    ~HostRegistration() {
+        if (ptr_) cudaHostUnregister(ptr_);
+    }
+    HostRegistration(const HostRegistration&) = delete;
+    HostRegistration& operator=(const HostRegistration&) = delete;
+    bool ok() const { return ptr_ != nullptr; }
+
+  private:
+    void* ptr_ = nullptr;
+};
+
+bool is_pinned(const void* p) {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return attr.type == cudaMemoryTypeHost;
+}
+
+// Runs f(i) for i < count on one thread each (inline for one), rethrowing the first error.
+template <class F>
+void for_each_parallel(size_t count, F f) {
+    if (count == 1) {
+        f(size_t(0));
+        return;
+    }
+    std::vector<std::exception_ptr> errors(count);
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < count; i++)
+        threads.emplace_back([&, i] {
+            try {
+                f(i);
+            } catch (...) {
+                errors[i] = std::current_exception();
+            }
+        });
+    for (auto& t : threads) t.join();
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+}
+
+// Bytes SortInverseUpdate allocates for one problem of `rows` points (its radix-sort
+// workspace estimated as one more pair of key/value arrays plus slack).
+size_t update_bytes(int64_t rows, int64_t k, int64_t d) {
+    const size_t chunks = size_t(rows / 32 + k);
+    return size_t(rows) * 24 + chunks * (d + 1) * 4 + size_t(k) * 16 + (8u << 20);
+}
+
+// The pieces of one device list entry, its buffers and streams.
+class Shard {
+  public:
+    Shard(const Points& x, const LloydOptions& opt, DType tdt, int device, std::vector<Piece> pieces, int64_t piece_rows,
+          size_t budget)
+            : x_(x), opt_(opt), t_(tdt), dev_(device), pieces_(std::move(pieces)), P_(piece_rows), budget_(budget) {
+        row_bytes_ = size_t(x.d) * dtype_size(t_);
+        in_row_bytes_ = size_t(x.d) * dtype_size(x.dtype);
+        flat0_ = pieces_.front().b * x.n + pieces_.front().row0;
+        const Piece& last = pieces_.back();
+        flat1_ = last.b * x.n + last.row0 + last.rows;
+    }
+
+    const std::vector<Piece>& pieces() const { return pieces_; }
+    bool resident(size_t i) const { return data_[i] != nullptr; }
+    void set_direct(bool direct) { direct_ = direct; }
+    const char* host_rows(const Piece& p) const {
+        return static_cast<const char*>(x_.data) + size_t(p.b * x_.n + p.row0) * in_row_bytes_;
+    }
+
+    // Allocates every buffer, decides which pieces stay resident and uploads them.
+    void setup() {
+        DeviceScope scope(dev_);
+        compute_ = std::make_unique<Stream>();
+        copy_ = std::make_unique<Stream>();
+        const int64_t B = x_.batch, k = opt_.k, d = x_.d;
+        cudaStream_t s = compute_->get();
+
+        // Per problem: centroids as computed with, accumulators. Per piece: scratch.
+        cen_.allocate(B * k * d, "centroids");
+        cnorm_.allocate(B * k, "centroid norms");
+        if (t_ != DType::F32) lowp_.allocate(size_t(B * k * d) * 2, "rounded centroids");
+        sums_.allocate(B * k * d, "cluster sums");
+        wsums_.allocate(B * k, "cluster weights");
+        counts_.allocate(B * k, "cluster sizes");
+        obj_.allocate(pieces_.size(), "piece objectives");
+        imb_.allocate(1, "imbalance (unused)");
+        labels_.allocate(P_, "labels");
+        dist_.allocate(P_, "distances");
+        stats_ws_.allocate(stats_workspace_size(1, P_), "objective partial sums");
+        if (opt_.weights) weights_.allocate(flat1_ - flat0_, "weights");
+        AssignArgs probe;
+        probe.dtype = t_;
+        probe.d = d;
+        if (t_ == DType::F32 && wgmma_supported(probe)) {
+            width_ = split_fp32_width(d);
+            xs_.allocate(size_t(P_) * 4 * width_, "split points");
+            cs_.allocate(size_t(B * k) * 4 * width_, "split centroids");
+            if (opt_.fp32_mode == Fp32Mode::Exact) {
+                cmax_.allocate(B, "centroid norm bound");
+                recheck_count_.allocate(1, "re-check count");
+                recheck_list_.allocate(P_, "re-check list");
+            }
+        }
+        update_ = std::make_unique<SortInverseUpdate>(1, P_, d, k, s);
+        const size_t fixed = size_t(B * k) * (d * 4 + 4 + (t_ != DType::F32 ? d * 2 : 0) + d * 8 + 16 +
+                                              (width_ ? 4 * width_ + 4 : 0)) +
+                             size_t(P_) * (12 + (width_ ? 4 * width_ + 4 : 0)) + size_t(stats_workspace_size(1, P_)) * 8 +
+                             (opt_.weights ? size_t(flat1_ - flat0_) * 4 : 0) + update_bytes(P_, k, d);
+        host_sums_.allocate(size_t(B * k * d) * 8, "cluster sums (host)");
+        host_wsums_.allocate(size_t(B * k) * 8, "cluster weights (host)");
+        host_counts_.allocate(size_t(B * k) * 8, "cluster sizes (host)");
+        host_obj_.allocate(pieces_.size() * 8, "piece objectives (host)");
+        events_ = std::make_unique<Events>(4 * pieces_.size());
+        slot_free_ = std::make_unique<Events>(kSlots);
+        slot_ready_ = std::make_unique<Events>(kSlots);
+        staged_ = std::make_unique<Events>(kStaging);
+
+        // Which pieces stay on the GPU (see flash::Streaming).
+        auto piece_bytes = [&](const Piece& p) { return size_t(p.rows) * (row_bytes_ + 4); };
+        size_t all = 0;
+        for (const auto& p : pieces_) all += piece_bytes(p);
+        const size_t slots = kSlots * size_t(P_) * row_bytes_ + size_t(P_) * 4;
+        std::vector<bool> keep(pieces_.size(), false);
+        if (opt_.streaming == Streaming::Off || (opt_.streaming == Streaming::Auto && fixed + all <= budget_)) {
+            if (opt_.streaming == Streaming::Off && fixed + all > budget_)
+                throw std::runtime_error("faiss-flash: out of GPU memory: the points need " + gib(double(all)) +
+                                         " on CUDA device " + std::to_string(dev_) + " beyond " + gib(double(fixed)) +
+                                         " of buffers, and " + gib(double(budget_)) +
+                                         " is available to this shard; streaming (Streaming::Auto) would fit");
+            std::fill(keep.begin(), keep.end(), true);
+        } else if (opt_.streaming == Streaming::Auto) {
+            if (fixed + slots > budget_)
+                throw std::runtime_error("faiss-flash: out of GPU memory: the buffers of a streaming run need " +
+                                         gib(double(fixed + slots)) + " on CUDA device " + std::to_string(dev_) + ", " +
+                                         gib(double(budget_)) + " is available (smaller stream_piece_rows helps)");
+            size_t avail = budget_ - fixed - slots;
+            for (size_t i = 0; i < pieces_.size(); i++)
+                if (piece_bytes(pieces_[i]) <= avail) {
+                    keep[i] = true;
+                    avail -= piece_bytes(pieces_[i]);
+                }
+        }
+        data_.resize(pieces_.size());
+        norms_.resize(pieces_.size());
+        for (size_t i = 0; i < pieces_.size(); i++) {
+            if (!keep[i]) continue;
+            try {
+                data_[i] = std::make_unique<DeviceBuffer<unsigned char>>(size_t(pieces_[i].rows) * row_bytes_,
+                                                                         "resident points");
+                norms_[i] = std::make_unique<DeviceBuffer<float>>(pieces_[i].rows, "resident point norms");
+            } catch (const std::runtime_error&) {
+                if (opt_.streaming == Streaming::Off) throw;
+                // The estimate was optimistic: stream this piece and the ones after it.
+                data_.resize(i);
+                norms_.resize(i);
+                data_.resize(pieces_.size());
+                norms_.resize(pieces_.size());
+                break;
+            }
+        }
+        bool streams = false;
+        for (size_t i = 0; i < pieces_.size(); i++) streams |= !resident(i);
+        if (streams) {
+            for (auto& b : slot_data_) b.allocate(size_t(P_) * row_bytes_, "stream buffer");
+            xnorm_tmp_.allocate(P_, "streamed point norms");
+        }
+        if (opt_.weights)
+            FLASH_CUDA_CHECK(cudaMemcpyAsync(weights_.get(), opt_.weights + flat0_, sizeof(float) * (flat1_ - flat0_),
+                                             cudaMemcpyHostToDevice, s));
+
+        // Upload the resident pieces (through the staging buffers unless already pinned).
+        direct_ = t_ == x_.dtype && is_pinned(x_.data);
+        cudaStream_t cs = copy_->get();
+        for (size_t i = 0; i < pieces_.size(); i++) {
+            if (!resident(i)) continue;
+            transfer(pieces_[i], data_[i]->get());
+            launch_row_norms(data_[i]->get(), t_, pieces_[i].rows, d, norms_[i]->get(), cs);
+        }
+        FLASH_CUDA_CHECK(cudaStreamSynchronize(cs));
+        FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
+    }
+
+    // One pass with the given (batch, k, d) host centroids; results in the host buffers.
+    void run(const float* centroids) {
+        DeviceScope scope(dev_);
+        const int64_t B = x_.batch, k = opt_.k, d = x_.d;
+        cudaStream_t s = compute_->get(), cs = copy_->get();
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(cen_.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
+        launch_prepare_centroids(cen_.get(), B * k, d, t_, lowp_.get(), cnorm_.get(), s);
+        if (width_) {
+            launch_split_fp32(cen_.get(), B * k, d, width_, cs_.get(), s);
+            if (cmax_.get()) launch_max_norm(cnorm_.get(), B, k, cmax_.get(), s);
+        }
+        FLASH_CUDA_CHECK(cudaMemsetAsync(sums_.get(), 0, sizeof(double) * B * k * d, s));
+        FLASH_CUDA_CHECK(cudaMemsetAsync(wsums_.get(), 0, sizeof(double) * B * k, s));
+        FLASH_CUDA_CHECK(cudaMemsetAsync(counts_.get(), 0, sizeof(unsigned long long) * B * k, s));
+
+        const Events& ev = *events_;
+        int64_t streamed = 0;
+        for (size_t i = 0; i < pieces_.size(); i++) {
+            const Piece& p = pieces_[i];
+            const void* data;
+            const float* xnorm;
+            int slot = -1;
+            if (resident(i)) {
+                FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i + 2], s));
+                data = data_[i]->get();
+                xnorm = norms_[i]->get();
+            } else {
+                slot = int(streamed++ % kSlots);
+                FLASH_CUDA_CHECK(cudaStreamWaitEvent(cs, (*slot_free_)[slot], 0));
+                FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i], cs));
+                transfer(p, slot_data_[slot].get());
+                FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i + 1], cs));
+                FLASH_CUDA_CHECK(cudaEventRecord((*slot_ready_)[slot], cs));
+                FLASH_CUDA_CHECK(cudaStreamWaitEvent(s, (*slot_ready_)[slot], 0));
+                FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i + 2], s));
+                data = slot_data_[slot].get();
+                launch_row_norms(data, t_, p.rows, d, xnorm_tmp_.get(), s);
+                xnorm = xnorm_tmp_.get();
+            }
+            AssignArgs a;
+            a.x = data;
+            a.centroids = t_ == DType::F32 ? static_cast<const void*>(cen_.get() + p.b * k * d)
+                                           : static_cast<const void*>(lowp_.get() + size_t(p.b * k * d) * 2);
+            a.cnorm = cnorm_.get() + p.b * k;
+            a.xnorm = xnorm;
+            a.dtype = t_;
+            a.metric = opt_.metric;
+            a.batch = 1;
+            a.n = p.rows;
+            a.d = d;
+            a.k = k;
+            a.labels = labels_.get();
+            a.distances = dist_.get();
+            if (width_) {
+                launch_split_fp32(static_cast<const float*>(data), p.rows, d, width_, xs_.get(), s);
+                a.xsplit = xs_.get();
+                a.csplit = cs_.get() + size_t(p.b * k) * 4 * width_;
+                a.dsplit = width_;
+                if (cmax_.get()) {
+                    a.cmax = cmax_.get() + p.b;
+                    a.recheck_count = recheck_count_.get();
+                    a.recheck_list = recheck_list_.get();
+                }
+            }
+            if (variant_ < 0) variant_ = choose_assign_variant(a, s);
+            launch_assign(a, variant_, s);
+            const int64_t flat = p.b * x_.n + p.row0;
+            update_->accumulate(data, t_, p.rows, labels_.get(), opt_.weights ? weights_.get() + (flat - flat0_) : nullptr,
+                                sums_.get() + p.b * k * d, wsums_.get() + p.b * k, counts_.get() + p.b * k, s);
+            launch_iteration_stats(dist_.get(), 1, p.rows, update_->sizes(), k, stats_ws_.get(), obj_.get() + i,
+                                   imb_.get(), s);
+            FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i + 3], s));
+            if (slot >= 0) FLASH_CUDA_CHECK(cudaEventRecord((*slot_free_)[slot], s));
+        }
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(host_sums_.get(), sums_.get(), sizeof(double) * B * k * d, cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(host_wsums_.get(), wsums_.get(), sizeof(double) * B * k, cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(host_counts_.get(), counts_.get(), sizeof(unsigned long long) * B * k,
+                                         cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(host_obj_.get(), obj_.get(), sizeof(double) * pieces_.size(),
+                                         cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
+        FLASH_CUDA_CHECK(cudaStreamSynchronize(cs));
+        copy_s_ = compute_s_ = 0;
+        for (size_t i = 0; i < pieces_.size(); i++) {
+            if (!resident(i)) copy_s_ += ev.seconds(4 * i, 4 * i + 1);
+            compute_s_ += ev.seconds(4 * i + 2, 4 * i + 3);
+        }
+    }
+
+    const double* sums() const { return static_cast<const double*>(host_sums_.get()); }
+    const double* wsums() const { return static_cast<const double*>(host_wsums_.get()); }
+    const unsigned long long* counts() const { return static_cast<const unsigned long long*>(host_counts_.get()); }
+    const double* piece_obj() const { return static_cast<const double*>(host_obj_.get()); }
+    double copy_s() const { return copy_s_; }
+    double compute_s() const { return compute_s_; }
+    int64_t rows_resident() const {
+        int64_t r = 0;
+        for (size_t i = 0; i < pieces_.size(); i++) r += resident(i) ? pieces_[i].rows : 0;
+        return r;
+    }
+    int64_t rows_streamed() const {
+        int64_t r = 0;
+        for (size_t i = 0; i < pieces_.size(); i++) r += resident(i) ? 0 : pieces_[i].rows;
+        return r;
+    }
+    size_t row_bytes() const { return row_bytes_; }
+    bool direct() const { return direct_; }
+
+  private:
+    // Queues the copy of piece p's rows (converted to t_) into dst on the copy stream: one
+    // DMA from pinned memory, or through the pinned staging buffers in kStagingBytes steps.
+    void transfer(const Piece& p, void* dst) {
+        cudaStream_t cs = copy_->get();
+        const char* src = host_rows(p);
+        const int64_t count = p.rows * x_.d;
+        const size_t es = dtype_size(t_), ein = dtype_size(x_.dtype);
+        if (direct_) {
+            FLASH_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(count) * es, cudaMemcpyHostToDevice, cs));
+            return;
+        }
+        if (!staging_[0].get())
+            for (auto& b : staging_) b.allocate(kStagingBytes, "staging buffer");
+        const int64_t per = int64_t(kStagingBytes / es);
+        for (int64_t e0 = 0; e0 < count; e0 += per) {
+            const int64_t e = std::min(per, count - e0);
+            const int slot = int(next_staging_++ % kStaging);
+            FLASH_CUDA_CHECK(cudaEventSynchronize((*staged_)[slot])); // its previous copy is done
+            if (!stage_elements(src + size_t(e0) * ein, x_.dtype, staging_[slot].get(), t_, e))
+                throw std::invalid_argument(std::string("faiss-flash: transfer_dtype ") +
+                                            (t_ == DType::F16 ? "F16" : "BF16") +
+                                            ": the points hold values outside its range (use BF16 or F32)");
+            FLASH_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + size_t(e0) * es, staging_[slot].get(),
+                                             size_t(e) * es, cudaMemcpyHostToDevice, cs));
+            FLASH_CUDA_CHECK(cudaEventRecord((*staged_)[slot], cs));
+        }
+    }
+
+    const Points& x_;
+    const LloydOptions& opt_;
+    DType t_;
+    int dev_;
+    std::vector<Piece> pieces_;
+    int64_t P_;
+    size_t budget_;
+    size_t row_bytes_ = 0, in_row_bytes_ = 0;
+    int64_t flat0_ = 0, flat1_ = 0; // the shard's rows in flattened (batch * n) order
+    bool direct_ = false;
+    int variant_ = -1;
+    int64_t width_ = 0;
+    uint64_t next_staging_ = 0;
+    double copy_s_ = 0, compute_s_ = 0;
+
+    std::unique_ptr<Stream> compute_, copy_;
+    DeviceBuffer<float> cen_, cnorm_, dist_, weights_, xnorm_tmp_, cmax_;
+    DeviceBuffer<unsigned char> lowp_, xs_, cs_;
+    DeviceBuffer<double> sums_, wsums_, obj_, imb_, stats_ws_;
+    DeviceBuffer<unsigned long long> counts_;
+    DeviceBuffer<int32_t> labels_;
+    DeviceBuffer<uint32_t> recheck_count_, recheck_list_;
+    std::unique_ptr<SortInverseUpdate> update_;
+    std::vector<std::unique_ptr<DeviceBuffer<unsigned char>>> data_;
+    std::vector<std::unique_ptr<DeviceBuffer<float>>> norms_;
+    DeviceBuffer<unsigned char> slot_data_[kSlots];
+    PinnedBuffer staging_[kStaging];
+    PinnedBuffer host_sums_, host_wsums_, host_counts_, host_obj_;
+    std::unique_ptr<Events> events_, slot_free_, slot_ready_, staged_;
+};
+
+} // namespace
+
+struct PartialSums::Impl {
+    Points x;
+    LloydOptions opt;
+    std::vector<std::unique_ptr<Shard>> shards;
+    std::vector<std::unique_ptr<HostRegistration>> pins;
+    Placement placement;
+};
+
+PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(std::make_unique<Impl>()) {
+    const double t0 = wall_seconds();
+    Impl& m = *impl_;
+    m.x = x;
+    m.opt = options;
+    m.opt.on_iteration = nullptr;
+    m.opt.post_process = nullptr;
+    const LloydOptions& opt = m.opt;
+    if (x.device >= 0)
+        throw std::invalid_argument("faiss-flash: several GPUs and streaming take host points; these are on CUDA device " +
+                                    std::to_string(x.device));
+    const int count = device_count();
+    if (count == 0) throw std::runtime_error("faiss-flash: no CUDA device is visible");
+    std::vector<int> devices = opt.cuda_devices;
+    if (devices.empty()) devices.push_back(opt.cuda_device >= 0 ? opt.cuda_device : 0);
+    for (int dv : devices)
+        if (dv < 0 || dv >= count)
+            throw std::invalid_argument("faiss-flash: cuda_devices: device " + std::to_string(dv) + " does not exist (" +
+                                        std::to_string(count) + " visible)");
+    DType t = x.dtype;
+    if (opt.transfer_dtype != DType::F32 && opt.transfer_dtype != x.dtype) {
+        if (x.dtype != DType::F32)
+            throw std::invalid_argument("faiss-flash: transfer_dtype converts fp32 points only (these are fp16/bf16)");
+        t = opt.transfer_dtype;
+    }
+    const size_t row_bytes = size_t(x.d) * dtype_size(t);
+    int64_t P = opt.stream_piece_rows;
+    if (P <= 0) P = std::clamp<int64_t>(int64_t((size_t(1) << 30) / row_bytes), 1 << 16, 1 << 22);
+    P = std::min<int64_t>(P, x.n);
+
+    std::vector<Piece> pieces;
+    for (int64_t b = 0; b < x.batch; b++)
+        for (int64_t r = 0; r < x.n; r += P) pieces.push_back({b, r, std::min(P, x.n - r)});
+    const size_t S = std::min(devices.size(), pieces.size());
+
+    // Memory budget per shard: the device's free memory (or the cap) shared by its shards.
+    std::map<int, int> shards_on;
+    for (size_t i = 0; i < S; i++) shards_on[devices[i]]++;
+    std::map<int, size_t> budget;
+    for (auto [dv, nshards] : shards_on) {
+        DeviceScope scope(dv);
+        size_t free_b = 0, total_b = 0;
+        FLASH_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        const size_t margin = std::max<size_t>(size_t(512) << 20, free_b / 32);
+        size_t b = free_b > margin ? free_b - margin : 0;
+        if (opt.device_memory_limit > 0) b = std::min(b, size_t(opt.device_memory_limit));
+        budget[dv] = b / nshards;
+    }
+    for (size_t i = 0; i < S; i++) {
+        const size_t p0 = i * pieces.size() / S, p1 = (i + 1) * pieces.size() / S;
+        m.shards.push_back(std::make_unique<Shard>(m.x, m.opt, t, devices[i],
+                                                   std::vector<Piece>(pieces.begin() + p0, pieces.begin() + p1), P,
+                                                   budget[devices[i]]));
+    }
+    for_each_parallel(S, [&](size_t i) { m.shards[i]->setup(); });
+
+    // Pin the streamed rows of pageable points once, so that every pass DMAs them directly.
+    bool any_streamed = false, direct = true;
+    for (auto& sh : m.shards) any_streamed |= sh->rows_streamed() > 0, direct &= sh->direct();
+    if (any_streamed && !direct && t == x.dtype && opt.pin_host_data) {
+        bool ok = true;
+        const char* run_begin = nullptr;
+        const char* run_end = nullptr;
+        auto flush = [&] {
+            if (run_begin && ok) {
+                m.pins.push_back(std::make_unique<HostRegistration>(run_begin, size_t(run_end - run_begin)));
+                ok = m.pins.back()->ok();
+            }
+            run_begin = run_end = nullptr;
+        };
+        for (auto& sh : m.shards)
+            for (size_t i = 0; i < sh->pieces().size(); i++) {
+                if (sh->resident(i)) {
+                    flush();
+                    continue;
+                }
+                const Piece& p = sh->pieces()[i];
+                const char* begin = sh->host_rows(p);
+                const char* end = begin + size_t(p.rows) * x.d * dtype_size(x.dtype);
+                if (run_end != begin) flush();
+                if (!run_begin) run_begin = begin;
+                run_end = end;
+            }
+        flush();
+        if (ok)
+            for (auto& sh : m.shards) sh->set_direct(true);
+        else
+            m.pins.clear();
+    }
+
+    Placement& pl = m.placement;
+    pl.shards = int(S);
+    pl.pieces = int64_t(pieces.size());
+    pl.host_pinned = true;
+    for (auto& sh : m.shards) {
+        pl.resident_rows += sh->rows_resident();
+        pl.streamed_rows += sh->rows_streamed();
+        pl.streamed_bytes += sh->rows_streamed() * int64_t(sh->row_bytes());
+        if (sh->rows_streamed() > 0) pl.host_pinned &= sh->direct();
+    }
+    if (pl.streamed_rows == 0) pl.host_pinned = false;
+    pl.setup_s = wall_seconds() - t0;
+}
+
+PartialSums::~PartialSums() = default;
+
+void PartialSums::run(const float* centroids, double* sums, double* wsums, int64_t* sizes, double* obj) {
+    Impl& m = *impl_;
+    const double t0 = wall_seconds();
+    const int64_t B = m.x.batch, k = m.opt.k, d = m.x.d;
+    for_each_parallel(m.shards.size(), [&](size_t i) { m.shards[i]->run(centroids); });
+    // Shard order, then piece order: a fixed reduction order.
+    std::fill(sums, sums + B * k * d, 0.0);
+    std::fill(wsums, wsums + B * k, 0.0);
+    std::fill(sizes, sizes + B * k, int64_t(0));
+    std::fill(obj, obj + B, 0.0);
+    Placement& pl = m.placement;
+    pl.copy_s = pl.compute_s = 0;
+    for (auto& sh : m.shards) {
+        const double* s = sh->sums();
+        for (int64_t i = 0; i < B * k * d; i++) sums[i] += s[i];
+        for (int64_t i = 0; i < B * k; i++) {
+            wsums[i] += sh->wsums()[i];
+            sizes[i] += int64_t(sh->counts()[i]);
+        }
+        for (size_t i = 0; i < sh->pieces().size(); i++) obj[sh->pieces()[i].b] += sh->piece_obj()[i];
+        pl.copy_s = std::max(pl.copy_s, sh->copy_s());
+        pl.compute_s = std::max(pl.compute_s, sh->compute_s());
+    }
+    pl.iteration_s = wall_seconds() - t0;
+}
+
+Placement PartialSums::placement() const { return impl_->placement; }
+
+} // namespace flash::cuda_engine

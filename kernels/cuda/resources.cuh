@@ -1,0 +1,100 @@
+// RAII device resources shared by the CUDA engine's drivers: the current device for a
+// scope, streams, events, and the buffers of the tensor-core fp32 path.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cuda/assign.cuh"
+#include "kernels/cuda/check.cuh"
+#include "kernels/cuda/device_ops.cuh"
+
+namespace flash::cuda_engine {
+
+// Makes `device` current for the scope, restoring the caller's device afterwards.
+class DeviceScope {
+  public:
+    explicit DeviceScope(int device) {
+        FLASH_CUDA_CHECK(cudaGetDevice(&previous_));
+        FLASH_CUDA_CHECK(cudaSetDevice(device));
+    }
+    ~DeviceScope() { cudaSetDevice(previous_); }
+    DeviceScope(const DeviceScope&) = delete;
+    DeviceScope& operator=(const DeviceScope&) = delete;
+
+  private:
+    int previous_ = 0;
+};
+
+class Stream {
+  public:
+    Stream() { FLASH_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+    ~Stream() { cudaStreamDestroy(s_); }
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    cudaStream_t get() const { return s_; }
+
+  private:
+    cudaStream_t s_ = nullptr;
+};
+
+class Events {
+  public:
+    explicit Events(size_t count) : ev_(count, nullptr) {
+        for (auto& e : ev_) FLASH_CUDA_CHECK(cudaEventCreate(&e));
+    }
+    ~Events() {
+        for (auto e : ev_)
+            if (e) cudaEventDestroy(e);
+    }
+    Events(const Events&) = delete;
+    Events& operator=(const Events&) = delete;
+    cudaEvent_t operator[](size_t i) const { return ev_[i]; }
+    double seconds(size_t from, size_t to) const {
+        float ms = 0;
+        FLASH_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_[from], ev_[to]));
+        return ms / 1000.0;
+    }
+
+  private:
+    std::vector<cudaEvent_t> ev_;
+};
+
+// Buffers of the tensor-core fp32 path (AssignArgs::xsplit): the points split once, the
+// centroids split before each assignment, and the certificate's re-check lists. Left empty
+// (and `a` untouched) where the path does not apply.
+struct SplitFp32 {
+    DeviceBuffer<unsigned char> xs, cs;
+    DeviceBuffer<float> cmax;
+    DeviceBuffer<uint32_t> count, list;
+    int64_t width = 0;
+
+    SplitFp32(AssignArgs& a, bool recheck, cudaStream_t s) {
+        if (a.dtype != DType::F32 || !wgmma_supported(a)) return;
+        width = split_fp32_width(a.d);
+        xs.allocate(size_t(a.batch) * a.n * 2 * width * 2, "split points");
+        cs.allocate(size_t(a.batch) * a.k * 2 * width * 2, "split centroids");
+        launch_split_fp32(static_cast<const float*>(a.x), a.batch * a.n, a.d, width, xs.get(), s);
+        a.xsplit = xs.get();
+        a.csplit = cs.get();
+        a.dsplit = width;
+        if (recheck) {
+            cmax.allocate(a.batch, "centroid norm bound");
+            count.allocate(a.batch, "re-check counts");
+            list.allocate(size_t(a.batch) * a.n, "re-check lists");
+            a.cmax = cmax.get();
+            a.recheck_count = count.get();
+            a.recheck_list = list.get();
+        }
+    }
+    // After launch_prepare_centroids (which wrote a.cnorm).
+    void prepare(const AssignArgs& a, const float* centroids, cudaStream_t s) {
+        if (!width) return;
+        launch_split_fp32(centroids, a.batch * a.k, a.d, width, cs.get(), s);
+        if (a.cmax) launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
+    }
+};
+
+} // namespace flash::cuda_engine

@@ -1,0 +1,264 @@
+// The sharded / streaming CUDA path (several GPUs in one process, host data larger than the
+// GPU) against the in-memory engine. Integer-valued points make every cluster sum exact, so
+// all placements must give the same bits; Gaussian data is compared within float tolerance.
+// Each test skips with a printed reason when no CUDA device is visible (CI has none).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "faiss_ext/FlashClustering.h"
+#include "kernels/cpu/half_convert.h"
+#include "kernels/cuda/cuda_engine.h"
+#include "kernels/flash_kmeans.h"
+#include "test_data.h"
+#include "gpu/require_gpu.h"
+
+#include <faiss/IndexFlat.h>
+
+namespace {
+
+using flash_test::host_points;
+
+
+struct Result {
+    std::vector<float> centroids;
+    std::vector<std::vector<flash::IterationStats>> stats;
+    flash::Placement placement;
+};
+
+Result run(const flash::Points& x, const std::vector<float>& init, flash::LloydOptions opt) {
+    Result r;
+    r.centroids = init;
+    opt.backend = flash::Backend::CUDA;
+    opt.placement = &r.placement;
+    r.stats = flash::run_lloyd(x, r.centroids.data(), opt);
+    return r;
+}
+
+std::vector<float> first_rows(const std::vector<float>& x, int64_t B, int64_t n, int64_t k, int64_t d) {
+    std::vector<float> c(B * k * d);
+    for (int64_t b = 0; b < B; b++)
+        std::copy(x.begin() + b * n * d, x.begin() + (b * n + k) * d, c.begin() + b * k * d);
+    return c;
+}
+
+void expect_same_run(const Result& a, const Result& b, double obj_rel) {
+    ASSERT_EQ(a.centroids.size(), b.centroids.size());
+    int64_t diff = 0;
+    for (size_t i = 0; i < a.centroids.size(); i++) diff += a.centroids[i] != b.centroids[i];
+    EXPECT_EQ(diff, 0) << "centroid values that differ";
+    ASSERT_EQ(a.stats.size(), b.stats.size());
+    for (size_t p = 0; p < a.stats.size(); p++) {
+        ASSERT_EQ(a.stats[p].size(), b.stats[p].size());
+        for (size_t it = 0; it < a.stats[p].size(); it++) {
+            EXPECT_NEAR(a.stats[p][it].obj, b.stats[p][it].obj, obj_rel * std::fabs(a.stats[p][it].obj) + 1e-9);
+            EXPECT_EQ(a.stats[p][it].imbalance, b.stats[p][it].imbalance);
+            EXPECT_EQ(a.stats[p][it].nsplit, b.stats[p][it].nsplit);
+        }
+    }
+}
+
+// Integer points, integer weights: every sum is exact, so every placement gives the same bits.
+TEST(Sharded, EveryPlacementGivesTheSameBitsOnIntegerData) {
+    REQUIRE_GPU();
+    const int64_t B = 2, n = 25000, d = 64, k = 40;
+    const auto x = flash_test::integer_points(B * n, d, 16, 7);
+    std::vector<float> w(B * n);
+    for (int64_t i = 0; i < B * n; i++) w[i] = float(1 + i % 3);
+    const auto init = first_rows(x, B, n, k, d);
+    flash::LloydOptions opt;
+    opt.k = k;
+    opt.niter = 6;
+    opt.weights = w.data();
+    opt.k_frozen = 3;
+    const auto pts = host_points(x.data(), n, d, flash::DType::F32, B);
+    const Result in_memory = run(pts, init, opt);
+    EXPECT_EQ(in_memory.placement.shards, 0) << "the in-memory engine fills no placement";
+
+    opt.stream_piece_rows = 4096;
+    {
+        SCOPED_TRACE("one shard, every piece streamed");
+        auto o = opt;
+        o.streaming = flash::Streaming::Force;
+        const Result r = run(pts, init, o);
+        expect_same_run(in_memory, r, 1e-12);
+        EXPECT_EQ(r.placement.shards, 1);
+        EXPECT_EQ(r.placement.pieces, 2 * 7);
+        EXPECT_EQ(r.placement.resident_rows, 0);
+        EXPECT_EQ(r.placement.streamed_rows, B * n);
+        EXPECT_EQ(r.placement.streamed_bytes, B * n * d * 4);
+        EXPECT_GT(r.placement.copy_s, 0);
+        EXPECT_GT(r.placement.compute_s, 0);
+    }
+    {
+        SCOPED_TRACE("three shards on one GPU, everything resident");
+        auto o = opt;
+        o.cuda_devices = {0, 0, 0};
+        const Result r = run(pts, init, o);
+        expect_same_run(in_memory, r, 1e-12);
+        EXPECT_EQ(r.placement.shards, 3);
+        EXPECT_EQ(r.placement.resident_rows, B * n);
+    }
+    {
+        SCOPED_TRACE("a memory cap: part resident, part streamed");
+        auto o = opt;
+        o.device_memory_limit = 16 << 20;
+        const Result r = run(pts, init, o);
+        expect_same_run(in_memory, r, 1e-12);
+        EXPECT_GT(r.placement.resident_rows, 0);
+        EXPECT_GT(r.placement.streamed_rows, 0);
+        EXPECT_EQ(r.placement.resident_rows + r.placement.streamed_rows, B * n);
+    }
+    if (flash::cuda_engine::device_count() > 1) {
+        SCOPED_TRACE("every visible GPU, part resident, part streamed");
+        auto o = opt;
+        o.cuda_devices.clear();
+        for (int dv = 0; dv < flash::cuda_engine::device_count(); dv++) o.cuda_devices.push_back(dv);
+        o.device_memory_limit = 16 << 20;
+        const Result r = run(pts, init, o);
+        expect_same_run(in_memory, r, 1e-12);
+        EXPECT_EQ(r.placement.shards, flash::cuda_engine::device_count());
+    }
+    {
+        SCOPED_TRACE("pageable data staged instead of pinned");
+        auto o = opt;
+        o.streaming = flash::Streaming::Force;
+        o.pin_host_data = false;
+        o.cuda_devices = {0, 0};
+        const Result r = run(pts, init, o);
+        expect_same_run(in_memory, r, 1e-12);
+        EXPECT_FALSE(r.placement.host_pinned);
+    }
+}
+
+// fp32 points sent as fp16 give the same bits as fp16 points (integers are exact in fp16).
+TEST(Sharded, TransferDtypeMatchesHalfInput) {
+    REQUIRE_GPU();
+    const int64_t n = 20000, d = 128, k = 64;
+    const auto x = flash_test::integer_points(n, d, 32, 11);
+    std::vector<uint16_t> xh(x.size());
+    for (size_t i = 0; i < x.size(); i++) xh[i] = flash::cpu::float_to_half(x[i]);
+    const auto init = first_rows(x, 1, n, k, d);
+    flash::LloydOptions opt;
+    opt.k = k;
+    opt.niter = 5;
+    const Result half = run(host_points(xh.data(), n, d, flash::DType::F16), init, opt);
+    for (auto streaming : {flash::Streaming::Auto, flash::Streaming::Force}) {
+        auto o = opt;
+        o.transfer_dtype = flash::DType::F16;
+        o.streaming = streaming;
+        o.stream_piece_rows = 3000;
+        const Result conv = run(host_points(x.data(), n, d), init, o);
+        expect_same_run(half, conv, 1e-12);
+    }
+    // Values beyond fp16's range are refused, not turned into Inf.
+    auto big = x;
+    big[5] = 1e6f;
+    auto o = opt;
+    o.transfer_dtype = flash::DType::F16;
+    std::vector<float> c = init;
+    o.backend = flash::Backend::CUDA;
+    EXPECT_THROW(flash::run_lloyd(host_points(big.data(), n, d), c.data(), o), std::invalid_argument);
+}
+
+// Gaussian data: several shards agree with one GPU within float tolerance and are
+// deterministic run to run; fp32 exact assignment and inner product on the sharded path.
+// One iteration from the same centroids: the same assignments, sums that differ by rounding
+// only. Several iterations: near-ties may then go either way, so the objectives are compared.
+TEST(Sharded, FloatDataSeveralShardsMatchOneGpu) {
+    REQUIRE_GPU();
+    const int64_t n = 30000, d = 128, k = 100;
+    const auto x = flash_test::gaussian_mixture(n, d, 50, 21);
+    const auto init = first_rows(x, 1, n, k, d);
+    for (auto metric : {flash::Metric::L2, flash::Metric::InnerProduct})
+        for (int niter : {1, 6}) {
+            SCOPED_TRACE(std::string(metric == flash::Metric::L2 ? "L2" : "inner product") +
+                         " niter=" + std::to_string(niter));
+            flash::LloydOptions opt;
+            opt.k = k;
+            opt.niter = niter;
+            opt.metric = metric;
+            const auto pts = host_points(x.data(), n, d);
+            const Result one = run(pts, init, opt);
+            auto o = opt;
+            o.cuda_devices = {0, 0};
+            o.stream_piece_rows = 7000;
+            o.device_memory_limit = 64 << 20;
+            const Result a = run(pts, init, o), b = run(pts, init, o);
+            expect_same_run(a, b, 0); // deterministic for a fixed device list
+            if (niter == 1) {
+                double err = 0, scale = 0;
+                for (size_t i = 0; i < one.centroids.size(); i++) {
+                    err = std::max(err, double(std::fabs(one.centroids[i] - a.centroids[i])));
+                    scale = std::max(scale, double(std::fabs(one.centroids[i])));
+                }
+                EXPECT_LE(err, 1e-5 * scale);
+                EXPECT_NEAR(one.stats[0][0].obj, a.stats[0][0].obj, 1e-6 * std::fabs(one.stats[0][0].obj));
+            } else {
+                const double o1 = one.stats[0].back().obj, o2 = a.stats[0].back().obj;
+                EXPECT_NEAR(o1, o2, 1e-3 * std::fabs(o1));
+            }
+        }
+}
+
+TEST(Sharded, ClearErrors) {
+    REQUIRE_GPU();
+    const int64_t n = 5000, d = 32, k = 10;
+    const auto x = flash_test::gaussian_mixture(n, d, 5, 3);
+    flash::LloydOptions opt;
+    opt.k = k;
+    opt.niter = 2;
+    opt.backend = flash::Backend::CUDA;
+    auto c = first_rows(x, 1, n, k, d);
+    const auto pts = host_points(x.data(), n, d);
+    {
+        auto o = opt;
+        o.cuda_devices = {0, 999};
+        try {
+            flash::run_lloyd(pts, c.data(), o);
+            FAIL() << "a device that does not exist was accepted";
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("999"), std::string::npos) << e.what();
+        }
+    }
+    {
+        auto o = opt;
+        o.streaming = flash::Streaming::Off;
+        o.device_memory_limit = 1 << 20; // far below the buffers
+        EXPECT_THROW(flash::run_lloyd(pts, c.data(), o), std::runtime_error);
+    }
+    {
+        auto o = opt;
+        o.device_memory_limit = 1 << 20; // not even the stream buffers fit
+        try {
+            flash::run_lloyd(pts, c.data(), o);
+            FAIL() << "a run that cannot fit was accepted";
+        } catch (const std::runtime_error& e) {
+            EXPECT_NE(std::string(e.what()).find("out of GPU memory"), std::string::npos) << e.what();
+        }
+    }
+}
+
+// FlashClustering picks the placement options up from its FlashOptions.
+TEST(Sharded, FlashClusteringOnTwoShards) {
+    REQUIRE_GPU();
+    const int n = 20000, d = 32, k = 50;
+    const auto x = flash_test::integer_points(n, d, 16, 5);
+    faiss_flash::FlashClustering one(d, k), two(d, k);
+    one.niter = two.niter = 5;
+    one.flash.backend = two.flash.backend = flash::Backend::CUDA;
+    two.flash.cuda_devices = {0, 0};
+    two.flash.stream_piece_rows = 5000;
+    two.flash.streaming = flash::Streaming::Force;
+    faiss::IndexFlatL2 i1(d), i2(d);
+    one.train(n, x.data(), i1);
+    two.train(n, x.data(), i2);
+    EXPECT_EQ(one.centroids, two.centroids);
+    ASSERT_EQ(one.iteration_stats.size(), two.iteration_stats.size());
+    EXPECT_EQ(i2.ntotal, k);
+}
+
+} // namespace
