@@ -6,7 +6,12 @@
 #   scripts/gpu.sh run     # on the GPU machine, in the repository root: GPU tests, the FAISS
 #                          # hook suites on the CUDA engine, compute-sanitizer (memcheck,
 #                          # racecheck), the benchmark and the peers; a short table at the end.
-#                          # Logs, CSVs and the plot go to $OUT (or ./gpu-out).
+#   scripts/gpu.sh scale   # host data larger than the GPU (issue 5): bench_scale on N = 32M and
+#                          # 200M (SCALE_N), d = 128, fp32 and fp16, K = 4096 and 16384, beside
+#                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host.
+#   scripts/gpu.sh multi   # several GPUs (issue 6): sharded tests on every visible GPU, 1 vs all
+#                          # GPUs at N = 200M K = 16384 (host and resident), MPI one rank per GPU.
+# Logs and CSVs go to $OUT (or ./gpu-out), also packed as logs.tar.gz.
 #
 # For the peers, put the flash-kmeans Python package (svg-project/flash-kmeans, not part of
 # this repository) in .peers/flash_kmeans; without it only our numbers are measured.
@@ -18,25 +23,108 @@ build() {
   scripts/setup.sh
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFLASH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} \
     -DFLASH_WERROR=ON -DFLASH_BUILD_PYTHON=OFF > build-gpu.log
-  cmake --build build-gpu -j"$(nproc)" --target test_cuda_engine test_index_hooks test_clustering_params \
-    test_bad_input test_cpu_engine bench_gpu >> build-gpu.log
+  cmake --build build-gpu -j"$(nproc)" --target test_cuda_engine test_sharded test_index_hooks test_clustering_params \
+    test_bad_input test_cpu_engine bench_gpu bench_scale flash_mpi_kmeans >> build-gpu.log
   rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
-  cp build-gpu/tests/gpu/test_cuda_engine build-gpu/tests/test_index_hooks build-gpu/tests/test_clustering_params \
-     build-gpu/tests/test_bad_input build-gpu/tests/test_cpu_engine build-gpu/bench/gpu/bench_gpu .gpu/bin/
+  cp build-gpu/tests/gpu/test_cuda_engine build-gpu/tests/gpu/test_sharded build-gpu/tests/test_index_hooks \
+     build-gpu/tests/test_clustering_params build-gpu/tests/test_bad_input build-gpu/tests/test_cpu_engine \
+     build-gpu/bench/gpu/bench_gpu build-gpu/bench/gpu/bench_scale build-gpu/flash_mpi_kmeans .gpu/bin/
   for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgomp.so.1; do
     cp -L "/lib/x86_64-linux-gnu/$lib" .gpu/lib/
   done
   tar -C .gpu -cJf .gpu/pack.tar.xz bin lib && rm -rf .gpu/bin .gpu/lib
-  du -sh .gpu/pack.tar.xz
+  # Open MPI for the GPU machine (it has none): Debian's runtime, relocated there with OPAL_PREFIX.
+  ( cd / && tar -czf "$root/.gpu/ompi.tgz" --ignore-failed-read usr/bin/orterun usr/bin/orted \
+      usr/lib/x86_64-linux-gnu/openmpi usr/lib/x86_64-linux-gnu/pmix2 usr/share/openmpi etc/openmpi \
+      $(ls usr/lib/x86_64-linux-gnu/{libmpi,libopen-rte,libopen-pal,libhwloc,libevent,libpmix,libudev,libfabric,libucp,libucs,libuct,libucm,libnl-,libibverbs,libpsm,libefa,librdmacm,libltdl,libmunge}*.so* 2>/dev/null) ) 2>/dev/null || true
+  du -sh .gpu/*
 }
 
-run() {
-  out=${OUT:-$root/gpu-out}
-  mkdir -p "$out"
+unpack() { # -> $work with bin/ and lib/; LD_LIBRARY_PATH set
   work=$(mktemp -d)
   tar -C "$work" -xJf .gpu/pack.tar.xz
   export LD_LIBRARY_PATH="$work/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   bin=$work/bin
+  out=${OUT:-$root/gpu-out}
+  mkdir -p "$out"
+}
+
+pack_logs() { tar -C "$out" -czf /tmp/flash-logs.tar.gz --exclude=logs.tar.gz . && mv /tmp/flash-logs.tar.gz "$out/logs.tar.gz" || true; }
+
+# Issue 5: host-resident points, resident where they fit, streamed where they do not.
+scale() {
+  unpack
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+  free -g | head -2
+  status=0
+  for n in ${SCALE_N:-32000000 200000000}; do
+    for t in f32 f16; do
+      "$bin/bench_scale" --n "$n" --dtype $t --k ${SCALE_K:-4096,16384} --niter ${SCALE_NITER:-3} --devices 0 --streaming ${SCALE_MODES:-auto} \
+        --csv "$out/scale_${n}_$t.csv" 2>&1 | tee "$out/scale_${n}_$t.log" || status=1
+      if [ -d .peers/flash_kmeans ]; then
+        python3 bench/peers/run_peers_large.py --flash-kmeans-path .peers --n "$n" --dtype $t --k ${PEER_K:-4096,16384} \
+          --devices 0 --csv "$out/peer_scale_${n}_$t.csv" 2>&1 | tee "$out/peer_scale_${n}_$t.log" || status=1
+      fi
+    done
+  done
+  pack_logs
+  return $status
+}
+
+# Issue 6: every visible GPU.
+multi() {
+  unpack
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+  export NCCL_NVLS_ENABLE=0 PMIX_MCA_pcompress_base_silence_warning=1
+  status=0
+  ngpu=$(nvidia-smi -L | wc -l)
+  all=$(seq -s, 0 $((ngpu - 1)))
+  "$bin/test_sharded" > "$out/sharded_tests.log" 2>&1 || status=1
+  tail -n 3 "$out/sharded_tests.log"
+  n=${MULTI_N:-200000000}
+  for t in ${MULTI_DTYPES:-f16 f32}; do
+    # exact fp32 at K = 16384 costs seconds per iteration: two iterations (one timed gap)
+    [ $t = f32 ] && nit=${MULTI_NITER_F32:-2} || nit=${MULTI_NITER:-3}
+    "$bin/bench_scale" --n "$n" --dtype $t --k 16384 --niter $nit --devices "0;$all" \
+      --streaming auto,force --csv "$out/multi_${t}.csv" 2>&1 | tee "$out/multi_${t}.log" || status=1
+  done
+  if [ -f .gpu/ompi.tgz ]; then # the Open MPI the binary was built with (Debian's), relocated
+    mkdir -p "$work/ompi" && tar -C "$work/ompi" -xzf .gpu/ompi.tgz
+    ln -sf orterun "$work/ompi/usr/bin/mpirun"
+    saved_path=$PATH saved_ld=$LD_LIBRARY_PATH
+    export OPAL_PREFIX=$work/ompi/usr PATH="$work/ompi/usr/bin:$PATH"
+    export LD_LIBRARY_PATH="$work/ompi/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH"
+    if ! mpirun --allow-run-as-root -np 1 true; then
+      echo "carried Open MPI does not start here; trying the machine's own"
+      unset OPAL_PREFIX; export PATH=$saved_path LD_LIBRARY_PATH=$saved_ld
+    fi
+  fi
+  if command -v mpirun > /dev/null; then
+    mpirun --version | head -1
+    for np in 1 $ngpu; do
+      mpirun --allow-run-as-root --oversubscribe -np $np -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE \
+        "$bin/flash_mpi_kmeans" --synthetic ${MPI_N:-32000000} --dim 128 -k 4096 --niter 4 \
+        --max-points-per-centroid 100000 --backend cuda -o "$out/mpi_np$np.fvecs" 2>&1 | tee "$out/mpi_np$np.log" \
+        || status=1
+    done
+    python3 - "$out/mpi_np1" "$out/mpi_np$ngpu" <<'PY' || status=1
+import re, sys, numpy as np
+# Near-ties may flip between runs of different shard counts, so the objectives are the test;
+# the centroid difference is reported.
+objs = [float(re.findall(r"objective=(\S+)", open(f + ".log").read())[-1]) for f in sys.argv[1:3]]
+a, b = (np.fromfile(f + ".fvecs", dtype=np.float32).reshape(-1, 129)[:, 1:] for f in sys.argv[1:3])
+rel = abs(objs[0] - objs[1]) / abs(objs[0])
+print(f"MPI: 1 rank vs one rank per GPU: final objective {objs[0]:.6g} vs {objs[1]:.6g} (relative {rel:.1e}); "
+      f"max centroid difference {float(np.abs(a - b).max()) / float(np.abs(a).max()):.1e} relative")
+sys.exit(0 if rel < 1e-4 else 1)
+PY
+  fi
+  pack_logs
+  return $status
+}
+
+run() {
+  unpack
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
   status=0
   summary=()
@@ -47,12 +135,15 @@ run() {
     tail -n 3 "$out/$name.log"
   }
   run_suite gpu_tests "$bin/test_cuda_engine"
+  run_suite sharded_tests "$bin/test_sharded"
   FLASH_TEST_BACKEND=cuda run_suite hooks_on_cuda "$bin/test_index_hooks"
   FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
   run_suite bad_input "$bin/test_bad_input"
   sanitize=CudaEngine.TiesGoToLowestIndex:CudaEngine.SmallShapesEveryPath:CudaEngine.EmptyClustersSplitLikeFaiss:CudaEngine.RunsAreBitIdentical*
   if command -v compute-sanitizer > /dev/null; then
     run_suite memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
+    run_suite memcheck_sharded compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_sharded" \
+      --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
     run_suite racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
   fi
   "$bin/bench_gpu" --csv "$out/ours.csv" ${BENCH_ARGS:-} | tee "$out/bench.log" || status=1
@@ -84,11 +175,14 @@ for n, r in ours.items():
     print(f"{n:24s} {o:9.3f} {float(r['tflops']):8.1f} {fk:13.3f} {dt:12.3f} {fk / o:7.2f}x")
 PY
   fi
+  pack_logs
   return $status
 }
 
 case "${1:-}" in
   build) build ;;
   run) run ;;
-  *) echo "usage: scripts/gpu.sh build|run" >&2; exit 2 ;;
+  scale) scale ;;
+  multi) multi ;;
+  *) echo "usage: scripts/gpu.sh build|run|scale|multi" >&2; exit 2 ;;
 esac
