@@ -108,9 +108,28 @@ py::list stats_list(const std::vector<flash::IterationStats>& st) {
     return out;
 }
 
+// Several GPUs / streaming options from faiss_flash._arrays.parse_placement (already
+// validated there) into flash::LloydOptions or faiss_flash::FlashOptions (same field names).
+template <class Options>
+void apply_placement(const py::dict& p, Options& o) {
+    for (auto item : p) {
+        const std::string key = py::str(item.first);
+        const py::handle v = item.second;
+        if (key == "devices") o.cuda_devices = v.cast<std::vector<int>>();
+        else if (key == "streaming") {
+            const std::string m = v.cast<std::string>();
+            o.streaming = m == "force" ? flash::Streaming::Force : m == "off" ? flash::Streaming::Off : flash::Streaming::Auto;
+        } else if (key == "max_gpu_memory") o.device_memory_limit = v.cast<int64_t>();
+        else if (key == "transfer_dtype") o.transfer_dtype = dtype_of(v.cast<std::string>());
+        else if (key == "piece_rows") o.stream_piece_rows = v.cast<int64_t>();
+        else throw std::invalid_argument("unknown placement option '" + key + "'");
+    }
+}
+
 // faiss::Clustering semantics end to end; `index` is a faiss (Python) index.
 py::tuple train_clustering(farray x, int64_t k, const py::dict& params, std::optional<farray> weights,
-                           std::optional<farray> init, uintptr_t index_ptr, const std::string& backend, int device) {
+                           std::optional<farray> init, uintptr_t index_ptr, const std::string& backend, int device,
+                           const py::dict& placement) {
     if (x.ndim() != 2) throw std::invalid_argument("x: expected a 2-D array (n, d)");
     const int64_t n = x.shape(0), d = x.shape(1);
     faiss_flash::FlashClustering clus(static_cast<int>(d), static_cast<int>(k));
@@ -135,6 +154,7 @@ py::tuple train_clustering(farray x, int64_t k, const py::dict& params, std::opt
     clus.flash.backend = backend_of(backend);
     clus.flash.cuda_device = device;
     clus.flash.stop_on_sigint = true;
+    apply_placement(placement, clus.flash);
     if (weights && (weights->ndim() != 1 || weights->shape(0) != n))
         throw std::invalid_argument("weights: expected shape (" + std::to_string(n) + ",)");
     if (init) {
@@ -169,7 +189,8 @@ flash::Points points(uintptr_t ptr, const std::string& dtype, int64_t batch, int
 
 py::list run_lloyd(uintptr_t ptr, const std::string& dtype, int64_t batch, int64_t n, int64_t d, int data_device,
                    py::array_t<float, py::array::c_style> centroids, int64_t k, int niter, const std::string& metric,
-                   bool spherical, std::optional<farray> weights, const std::string& backend, int cuda_device) {
+                   bool spherical, std::optional<farray> weights, const std::string& backend, int cuda_device,
+                   const py::dict& placement) {
     if (centroids.size() != batch * k * d) throw std::invalid_argument("init_centroids: expected (B, k, d) values");
     if (weights && weights->size() != batch * n) throw std::invalid_argument("weights: expected (B, N) values");
     flash::LloydOptions opt;
@@ -181,6 +202,7 @@ py::list run_lloyd(uintptr_t ptr, const std::string& dtype, int64_t batch, int64
     opt.backend = backend_of(backend);
     opt.cuda_device = cuda_device;
     opt.stop_on_sigint = true;
+    apply_placement(placement, opt);
     const flash::Points p = points(ptr, dtype, batch, n, d, data_device);
     std::vector<std::vector<flash::IterationStats>> st;
     float* c = centroids.mutable_data();
@@ -250,7 +272,7 @@ std::string install_assign_index(uintptr_t index_ptr, const std::string& type_na
 py::dict refresh_ivf(uintptr_t index_ptr, const std::string& type_name, std::optional<farray> x,
                      std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> ids,
                      std::optional<farray> train_extra, bool keep_existing, int niter, int64_t max_train, int seed,
-                     int64_t max_rebalance, bool verbose, bool objective_after, const std::string& backend,
+                     int64_t max_rebalance, int rebalance_rounds, bool verbose, bool objective_after, const std::string& backend,
                      int device) {
     faiss::IndexIVF* ivf = as_ivf(index_ptr, type_name);
     if (!ivf) throw std::invalid_argument("index: expected an IndexIVF*, got " + type_name);
@@ -271,6 +293,7 @@ py::dict refresh_ivf(uintptr_t index_ptr, const std::string& type_name, std::opt
     opt.verbose = verbose;
     opt.objective_after = objective_after;
     opt.max_rebalance = max_rebalance;
+    opt.rebalance_rounds = rebalance_rounds;
     opt.flash.backend = backend_of(backend);
     opt.flash.cuda_device = device;
     if (train_extra) {

@@ -20,6 +20,38 @@ def parse_device(device):
     raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def parse_placement(devices=None, streaming="auto", max_gpu_memory=None, transfer_dtype=None, piece_rows=None):
+    """Several GPUs and data larger than the GPU (flash::LloydOptions), validated -> dict.
+
+    devices: list of CUDA ordinals to shard the points over (a device may repeat); None: one.
+    streaming: 'auto' (stream what does not fit), 'off' (must fit), 'force' (stream everything).
+    max_gpu_memory: cap in bytes per device. transfer_dtype: 'float16' / 'bfloat16' to send
+    float32 points at half the bytes. piece_rows: rows per streamed piece.
+    """
+    out = {}
+    if devices is not None:
+        if isinstance(devices, (int, np.integer)) or isinstance(devices, str) or \
+                not all(isinstance(v, (int, np.integer)) and v >= 0 for v in devices) or len(devices) == 0:
+            raise ValueError(f"devices: expected a non-empty list of CUDA ordinals (>= 0), got {devices!r}")
+        out["devices"] = [int(v) for v in devices]
+    if streaming not in ("auto", "off", "force"):
+        raise ValueError(f"streaming: expected 'auto', 'off' or 'force', got {streaming!r}")
+    out["streaming"] = streaming
+    if max_gpu_memory is not None:
+        if not isinstance(max_gpu_memory, (int, np.integer)) or max_gpu_memory <= 0:
+            raise ValueError(f"max_gpu_memory: expected a positive number of bytes, got {max_gpu_memory!r}")
+        out["max_gpu_memory"] = int(max_gpu_memory)
+    if transfer_dtype is not None:
+        if transfer_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"transfer_dtype: expected 'float32', 'float16' or 'bfloat16', got {transfer_dtype!r}")
+        out["transfer_dtype"] = transfer_dtype
+    if piece_rows is not None:
+        if not isinstance(piece_rows, (int, np.integer)) or piece_rows <= 0:
+            raise ValueError(f"piece_rows: expected a positive integer, got {piece_rows!r}")
+        out["piece_rows"] = int(piece_rows)
+    return out
+
+
 def describe(x, name, ndim_choices=(2, 3)):
     """Returns (ptr, dtype, batch, n, d, data_device) for a contiguous array or tensor."""
     if is_torch(x):

@@ -4,7 +4,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _faiss_flash
-from ._arrays import describe, is_torch, parse_device
+from ._arrays import describe, is_torch, parse_device, parse_placement
 
 BatchKmeansResult = namedtuple("BatchKmeansResult", "centroids labels obj iteration_stats")
 
@@ -18,7 +18,7 @@ def initial_rows(n, k, seed, batch):
 
 
 def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_centroids=None, weights=None,
-                 device="auto"):
+                 device="auto", devices=None, streaming="auto", max_gpu_memory=None, transfer_dtype=None):
     """Clusters each of the B problems of x into k clusters.
 
     x: (B, N, d) or (N, d); numpy float32/float16, or torch float32/float16/bfloat16 on the CPU
@@ -29,6 +29,10 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     = sum of each point's distance (L2: squared) or similarity (ip) to its final centroid,
     iteration_stats [B][niter]) as numpy arrays for numpy input, torch tensors on x's device for
     torch input; a 2-D input gives 2-D / 1-D results.
+    Host data on the CUDA engine may be larger than the GPU or spread over several: devices
+    (list of CUDA ordinals, sharded in order), streaming ('auto': stream what does not fit,
+    'off', 'force'), max_gpu_memory (bytes per device), transfer_dtype ('float16' / 'bfloat16':
+    float32 points sent at half the bytes).
     """
     if metric not in ("l2", "ip"):
         raise ValueError(f"metric: expected 'l2' or 'ip', got {metric!r}")
@@ -39,6 +43,7 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     if not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
     backend, cuda_device = parse_device(device)
+    placement = parse_placement(devices, streaming, max_gpu_memory, transfer_dtype)
     ptr, dtype, b, n, d, data_device = describe(x, "x")
     squeeze = (x.dim() if is_torch(x) else x.ndim) == 2
     if data_device >= 0:
@@ -73,7 +78,7 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
             raise ValueError(f"weights: expected shape {(b, n) if not squeeze else (n,)}, got {w.shape}")
         w = w.reshape(b * n)
     stats = _faiss_flash.run_lloyd(ptr, dtype, b, n, d, data_device, centroids, k, niter, metric, spherical, w,
-                                   backend, cuda_device)
+                                   backend, cuda_device, placement)
     dist, labels = _faiss_flash.assign(ptr, dtype, b, n, d, data_device, centroids, k, metric, backend, cuda_device)
     # objective of the returned centroids and labels (iteration_stats[b][-1]["obj"] is, as in
     # FAISS, that of the centroids before the last update)

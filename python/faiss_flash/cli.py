@@ -2,6 +2,8 @@
 
   flash-kmeans data.fvecs -k 1024 [--niter 25] [--seed 1234] [--metric l2|ip]
                [--device auto|cpu|cuda|cuda:N] [-o centroids.npy|.fvecs]
+               [--devices 0,1] [--streaming auto|off|force] [--max-gpu-memory GB]
+               [--transfer-dtype float16|bfloat16]
                [--ivf-index out.faissindex] [--compare] [--verbose]
 """
 import argparse
@@ -22,6 +24,12 @@ def main(argv=None):
     ap.add_argument("--metric", choices=["l2", "ip"], default="l2")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-points-per-centroid", type=int, default=256)
+    ap.add_argument("--devices", help="shard over these CUDA devices, e.g. 0,1")
+    ap.add_argument("--streaming", choices=["auto", "off", "force"], default="auto",
+                    help="data larger than the GPU: stream what does not fit (auto)")
+    ap.add_argument("--max-gpu-memory", type=float, help="GB of GPU memory to use per device")
+    ap.add_argument("--transfer-dtype", choices=["float32", "float16", "bfloat16"],
+                    help="send the float32 points to the GPU as this type")
     ap.add_argument("-o", "--output")
     ap.add_argument("--ivf-index", help="also write a trained IVF-Flat index with nlist = k")
     ap.add_argument("--compare", action="store_true", help="also run stock faiss.Kmeans and compare")
@@ -49,8 +57,16 @@ def main(argv=None):
     verbose = (args.verbose or long_run) and not args.quiet
     params = dict(niter=args.niter, seed=args.seed, verbose=verbose, spherical=args.metric == "ip",
                   max_points_per_centroid=args.max_points_per_centroid)
+    placement = dict(streaming=args.streaming, transfer_dtype=args.transfer_dtype)
     try:
-        km = Kmeans(d, args.k, device=args.device, **params)
+        if args.devices:
+            placement["devices"] = [int(v) for v in args.devices.split(",")]
+    except ValueError:
+        ap.error(f"--devices: expected comma-separated CUDA ordinals, got {args.devices!r}")
+    if args.max_gpu_memory is not None:
+        placement["max_gpu_memory"] = int(args.max_gpu_memory * 1e9)
+    try:
+        km = Kmeans(d, args.k, device=args.device, **params, **placement)
         t0 = time.perf_counter()
         km.train(x)
         t_ours = time.perf_counter() - t0

@@ -3,7 +3,9 @@ import faiss
 import numpy as np
 
 from . import _faiss_flash
-from ._arrays import parse_device
+from ._arrays import parse_device, parse_placement
+
+_PLACEMENT = ("devices", "streaming", "max_gpu_memory", "transfer_dtype", "piece_rows")
 
 # faiss.ClusteringParameters fields, handed to the C++ FlashClustering at train time.
 _CP_FIELDS = ("niter", "nredo", "verbose", "spherical", "int_centroids", "update_index", "frozen_centroids",
@@ -17,7 +19,9 @@ class Kmeans:
     centroids are bit-identical to faiss.Kmeans with the same seed (except at exact ties).
 
     Extra keywords: device ('auto', 'cpu', 'cuda', 'cuda:N'), checkpoint_path and
-    checkpoint_every (resumable training). `gpu=` is accepted as FAISS does: a true value
+    checkpoint_every (resumable training), and for several GPUs or data larger than the GPU:
+    devices (list of CUDA ordinals to shard over), streaming ('auto', 'off', 'force'),
+    max_gpu_memory (bytes per device), transfer_dtype ('float16' / 'bfloat16'), piece_rows. `gpu=` is accepted as FAISS does: a true value
     selects device='auto' (the CUDA engine when a GPU is visible). `progressive_dim_steps`
     (progressive-dimension clustering) is delegated to faiss.Kmeans.
     """
@@ -31,6 +35,7 @@ class Kmeans:
         self.gpu = False
         self.device = "auto"
         self.checkpoint = {}
+        self.placement = parse_placement(**{key: kwargs.pop(key) for key in _PLACEMENT if key in kwargs})
         self._delegate = None
         if "progressive_dim_steps" in kwargs:
             faiss_kwargs = {key: v for key, v in kwargs.items() if key != "device"}
@@ -76,7 +81,7 @@ class Kmeans:
         self.index = faiss.IndexFlatIP(self.d) if self.cp.spherical else faiss.IndexFlatL2(self.d)
         backend, dev = parse_device(self.device)
         centroids, stats = _faiss_flash.train_clustering(x, self.k, params, weights, init_centroids,
-                                                         int(self.index.this), backend, dev)
+                                                         int(self.index.this), backend, dev, self.placement)
         self.centroids = centroids.reshape(self.k, self.d)
         self.obj = np.array([s["obj"] for s in stats])
         self.iteration_stats = stats

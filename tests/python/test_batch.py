@@ -101,6 +101,14 @@ def test_no_copy_of_contiguous_input(rs):
      ValueError, "init_centroids"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, weights=np.ones(7)), ValueError, "weights"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((0, 4), "float32"), 2), ValueError, "empty"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, devices=[0, -1]), ValueError, "devices"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, devices=0), ValueError, "devices"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, streaming="yes"), ValueError, "streaming"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, max_gpu_memory=-5), ValueError,
+     "max_gpu_memory"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, transfer_dtype="int8"), ValueError,
+     "transfer_dtype"),
+    (lambda: faiss_flash.Kmeans(4, 2, streaming="sometimes"), ValueError, "streaming"),
 ])
 def test_bad_arguments(bad, exc, word):
     with pytest.raises(exc, match=word):
@@ -130,3 +138,25 @@ def test_torch_cuda_tensors_stay_on_device(rs):
     assert r.centroids.is_cuda and r.labels.is_cuda
     cpu = faiss_flash.batch_kmeans(x.cpu(), 32, niter=5, device="cpu")
     assert torch.allclose(r.centroids.cpu(), cpu.centroids, rtol=1e-3, atol=1e-3)
+
+
+def test_placement_options_ignored_on_the_cpu_engine(rs):
+    # The several-GPU / streaming options concern the CUDA engine; the CPU engine runs as usual.
+    x = gaussian(rs, 3000, 16)
+    ref = faiss_flash.batch_kmeans(x, 8, niter=4, device="cpu")
+    r = faiss_flash.batch_kmeans(x, 8, niter=4, device="cpu", devices=[0, 0], streaming="force",
+                                 max_gpu_memory=1 << 30, transfer_dtype="float16")
+    assert np.array_equal(r.centroids, ref.centroids)
+
+
+@needs_gpu
+def test_sharded_and_streamed_runs_match_one_gpu(rs):
+    # Integer-valued points: exact sums, so every placement gives the same bits.
+    x = rs.randint(0, 16, size=(20000, 32)).astype("float32")
+    ref = faiss_flash.batch_kmeans(x, 24, niter=5, device="cuda")
+    for kw in (dict(devices=[0, 0]), dict(streaming="force"), dict(transfer_dtype="float16", streaming="force")):
+        r = faiss_flash.batch_kmeans(x, 24, niter=5, device="cuda", **kw)
+        assert np.array_equal(r.centroids, ref.centroids), kw
+    km = faiss_flash.Kmeans(32, 24, niter=5, device="cuda", devices=[0, 0], streaming="force")
+    km.train(x)
+    assert np.array_equal(km.centroids, ref.centroids)

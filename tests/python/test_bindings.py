@@ -63,10 +63,10 @@ def test_faiss_errors_are_runtime_errors():
 
 def test_invalid_argument_is_value_error():
     with pytest.raises(ValueError, match="x"):
-        _faiss_flash.train_clustering(np.zeros(5, "float32"), 2, {}, None, None, 0, "cpu", -1)
+        _faiss_flash.train_clustering(np.zeros(5, "float32"), 2, {}, None, None, 0, "cpu", -1, {})
     with pytest.raises(ValueError, match="unknown clustering parameter"):
         _faiss_flash.train_clustering(np.zeros((5, 2), "float32"), 2, {"nope": 1}, None, None,
-                                      int(faiss.IndexFlatL2(2).this), "cpu", -1)
+                                      int(faiss.IndexFlatL2(2).this), "cpu", -1, {})
 
 
 def test_gil_is_released_during_compute(rs):

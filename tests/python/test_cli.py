@@ -130,3 +130,14 @@ def test_wrapper_script(tmp_path, rs):
     r = subprocess.run([os.path.join(ROOT, "scripts", "flash-kmeans"), str(tmp_path / "x.npy"), "-k", "3",
                         "--device", "cpu"], capture_output=True, text=True)
     assert r.returncode == 0 and "objective" in r.stdout, r.stderr
+
+
+def test_placement_flags(tmp_path, rs):
+    x = gaussian(rs, 2000, 8)
+    np.save(tmp_path / "x.npy", x)
+    ok = cli(str(tmp_path / "x.npy"), "-k", "5", "--niter", "3", "--device", "cpu", "--devices", "0,0",
+             "--streaming", "force", "--max-gpu-memory", "2", "--transfer-dtype", "float16", "-o",
+             str(tmp_path / "c.npy"))
+    assert ok.returncode == 0, ok.stderr  # CUDA-only options: the CPU engine runs as usual
+    bad = cli(str(tmp_path / "x.npy"), "-k", "5", "--devices", "zero")
+    assert bad.returncode == 2 and "--devices" in bad.stderr
