@@ -27,7 +27,7 @@ def main(ours_csv, peers_csv, out_png):
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.legend()
-    ax.set_title("Time per iteration, d = 128 (lower is better)")
+    ax.set_title(sys.argv[4] if len(sys.argv) > 4 else "Time per iteration, d = 128 (lower is better)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
 
