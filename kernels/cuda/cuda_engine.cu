@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -104,8 +105,14 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     DeviceBuffer<int32_t> labels(B * n, "labels");
     DeviceBuffer<unsigned char> lowp(x.dtype == DType::F32 ? 0 : B * k * d * 2, "rounded centroids");
     DeviceBuffer<float> weights(opt.weights ? B * n : 0, "weights");
-    DeviceBuffer<double> obj(B * niter, "objective"), imb(B * niter, "imbalance");
-    DeviceBuffer<int> nsplit(B * niter, "splits");
+    // Per-iteration stats: the iteration writes one row [obj (B doubles) | imbalance (B doubles) |
+    // nsplit (B ints)] at a fixed place (so a captured graph can replay it), copied to row `it`
+    // of the history after each iteration.
+    const size_t row_bytes = size_t(B) * (2 * sizeof(double) + sizeof(int));
+    DeviceBuffer<unsigned char> stats_row(row_bytes, "iteration stats"), stats_hist(row_bytes * niter, "stats history");
+    double* obj_row = reinterpret_cast<double*>(stats_row.get());
+    double* imb_row = obj_row + B;
+    int* split_row = reinterpret_cast<int*>(imb_row + B);
     DeviceBuffer<double> stats_ws(stats_workspace_size(B, n), "objective partial sums");
     SortInverseUpdate update(B, n, d, k, s);
     Events ev(2 * size_t(niter) + 1);
@@ -139,32 +146,56 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         split.prepare(a, cen.get(), s);
     }
     const int variant = niter > 0 ? choose_assign_variant(a, s) : 0;
-    FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
-    for (int64_t it = 0; it < niter; it++) {
+
+    // One iteration in two parts; an event between them times the assignment.
+    auto assign_part = [&] {
         launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
         split.prepare(a, cen.get(), s);
         launch_assign(a, variant, s);
-        FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 1], s));
+    };
+    auto update_part = [&](int64_t it) { // it < 0: no phase events (graph capture)
         update.run(xd.ptr, x.dtype, labels.get(), opt.weights ? weights.get() : nullptr, opt.k_frozen, cen.get(),
                    counts.get(), s);
-        if (phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it], s));
-        launch_iteration_stats(dist.get(), B, n, update.sizes(), k, stats_ws.get(), obj.get() + it * B, imb.get() + it * B,
-                               s);
-        if (phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it + 1], s));
-        launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, nsplit.get() + it * B, s);
+        if (it >= 0 && phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it], s));
+        launch_iteration_stats(dist.get(), B, n, update.sizes(), k, stats_ws.get(), obj_row, imb_row, s);
+        if (it >= 0 && phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it + 1], s));
+        launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, split_row, s);
         launch_post_process(cen.get(), B * k, d, opt.spherical, opt.int_centroids, s);
+    };
+    // Each part is captured once as a CUDA graph and replayed every iteration: two launches
+    // per iteration instead of about twenty (what bounds small, latency-bound problems).
+    // FLASH_CUDA_GRAPH=0 or FLASH_CUDA_PHASE_TIMES=1 run the kernels one by one; so does a
+    // capture that fails.
+    const char* graph_env = std::getenv("FLASH_CUDA_GRAPH");
+    const bool try_graphs = niter >= 2 && !phases && !(graph_env && std::string(graph_env) == "0");
+    CapturedGraph assign_graph, update_graph;
+    const bool graphs = try_graphs && assign_graph.capture(s, assign_part) &&
+                        update_graph.capture(s, [&] { update_part(-1); });
+    FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
+    for (int64_t it = 0; it < niter; it++) {
+        if (graphs) assign_graph.launch(s);
+        else assign_part();
+        FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 1], s));
+        if (graphs) update_graph.launch(s);
+        else update_part(it);
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(stats_hist.get() + it * row_bytes, stats_row.get(), row_bytes,
+                                         cudaMemcpyDeviceToDevice, s));
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
     }
 
+    std::vector<unsigned char> h_hist(row_bytes * niter);
+    FLASH_CUDA_CHECK(cudaMemcpyAsync(centroids, cen.get(), sizeof(float) * B * k * d, cudaMemcpyDeviceToHost, s));
+    if (niter > 0)
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_hist.data(), stats_hist.get(), row_bytes * niter, cudaMemcpyDeviceToHost, s));
+    FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
     std::vector<double> h_obj(B * niter), h_imb(B * niter);
     std::vector<int> h_split(B * niter);
-    FLASH_CUDA_CHECK(cudaMemcpyAsync(centroids, cen.get(), sizeof(float) * B * k * d, cudaMemcpyDeviceToHost, s));
-    if (niter > 0) {
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_obj.data(), obj.get(), sizeof(double) * B * niter, cudaMemcpyDeviceToHost, s));
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_imb.data(), imb.get(), sizeof(double) * B * niter, cudaMemcpyDeviceToHost, s));
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_split.data(), nsplit.get(), sizeof(int) * B * niter, cudaMemcpyDeviceToHost, s));
+    for (int64_t it = 0; it < niter; it++) {
+        const unsigned char* row = h_hist.data() + it * row_bytes;
+        std::memcpy(&h_obj[it * B], row, sizeof(double) * B);
+        std::memcpy(&h_imb[it * B], row + sizeof(double) * B, sizeof(double) * B);
+        std::memcpy(&h_split[it * B], row + 2 * sizeof(double) * B, sizeof(int) * B);
     }
-    FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
 
     if (phases && niter > 0 && split.count.get()) { // the certificate's re-check share, last iteration
         std::vector<uint32_t> cnt(B);

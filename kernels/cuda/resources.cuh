@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <exception>
 #include <vector>
 
 #include "kernels/cuda/assign.cuh"
@@ -60,6 +61,46 @@ class Events {
 
   private:
     std::vector<cudaEvent_t> ev_;
+};
+
+// A stream's work captured once (cudaStreamBeginCapture) and replayed with one launch.
+// capture() returns false, leaving the stream usable and nothing captured, when the work
+// cannot be captured; the caller then runs it directly.
+class CapturedGraph {
+  public:
+    CapturedGraph() = default;
+    ~CapturedGraph() {
+        if (exec_) cudaGraphExecDestroy(exec_);
+    }
+    CapturedGraph(const CapturedGraph&) = delete;
+    CapturedGraph& operator=(const CapturedGraph&) = delete;
+
+    template <class F>
+    bool capture(cudaStream_t s, F&& work) {
+        if (cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        bool ok = true;
+        try {
+            work();
+        } catch (const std::exception&) {
+            ok = false;
+        }
+        cudaGraph_t graph = nullptr;
+        ok = cudaStreamEndCapture(s, &graph) == cudaSuccess && ok && graph;
+        if (ok) ok = cudaGraphInstantiate(&exec_, graph, 0) == cudaSuccess;
+        if (graph) cudaGraphDestroy(graph);
+        if (!ok) {
+            exec_ = nullptr;
+            (void)cudaGetLastError();
+        }
+        return ok;
+    }
+    void launch(cudaStream_t s) { FLASH_CUDA_CHECK(cudaGraphLaunch(exec_, s)); }
+
+  private:
+    cudaGraphExec_t exec_ = nullptr;
 };
 
 // Buffers of the tensor-core fp32 path (AssignArgs::xsplit): the points split once, the
