@@ -205,4 +205,37 @@ TEST(CpuEngine, HalfConversionOfSpecialValues) {
     EXPECT_EQ(flash::cpu::bf16_to_float(0x3f80), 1.0f);
 }
 
+// fp32 -> fp16 / bf16 (the streaming engine's transfer_dtype): every finite half and bf16
+// value converts back to itself, midpoints between neighbours round to the even one, values
+// beyond the range become Inf.
+TEST(CpuEngine, FloatToHalfAndBf16RoundToNearestEven) {
+    using flash::cpu::bf16_to_float;
+    using flash::cpu::float_to_bf16;
+    using flash::cpu::float_to_half;
+    using flash::cpu::half_to_float;
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        const uint16_t v = uint16_t(h);
+        if ((v & 0x7c00u) != 0x7c00u) {
+            ASSERT_EQ(float_to_half(half_to_float(v)), v) << "half " << h;
+            const uint16_t next = uint16_t(v + 1); // neighbour of the same sign (or the first Inf)
+            if ((v & 0x7fffu) < 0x7bffu) {
+                const double mid = (double(half_to_float(v)) + double(half_to_float(next))) / 2;
+                const uint16_t even = (v & 1u) ? next : v;
+                ASSERT_EQ(float_to_half(float(mid)), even) << "midpoint above half " << h;
+                ASSERT_EQ(float_to_half(std::nextafter(float(mid), 0.f)), v) << "below midpoint " << h;
+            }
+        }
+        if ((v & 0x7f80u) != 0x7f80u) {
+            ASSERT_EQ(float_to_bf16(bf16_to_float(v)), v) << "bf16 " << h;
+        }
+    }
+    EXPECT_EQ(float_to_half(65519.f), 0x7bffu);
+    EXPECT_EQ(float_to_half(65520.f), 0x7c00u);
+    EXPECT_EQ(float_to_half(-1e6f), 0xfc00u);
+    EXPECT_EQ(float_to_half(std::ldexp(1.0f, -25)), 0x0000u); // halfway to the smallest subnormal: even
+    EXPECT_EQ(float_to_half(std::ldexp(1.5f, -25)), 0x0001u);
+    EXPECT_EQ(float_to_bf16(1.00390625f), 0x3f80u); // 1 + 2^-8: halfway, rounds to even (1.0)
+    EXPECT_EQ(float_to_bf16(1.01171875f), 0x3f82u); // 1 + 3 * 2^-8: halfway, rounds to even
+}
+
 } // namespace
