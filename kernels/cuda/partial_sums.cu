@@ -236,11 +236,10 @@ class Shard {
                 norms_[i] = std::make_unique<DeviceBuffer<float>>(pieces_[i].rows, "resident point norms");
             } catch (const std::runtime_error&) {
                 if (opt_.streaming == Streaming::Off) throw;
-                // The estimate was optimistic: stream this piece and the ones after it.
-                data_.resize(i);
-                norms_.resize(i);
-                data_.resize(pieces_.size());
-                norms_.resize(pieces_.size());
+                // The estimate was optimistic: stream this piece and the ones after it (they
+                // are not allocated yet).
+                data_[i].reset();
+                norms_[i].reset();
                 break;
             }
         }
