@@ -29,7 +29,7 @@ namespace flash::cuda_engine {
 
 namespace {
 
-constexpr int kStages = 4; // centroid tiles in flight: prefetch distance of two tiles
+constexpr int kStages = 4; // centroid tiles: the pair in use and the next pair in flight
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -185,12 +185,9 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
     const int64_t ntiles = (k + BN - 1) / BN;
     load_tile<T, KW, NT>(As, x, n, width, m0, BM, vec);
     load_centroids(0);
-    cp_async_commit();
     load_centroids(1);
     cp_async_commit();
-    load_centroids(2);
-    cp_async_commit();
-    cp_async_wait<2>();
+    cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
 
@@ -270,35 +267,41 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
         }
     };
 
-    // Tile j is in flight in `cur`; start tile j + 1 in `nxt`, then fold `cur`. The loop
-    // runs one step past an odd tile count: that phantom tile's stage holds zero rows with +inf
-    // penalties (load_centroids past k), so its values never win. Straight-line steps keep
-    // ptxas from serialising the wgmma chain (C7518).
-    auto step = [&](float (&cur)[NACC], float (&nxt)[NACC], int64_t j) {
-        cp_async_wait<1>(); // tile j + 1 landed (tile j + 2 may still be in flight)
-        fence_proxy_async();
-        __syncthreads(); // ... for every thread; every warpgroup is done with tile j - 1
-        if (j + 1 < ntiles) {
-            issue(nxt, j + 1);
-            wgmma_wait<1>();
-        } else {
-            wgmma_wait<0>();
-        }
-        fence_operands(cur);
-        load_centroids(j + 3); // into the stage of tile j - 1
-        cp_async_commit();
-        epilogue(cur, j);
-    };
-
+    // Tiles are taken in pairs (2p, 2p + 1): both products are issued back to back, the fold
+    // of the first runs while the tensor cores work on the second, and both are retired before
+    // the loop's back edge. Each branch issues and retires its own wgmmas: an accumulator in
+    // flight across the back edge, or issued on one path only, makes ptxas serialise every
+    // wgmma (C7514). The next pair's centroids load meanwhile into the previous pair's stages.
     float acc0[NACC], acc1[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; i++) acc0[i] = acc1[i] = 0.f;
-    issue(acc0, 0);
+    auto prefetch = [&](int64_t j) {
+        load_centroids(j + 2);
+        load_centroids(j + 3);
+        cp_async_commit();
+    };
     for (int64_t j = 0; j < ntiles; j += 2) {
-        step(acc0, acc1, j);
-        step(acc1, acc0, j + 1);
+        cp_async_wait<0>(); // this pair landed
+        fence_proxy_async();
+        __syncthreads(); // ... for every thread; every warpgroup is done with the previous pair
+        if (j + 1 < ntiles) {
+            issue(acc0, j);
+            issue(acc1, j + 1);
+            prefetch(j);
+            wgmma_wait<1>();
+            fence_operands(acc0);
+            epilogue(acc0, j);
+            wgmma_wait<0>();
+            fence_operands(acc1);
+            epilogue(acc1, j + 1);
+        } else {
+            issue(acc0, j);
+            prefetch(j);
+            wgmma_wait<0>();
+            fence_operands(acc0);
+            epilogue(acc0, j);
+        }
     }
-    cp_async_wait<0>();
     cp_async_wait<0>();
 
     // Merge (best, second) pairs: the two chains of a row, then the 4 lanes of a quad (a
