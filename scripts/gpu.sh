@@ -6,6 +6,8 @@
 #   scripts/gpu.sh run     # on the GPU machine, in the repository root: GPU tests, the FAISS
 #                          # hook suites on the CUDA engine, compute-sanitizer (memcheck,
 #                          # racecheck), the benchmark and the peers; a short table at the end.
+#                          # QUICK=1: only the engine tests, the benchmark, the tuned run, the
+#                          # phases and the peers (no other suites, no sanitizers).
 #   scripts/gpu.sh scale   # host data larger than the GPU (issue 5): bench_scale on N = 32M and
 #                          # 200M (SCALE_N), d = 128, fp32 and fp16, K = 4096 and 16384, beside
 #                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host.
@@ -135,12 +137,15 @@ run() {
     tail -n 3 "$out/$name.log"
   }
   run_suite gpu_tests "$bin/test_cuda_engine"
+  FLASH_UPDATE_RADIX=1 run_suite gpu_tests_radix_update "$bin/test_cuda_engine"
   run_suite sharded_tests "$bin/test_sharded"
-  FLASH_TEST_BACKEND=cuda run_suite hooks_on_cuda "$bin/test_index_hooks"
-  FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
-  run_suite bad_input "$bin/test_bad_input"
+  if [ -z "${QUICK:-}" ]; then
+    FLASH_TEST_BACKEND=cuda run_suite hooks_on_cuda "$bin/test_index_hooks"
+    FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
+    run_suite bad_input "$bin/test_bad_input"
+  fi
   sanitize=CudaEngine.TiesGoToLowestIndex:CudaEngine.SmallShapesEveryPath:CudaEngine.EmptyClustersSplitLikeFaiss:CudaEngine.RunsAreBitIdentical*
-  if command -v compute-sanitizer > /dev/null; then
+  if [ -z "${QUICK:-}" ] && command -v compute-sanitizer > /dev/null; then
     run_suite memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
     run_suite memcheck_sharded compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_sharded" \
       --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors

@@ -126,11 +126,9 @@ void for_each_parallel(size_t count, F f) {
         if (e) std::rethrow_exception(e);
 }
 
-// Bytes SortInverseUpdate allocates for one problem of `rows` points (its radix-sort
-// workspace estimated as one more pair of key/value arrays plus slack).
+// Bytes SortInverseUpdate allocates for one problem of `rows` points, plus slack.
 size_t update_bytes(int64_t rows, int64_t k, int64_t d) {
-    const size_t chunks = size_t(rows / 32 + k);
-    return size_t(rows) * 24 + chunks * (d + 1) * 4 + size_t(k) * 16 + (8u << 20);
+    return SortInverseUpdate::bytes(1, rows, d, k) + (8u << 20);
 }
 
 // The pieces of one device list entry, its buffers and streams.

@@ -1,21 +1,39 @@
-#include "kernels/cuda/update.cuh"
-
-#include "kernels/lloyd_common.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <type_traits>
+#include <cstdlib>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
+#include <stdexcept>
+#include <type_traits>
+
+#include "kernels/cuda/update.cuh"
+#include "kernels/lloyd_common.h"
 
 namespace flash::cuda_engine {
 
 namespace {
 
-constexpr int kChunk = 32;     // consecutive points summed by one block
-constexpr int kThreads = 128;  // threads per chunk / cluster block (dimensions in parallel)
+constexpr int kChunk = 64;               // sorted points per chunk (a fixed partition of the order)
+constexpr int kThreads = 128;            // threads of the summing blocks
+constexpr int64_t kMaxCountingK = 49152; // k up to which each warp's counters fit in shared memory
+constexpr int64_t kSmallScan = 1 << 18;  // histograms up to this length: one-block scan
+constexpr int kScanThreads = 1024, kScanBatch = 16;
+constexpr int kRounds = 32; // 32-label rounds a warp loads at once (tile kernels)
+
+// Points per histogram tile: at least 1024 (32 rounds of a warp), more for large k so that the
+// histogram (k entries per tile) stays within a few entries per point.
+int64_t tile_for(int64_t k) {
+    return 32 * std::clamp<int64_t>((k + 127) / 128, 32, 256);
+}
+// Warps (tiles) per block of the histogram and scatter kernels: 64 KiB of counters at most.
+int warps_for(int64_t k) {
+    return int(std::clamp<int64_t>(65536 / (4 * k), 1, 8));
+}
+int64_t ceil_div(int64_t a, int64_t b) {
+    return (a + b - 1) / b;
+}
 
 __device__ __forceinline__ float load_as_float(const void* x, DType t, int64_t i) {
     if (t == DType::F32) return static_cast<const float*>(x)[i];
@@ -23,8 +41,139 @@ __device__ __forceinline__ float load_as_float(const void* x, DType t, int64_t i
     return __bfloat162float(static_cast<const __nv_bfloat16*>(x)[i]);
 }
 
-__global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t total, uint32_t* keys,
-                          uint32_t* ids, uint32_t* sizes) {
+// The tile of the calling warp: warp w of block x takes tile x * warps + w, problem b = tile /
+// tiles, tile t within it: rows [t * tile, i1) of labels + b * n; cnt = its k counters.
+struct WarpTile {
+    int64_t b, t, i1;
+    int lane;
+    uint32_t* cnt;
+    bool valid;
+    __device__ WarpTile(uint32_t* counters, int64_t k, int64_t rows, int64_t tile, int64_t tiles, int64_t total) {
+        const int warp = threadIdx.x / 32;
+        const int64_t tw = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+        lane = threadIdx.x % 32;
+        valid = tw < total;
+        b = tw / tiles;
+        t = tw % tiles;
+        i1 = min(rows, (t + 1) * tile);
+        cnt = counters + warp * k;
+    }
+};
+
+// One warp per tile of `tile` consecutive labels of one problem: its count per cluster, written
+// cluster-major, hist[(b * k + c) * tiles + t], so that one exclusive scan of the whole array
+// gives each (problem, cluster, tile) its first position in the sorted order.
+__global__ void tile_histogram(const int32_t* labels, int64_t n, int64_t rows, int64_t k, int64_t tile, int64_t tiles,
+                               int64_t total_tiles, uint32_t* hist) {
+    extern __shared__ uint32_t counters[];
+    const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
+    if (!w.valid) return;
+    for (int64_t c = w.lane; c < k; c += 32) w.cnt[c] = 0;
+    __syncwarp();
+    const int32_t* lb = labels + w.b * n;
+    for (int64_t base = w.t * tile; base < w.i1; base += 32 * kRounds) {
+        int lab[kRounds]; // all loads first: one memory latency per kRounds rounds
+#pragma unroll
+        for (int r = 0; r < kRounds; r++) {
+            const int64_t i = base + r * 32 + w.lane;
+            lab[r] = i < w.i1 ? lb[i] : -1;
+        }
+#pragma unroll
+        for (int r = 0; r < kRounds; r++)
+            if (lab[r] >= 0) atomicAdd(&w.cnt[lab[r]], 1u); // integer: exact
+    }
+    __syncwarp();
+    uint32_t* h = hist + w.b * k * tiles + w.t;
+    for (int64_t c = w.lane; c < k; c += 32) h[c * tiles] = w.cnt[c];
+}
+
+// In-place exclusive sum of a short array by one block of 32 warps: warp w owns a contiguous
+// segment; pass 1 sums the segments, the warp totals are scanned, pass 2 rescans each segment
+// in 32-element rounds (kScanBatch rounds' loads in flight at once).
+__global__ void __launch_bounds__(kScanThreads) scan_small(uint32_t* v, int64_t len) {
+    __shared__ uint32_t base[32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t seg = (len + kScanThreads - 1) / kScanThreads * 32;
+    const int64_t s0 = min(len, warp * seg), s1 = min(len, s0 + seg);
+    uint32_t sum = 0;
+#pragma unroll 8
+    for (int64_t i = s0 + lane; i < s1; i += 32) sum += v[i];
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) base[warp] = sum;
+    __syncthreads();
+    if (warp == 0) {
+        const uint32_t t = base[lane];
+        uint32_t incl = t;
+        for (int off = 1; off < 32; off <<= 1) {
+            const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
+            if (lane >= off) incl += o;
+        }
+        base[lane] = incl - t;
+    }
+    __syncthreads();
+    uint32_t carry = base[warp];
+    for (int64_t b0 = s0; b0 < s1; b0 += 32 * kScanBatch) {
+        uint32_t x[kScanBatch];
+#pragma unroll
+        for (int r = 0; r < kScanBatch; r++) {
+            const int64_t i = b0 + r * 32 + lane;
+            x[r] = i < s1 ? v[i] : 0u;
+        }
+#pragma unroll
+        for (int r = 0; r < kScanBatch; r++) {
+            uint32_t incl = x[r];
+            for (int off = 1; off < 32; off <<= 1) {
+                const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += o;
+            }
+            const int64_t i = b0 + r * 32 + lane;
+            if (i < s1) v[i] = carry + incl - x[r];
+            carry += __shfl_sync(0xffffffffu, incl, 31);
+        }
+    }
+}
+
+// Replays tile_histogram's tiles: each point goes to its cluster's next free position, taken
+// in index order within the tile (ranks among equal labels of a 32-point round from
+// __match_any_sync), so the order is stable. keys: the sorted global cluster ids (b * k + c).
+__global__ void tile_scatter(const int32_t* labels, int64_t n, int64_t rows, int64_t k, int64_t tile, int64_t tiles,
+                             int64_t total_tiles, const uint32_t* pos, uint32_t* keys, uint32_t* ids) {
+    extern __shared__ uint32_t counters[];
+    const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
+    if (!w.valid) return;
+    const uint32_t* p = pos + w.b * k * tiles + w.t;
+#pragma unroll 8
+    for (int64_t c = w.lane; c < k; c += 32) w.cnt[c] = p[c * tiles];
+    __syncwarp();
+    const int32_t* lb = labels + w.b * n;
+    for (int64_t base = w.t * tile; base < w.i1; base += 32 * kRounds) {
+        int lab[kRounds];
+#pragma unroll
+        for (int r = 0; r < kRounds; r++) {
+            const int64_t i = base + r * 32 + w.lane;
+            lab[r] = i < w.i1 ? lb[i] : -1 - w.lane; // inactive lanes: groups of their own
+        }
+#pragma unroll
+        for (int r = 0; r < kRounds; r++) {
+            const int c = lab[r];
+            const bool active = c >= 0;
+            const unsigned peers = __match_any_sync(0xffffffffu, c);
+            uint32_t dst = 0;
+            if (active) dst = w.cnt[c] + __popc(peers & ((1u << w.lane) - 1u));
+            __syncwarp();
+            if (active && w.lane == __ffs(peers) - 1) w.cnt[c] += __popc(peers);
+            __syncwarp();
+            if (active) {
+                keys[dst] = uint32_t(w.b * k + c);
+                ids[dst] = uint32_t(w.b * n + base + r * 32 + w.lane);
+            }
+        }
+    }
+}
+
+// Radix path: sort keys, point ids, and integer cluster sizes.
+__global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t total, uint32_t* keys, uint32_t* ids,
+                          uint32_t* sizes) {
     const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (g >= total) return;
     const uint32_t key = uint32_t((g / n) * k + labels[g]);
@@ -33,142 +182,172 @@ __global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t t
     atomicAdd(&sizes[key], 1u); // integer counts: exact and order-independent
 }
 
-__global__ void count_chunks(const uint32_t* sizes, int64_t clusters, uint32_t* nchunks) {
-    const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-    if (c < clusters) nchunks[c] = (sizes[c] + kChunk - 1) / kChunk;
+// The sorted positions of chunk q: problem b = q / chunks (each problem holds `rows` sorted
+// positions), then 64 consecutive positions from the problem's start. Chunks never straddle
+// problems, so a problem's sums do not depend on the others in the batch.
+struct ChunkSpan {
+    int64_t p0, p1;
+};
+__device__ __forceinline__ ChunkSpan chunk_span(int64_t q, int64_t chunks, int64_t rows) {
+    const int64_t b = q / chunks, r0 = (q % chunks) * kChunk;
+    return {b * rows + r0, b * rows + min(rows, r0 + kChunk)};
 }
 
-// Block = one chunk of up to kChunk consecutive points of one cluster's segment.
-__global__ void __launch_bounds__(kThreads) chunk_sums(const void* x, DType dtype, int64_t d, const uint32_t* ids,
-                                                       const uint32_t* sizes, const uint32_t* offsets,
-                                                       const uint32_t* nchunks, const uint32_t* chunk_start,
-                                                       int64_t clusters, const float* weights, float* partial,
-                                                       float* wpartial) {
-    const uint32_t chunk = blockIdx.x;
-    if (chunk >= chunk_start[clusters - 1] + nchunks[clusters - 1]) return;
-    // The cluster owning this chunk: the last c with chunk_start[c] <= chunk.
-    int64_t lo = 0, hi = clusters - 1;
-    while (lo < hi) {
-        const int64_t mid = (lo + hi + 1) / 2;
-        if (chunk_start[mid] <= chunk) lo = mid;
-        else hi = mid - 1;
-    }
-    const int64_t c = lo;
-    const uint32_t p0 = offsets[c] + (chunk - chunk_start[c]) * kChunk;
-    const uint32_t p1 = min(p0 + uint32_t(kChunk), offsets[c] + sizes[c]);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-        float s = 0.f;
-        for (uint32_t p = p0; p < p1; p++) {
-            const uint32_t id = ids[p];
-            const float v = load_as_float(x, dtype, int64_t(id) * d + j);
-            s = weights ? fmaf(v, weights[id], s) : s + v;
-        }
-        partial[int64_t(chunk) * d + j] = s;
-    }
-    if (threadIdx.x == 0) {
-        float w = 0.f;
-        for (uint32_t p = p0; p < p1; p++) w += weights ? weights[ids[p]] : 1.f;
-        wpartial[chunk] = w;
-    }
-}
-
-// The same sums with 16-byte loads: TR = d / V threads cover a row (V elements each), RP =
-// kThreads / TR rows are read at once, each thread summing rows r, r + RP, ... of the chunk in
-// order; the RP row-group sums are then added in fixed order (deterministic, no atomics).
-// Requires d % V == 0, d / V <= kThreads and 16-byte aligned rows.
+// Chunk q summed in order, one piece per cluster it meets: the cluster open at the chunk's
+// start goes to head[q], a cluster starting inside the chunk to startp[c] (a cluster starts
+// inside at most one chunk). 16-byte loads: G = d / V threads per row (V elements each),
+// 128 / G chunks per block. Needs d % V == 0, d / V <= 128 and 16-byte aligned rows.
 template <class T>
-__global__ void __launch_bounds__(kThreads) chunk_sums_vec(const T* x, int64_t d, const uint32_t* ids,
-                                                           const uint32_t* sizes, const uint32_t* offsets,
-                                                           const uint32_t* nchunks, const uint32_t* chunk_start,
-                                                           int64_t clusters, const float* weights, float* partial,
-                                                           float* wpartial) {
-    constexpr int V = 16 / sizeof(T);
-    __shared__ float red[kThreads * V]; // (RP, d)
-    const uint32_t chunk = blockIdx.x;
-    if (chunk >= chunk_start[clusters - 1] + nchunks[clusters - 1]) return;
-    int64_t lo = 0, hi = clusters - 1;
-    while (lo < hi) {
-        const int64_t mid = (lo + hi + 1) / 2;
-        if (chunk_start[mid] <= chunk) lo = mid;
-        else hi = mid - 1;
-    }
-    const int64_t c = lo;
-    const uint32_t p0 = offsets[c] + (chunk - chunk_start[c]) * kChunk;
-    const uint32_t p1 = min(p0 + uint32_t(kChunk), offsets[c] + sizes[c]);
-    const int TR = int(d / V), RP = kThreads / TR;
-    const int r = threadIdx.x / TR, cv = threadIdx.x % TR;
-    float acc[V];
+__global__ void __launch_bounds__(kThreads)
+    chunk_pieces_vec(const T* x, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks, int64_t rows,
+                     int64_t total_chunks, const float* weights, float* head, float* headw, float* startp,
+                     float* startw) {
+    constexpr int V = 16 / sizeof(T), U = 16; // U rows' loads in flight
+    const int G = int(d / V), per_block = kThreads / G;
+    const int grp = threadIdx.x / G, lane = threadIdx.x % G;
+    if (grp >= per_block) return;
+    const int64_t q = int64_t(blockIdx.x) * per_block + grp;
+    if (q >= total_chunks) return;
+    const auto [p0, p1] = chunk_span(q, chunks, rows);
+    float acc[V], w = 0.f;
 #pragma unroll
     for (int e = 0; e < V; e++) acc[e] = 0.f;
-    if (r < RP) {
-        for (uint32_t p = p0 + r; p < p1; p += RP) {
-            const uint32_t id = ids[p];
-            const uint4 raw = *reinterpret_cast<const uint4*>(x + int64_t(id) * d + cv * V);
-            const T* v = reinterpret_cast<const T*>(&raw);
-            const float w = weights ? weights[id] : 1.f;
+    uint32_t cur = keys[p0];
+    bool first = true;
+    auto flush = [&] {
+        float* dst = (first ? head + q * d : startp + int64_t(cur) * d) + lane * V;
+#pragma unroll
+        for (int e = 0; e < V; e++) dst[e] = acc[e];
+        if (lane == 0) (first ? headw[q] : startw[cur]) = w;
+    };
+    for (int64_t p = p0; p < p1; p += U) {
+        uint32_t key[U], id[U];
+        uint4 raw[U];
+        float wt[U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (p + u < p1) {
+                key[u] = keys[p + u];
+                id[u] = ids[p + u];
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (p + u < p1) {
+                raw[u] = *reinterpret_cast<const uint4*>(x + int64_t(id[u]) * d + lane * V);
+                wt[u] = weights ? weights[id[u]] : 1.f;
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (p + u >= p1) break;
+            if (key[u] != cur) {
+                flush();
+                first = false;
+                cur = key[u];
+                w = 0.f;
+#pragma unroll
+                for (int e = 0; e < V; e++) acc[e] = 0.f;
+            }
+            const T* v = reinterpret_cast<const T*>(&raw[u]);
 #pragma unroll
             for (int e = 0; e < V; e++) {
                 float f;
-                if constexpr (sizeof(T) == 4) f = float(v[e]);
-                else if constexpr (std::is_same_v<T, __half>) f = __half2float(v[e]);
-                else f = __bfloat162float(v[e]);
-                acc[e] = weights ? fmaf(f, w, acc[e]) : acc[e] + f;
+                if constexpr (sizeof(T) == 4)
+                    f = float(v[e]);
+                else if constexpr (std::is_same_v<T, __half>)
+                    f = __half2float(v[e]);
+                else
+                    f = __bfloat162float(v[e]);
+                acc[e] = weights ? fmaf(f, wt[u], acc[e]) : acc[e] + f;
             }
+            w += wt[u];
         }
-#pragma unroll
-        for (int e = 0; e < V; e++) red[r * d + cv * V + e] = acc[e];
     }
-    __syncthreads();
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    flush();
+}
+
+// The same pieces for any d and dtype: one chunk per block, threads over dimensions.
+__global__ void __launch_bounds__(kThreads)
+    chunk_pieces(const void* x, DType dtype, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks,
+                 int64_t rows, const float* weights, float* head, float* headw, float* startp, float* startw) {
+    const int64_t q = blockIdx.x;
+    const auto [p0, p1] = chunk_span(q, chunks, rows);
+    for (int64_t j = threadIdx.x; j <= d; j += blockDim.x) { // j == d: the weights
+        uint32_t cur = keys[p0];
+        bool first = true;
         float s = 0.f;
-        for (int q = 0; q < RP; q++) s += red[q * d + j];
-        partial[int64_t(chunk) * d + j] = s;
-    }
-    if (threadIdx.x == 0) {
-        float w = 0.f;
-        for (uint32_t p = p0; p < p1; p++) w += weights ? weights[ids[p]] : 1.f;
-        wpartial[chunk] = w;
+        auto flush = [&] {
+            if (j < d)
+                (first ? head[q * d + j] : startp[int64_t(cur) * d + j]) = s;
+            else
+                (first ? headw[q] : startw[cur]) = s;
+        };
+        for (int64_t p = p0; p < p1; p++) {
+            const uint32_t key = keys[p], id = ids[p];
+            if (key != cur) {
+                flush();
+                first = false;
+                cur = key;
+                s = 0.f;
+            }
+            const float wt = weights ? weights[id] : 1.f;
+            if (j == d)
+                s += wt;
+            else if (weights)
+                s = fmaf(load_as_float(x, dtype, int64_t(id) * d + j), wt, s);
+            else
+                s += load_as_float(x, dtype, int64_t(id) * d + j);
+        }
+        flush();
     }
 }
 
-// Block = one cluster: add its chunk partials in order, then scale by 1 / weight.
-__global__ void __launch_bounds__(kThreads) finalize(int64_t k, int64_t d, int64_t k_frozen, const uint32_t* nchunks,
-                                                     const uint32_t* chunk_start, const float* partial,
-                                                     const float* wpartial, float* centroids, float* counts) {
-    const int64_t c = blockIdx.x;
-    if (c % k < k_frozen) return;
-    const uint32_t c0 = chunk_start[c], c1 = c0 + nchunks[c];
+// Block = one cluster: its pieces added in order (the piece of the chunk it starts in, then
+// the heads of the chunks it continues into). starts[c * stride] = first sorted position of
+// cluster c; each problem holds `rows` positions in `chunks` chunks. ACCUMULATE: add float
+// sums to double accumulators; else write means and sizes.
+template <bool ACCUMULATE>
+__global__ void __launch_bounds__(kThreads)
+    finish_clusters(int64_t k, int64_t d, int64_t k_frozen, const uint32_t* starts, int64_t stride, int64_t clusters,
+                    int64_t rows, int64_t chunks, const float* head, const float* headw, const float* startp,
+                    const float* startw, uint32_t* sizes, float* centroids, float* counts, double* sums, double* wsums,
+                    unsigned long long* ucounts) {
+    const int64_t c = blockIdx.x, b = c / k;
+    const int64_t s0 = starts[c * stride];
+    const int64_t s1 = c + 1 < clusters ? starts[(c + 1) * stride] : clusters / k * rows;
+    const uint32_t size = uint32_t(s1 - s0);
+    if constexpr (!ACCUMULATE) {
+        if (threadIdx.x == 0) sizes[c] = size;
+        if (c % k < k_frozen) return;
+    } else if (size == 0) {
+        return;
+    }
+    const int64_t r0 = s0 - b * rows; // the cluster's first position within its problem
+    const int64_t q0 = b * chunks + r0 / kChunk, q1 = size ? b * chunks + (s1 - 1 - b * rows) / kChunk : q0;
+    const bool in_head = r0 % kChunk == 0;
     float w = 0.f;
-    for (uint32_t ch = c0; ch < c1; ch++) w += wpartial[ch];
-    if (threadIdx.x == 0) counts[c] = w;
+    if (size) {
+        w = in_head ? headw[q0] : startw[c];
+        for (int64_t q = q0 + 1; q <= q1; q++) w += headw[q];
+    }
+    if (threadIdx.x == 0) {
+        if constexpr (ACCUMULATE) {
+            wsums[c] += double(w);
+            ucounts[c] += size;
+        } else {
+            counts[c] = w;
+        }
+    }
     const float inv = w != 0.f ? 1.f / w : 0.f;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
         float s = 0.f;
-        for (uint32_t ch = c0; ch < c1; ch++) s += partial[int64_t(ch) * d + j];
-        centroids[c * d + j] = s * inv;
-    }
-}
-
-// Block = one cluster: the cluster's float sum over its chunk partials (in order, as
-// finalize), added to double accumulators (one block per cluster: no atomics).
-__global__ void __launch_bounds__(kThreads) accumulate_clusters(int64_t d, const uint32_t* nchunks,
-                                                                const uint32_t* chunk_start, const uint32_t* sizes,
-                                                                const float* partial, const float* wpartial,
-                                                                double* sums, double* wsums,
-                                                                unsigned long long* counts) {
-    const int64_t c = blockIdx.x;
-    const uint32_t c0 = chunk_start[c], c1 = c0 + nchunks[c];
-    if (c1 == c0) return;
-    if (threadIdx.x == 0) {
-        float w = 0.f;
-        for (uint32_t ch = c0; ch < c1; ch++) w += wpartial[ch];
-        wsums[c] += double(w);
-        counts[c] += sizes[c];
-    }
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-        float s = 0.f;
-        for (uint32_t ch = c0; ch < c1; ch++) s += partial[int64_t(ch) * d + j];
-        sums[c * d + j] += double(s);
+        if (size) {
+            s = in_head ? head[q0 * d + j] : startp[c * d + j];
+            for (int64_t q = q0 + 1; q <= q1; q++) s += head[q * d + j];
+        }
+        if constexpr (ACCUMULATE)
+            sums[c * d + j] += double(s);
+        else
+            centroids[c * d + j] = s * inv;
     }
 }
 
@@ -178,42 +357,78 @@ int bits_for(int64_t values) {
     return b;
 }
 
-unsigned blocks_for(int64_t items, int threads) { return unsigned((items + threads - 1) / threads); }
+unsigned blocks_for(int64_t items, int per_block) {
+    return unsigned(ceil_div(items, per_block));
+}
+
+// FLASH_UPDATE_RADIX=1 forces the radix path (to test it at small k).
+bool use_counting(int64_t batch, int64_t n, int64_t k) {
+    static const bool radix = std::getenv("FLASH_UPDATE_RADIX") != nullptr;
+    return !radix && k <= kMaxCountingK && batch * k * ceil_div(n, tile_for(k)) < (int64_t(1) << 31);
+}
 
 } // namespace
 
+size_t SortInverseUpdate::bytes(int64_t batch, int64_t n, int64_t d, int64_t k) {
+    const size_t rows = size_t(batch * n), clusters = size_t(batch * k);
+    const size_t chunks = size_t(batch * ceil_div(n, kChunk));
+    size_t b = rows * 8 + clusters * 4 + (chunks + clusters) * size_t(d + 1) * 4; // sorted keys / ids, sizes, pieces
+    if (use_counting(batch, n, k))
+        b += size_t(batch * k * ceil_div(n, tile_for(k))) * 4 * 2; // histogram, scan space
+    else
+        b += rows * 8 * 2 + clusters * 4 + (8u << 20); // sort inputs and workspace
+    return b;
+}
+
 SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_t k, cudaStream_t stream)
-        : batch_(batch), n_(n), d_(d), k_(k) {
+    : batch_(batch), n_(n), d_(d), k_(k) {
     const int64_t total = batch * n, clusters = batch * k;
     if (total >= (int64_t(1) << 32) || clusters >= (int64_t(1) << 32))
         throw std::invalid_argument("faiss-flash: the CUDA update handles batch * n and batch * k below 2^32");
-    end_bit_ = bits_for(clusters);
-    max_chunks_ = total / kChunk + clusters;
-    keys_in_.allocate(total, "sort keys");
-    keys_out_.allocate(total, "sorted keys");
-    ids_in_.allocate(total, "point ids");
-    ids_out_.allocate(total, "sorted point ids");
+    counting_ = use_counting(batch, n, k);
+    keys_.allocate(total, "sorted cluster ids");
+    ids_.allocate(total, "sorted point ids");
     sizes_.allocate(clusters, "cluster sizes");
-    offsets_.allocate(clusters, "cluster offsets");
-    nchunks_.allocate(clusters, "chunks per cluster");
-    chunk_start_.allocate(clusters, "chunk offsets");
-    partial_.allocate(size_t(max_chunks_) * d, "chunk partial sums");
-    wpartial_.allocate(max_chunks_, "chunk weights");
-    size_t sort_bytes = 0, scan_bytes = 0;
-    FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in_.get(), keys_out_.get(),
-                                                     ids_in_.get(), ids_out_.get(), total, 0, end_bit_, stream));
-    FLASH_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, sizes_.get(), offsets_.get(), clusters, stream));
-    temp_bytes_ = std::max(sort_bytes, scan_bytes);
+    const int64_t chunks = batch * ceil_div(n, kChunk);
+    head_.allocate(size_t(chunks) * d, "chunk sums");
+    headw_.allocate(chunks, "chunk weights");
+    startp_.allocate(size_t(clusters) * d, "cluster start pieces");
+    startw_.allocate(clusters, "cluster start weights");
+    if (counting_) {
+        tile_ = tile_for(k);
+        hist_len_ = batch * k * ceil_div(n, tile_);
+        hist_.allocate(hist_len_, "tile histograms");
+        if (hist_len_ > kSmallScan)
+            FLASH_CUDA_CHECK(
+                cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes_, hist_.get(), hist_.get(), hist_len_, stream));
+        // The attribute is set once per device and kernel: to the largest size any k needs.
+        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_histogram), kMaxCountingK * 4);
+        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_scatter), kMaxCountingK * 4);
+    } else {
+        end_bit_ = bits_for(clusters);
+        keys_in_.allocate(total, "sort keys");
+        ids_in_.allocate(total, "point ids");
+        offsets_.allocate(clusters, "cluster offsets");
+        size_t sort_bytes = 0, scan_bytes = 0;
+        FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in_.get(), keys_.get(),
+                                                         ids_in_.get(), ids_.get(), total, 0, end_bit_, stream));
+        FLASH_CUDA_CHECK(
+            cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, sizes_.get(), offsets_.get(), clusters, stream));
+        temp_bytes_ = std::max(sort_bytes, scan_bytes);
+    }
     temp_.allocate(temp_bytes_, "sort/scan workspace");
 }
 
 void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
                             float* centroids, float* counts, cudaStream_t stream) {
     const int64_t clusters = batch_ * k_;
-    segment_sums(x, dtype, batch_ * n_, labels, weights, stream);
-    finalize<<<unsigned(clusters), kThreads, 0, stream>>>(k_, d_, k_frozen, nchunks_.get(), chunk_start_.get(),
-                                                          partial_.get(), wpartial_.get(), centroids, counts);
-    FLASH_LAUNCH_CHECK("finalize");
+    sort_and_sum(x, dtype, n_, labels, weights, stream);
+    const uint32_t* starts = counting_ ? hist_.get() : offsets_.get();
+    const int64_t stride = counting_ ? ceil_div(n_, tile_) : 1;
+    finish_clusters<false><<<unsigned(clusters), kThreads, 0, stream>>>(
+        k_, d_, k_frozen, starts, stride, clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
+        startw_.get(), sizes_.get(), centroids, counts, nullptr, nullptr, nullptr);
+    FLASH_LAUNCH_CHECK("finish_clusters");
 }
 
 void SortInverseUpdate::accumulate(const void* x, DType dtype, int64_t rows, const int32_t* labels,
@@ -221,48 +436,68 @@ void SortInverseUpdate::accumulate(const void* x, DType dtype, int64_t rows, con
                                    cudaStream_t stream) {
     if (batch_ != 1 || rows > n_ || rows <= 0)
         throw std::logic_error("SortInverseUpdate::accumulate: one problem of at most n rows");
-    segment_sums(x, dtype, rows, labels, weights, stream);
-    accumulate_clusters<<<unsigned(k_), kThreads, 0, stream>>>(d_, nchunks_.get(), chunk_start_.get(), sizes_.get(),
-                                                               partial_.get(), wpartial_.get(), sums, wsums, counts);
-    FLASH_LAUNCH_CHECK("accumulate_clusters");
+    sort_and_sum(x, dtype, rows, labels, weights, stream);
+    const uint32_t* starts = counting_ ? hist_.get() : offsets_.get();
+    const int64_t stride = counting_ ? ceil_div(rows, tile_) : 1;
+    finish_clusters<true><<<unsigned(k_), kThreads, 0, stream>>>(
+        k_, d_, 0, starts, stride, k_, rows, ceil_div(rows, kChunk), head_.get(), headw_.get(), startp_.get(),
+        startw_.get(), nullptr, nullptr, nullptr, sums, wsums, counts);
+    FLASH_LAUNCH_CHECK("finish_clusters");
 }
 
-void SortInverseUpdate::segment_sums(const void* x, DType dtype, int64_t total, const int32_t* labels,
+void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, const int32_t* labels,
                                      const float* weights, cudaStream_t stream) {
-    const int64_t clusters = batch_ * k_;
-    FLASH_CUDA_CHECK(cudaMemsetAsync(sizes_.get(), 0, sizeof(uint32_t) * clusters, stream));
-    make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get(),
-                                                          sizes_.get());
-    FLASH_LAUNCH_CHECK("make_keys");
-    size_t bytes = temp_bytes_;
-    FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_.get(), bytes, keys_in_.get(), keys_out_.get(), ids_in_.get(),
-                                                     ids_out_.get(), total, 0, end_bit_, stream));
-    bytes = temp_bytes_;
-    FLASH_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp_.get(), bytes, sizes_.get(), offsets_.get(), clusters, stream));
-    count_chunks<<<blocks_for(clusters, 256), 256, 0, stream>>>(sizes_.get(), clusters, nchunks_.get());
-    FLASH_LAUNCH_CHECK("count_chunks");
-    bytes = temp_bytes_;
-    FLASH_CUDA_CHECK(
-            cub::DeviceScan::ExclusiveSum(temp_.get(), bytes, nchunks_.get(), chunk_start_.get(), clusters, stream));
+    const int64_t total = batch_ * rows, clusters = batch_ * k_;
+    if (counting_) {
+        const int64_t tiles = ceil_div(rows, tile_), total_tiles = batch_ * tiles, len = clusters * tiles;
+        const int warps = warps_for(k_);
+        const size_t smem = size_t(warps) * k_ * 4;
+        tile_histogram<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(labels, n_, rows, k_, tile_, tiles,
+                                                                                     total_tiles, hist_.get());
+        FLASH_LAUNCH_CHECK("tile_histogram");
+        if (len <= kSmallScan) {
+            scan_small<<<1, kScanThreads, 0, stream>>>(hist_.get(), len);
+            FLASH_LAUNCH_CHECK("scan_small");
+        } else {
+            size_t bytes = temp_bytes_;
+            FLASH_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp_.get(), bytes, hist_.get(), hist_.get(), len, stream));
+        }
+        tile_scatter<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
+            labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), keys_.get(), ids_.get());
+        FLASH_LAUNCH_CHECK("tile_scatter");
+    } else {
+        FLASH_CUDA_CHECK(cudaMemsetAsync(sizes_.get(), 0, sizeof(uint32_t) * clusters, stream));
+        make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get(),
+                                                              sizes_.get());
+        FLASH_LAUNCH_CHECK("make_keys");
+        size_t bytes = temp_bytes_;
+        FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_.get(), bytes, keys_in_.get(), keys_.get(), ids_in_.get(),
+                                                         ids_.get(), total, 0, end_bit_, stream));
+        bytes = temp_bytes_;
+        FLASH_CUDA_CHECK(
+            cub::DeviceScan::ExclusiveSum(temp_.get(), bytes, sizes_.get(), offsets_.get(), clusters, stream));
+    }
+    const int64_t chunks = ceil_div(rows, kChunk), total_chunks = batch_ * chunks;
     const int64_t vec = 16 / dtype_size(dtype);
     const bool vectorised = d_ % vec == 0 && d_ / vec <= kThreads && (reinterpret_cast<uintptr_t>(x) & 15) == 0;
+    const int per_block = vectorised ? int(kThreads / (d_ / vec)) : 1;
+    const unsigned blocks = blocks_for(total_chunks, per_block);
     if (vectorised && dtype == DType::F32)
-        chunk_sums_vec<float><<<unsigned(max_chunks_), kThreads, 0, stream>>>(
-                static_cast<const float*>(x), d_, ids_out_.get(), sizes_.get(), offsets_.get(), nchunks_.get(),
-                chunk_start_.get(), clusters, weights, partial_.get(), wpartial_.get());
+        chunk_pieces_vec<float><<<blocks, kThreads, 0, stream>>>(
+            static_cast<const float*>(x), d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights, head_.get(),
+            headw_.get(), startp_.get(), startw_.get());
     else if (vectorised && dtype == DType::F16)
-        chunk_sums_vec<__half><<<unsigned(max_chunks_), kThreads, 0, stream>>>(
-                static_cast<const __half*>(x), d_, ids_out_.get(), sizes_.get(), offsets_.get(), nchunks_.get(),
-                chunk_start_.get(), clusters, weights, partial_.get(), wpartial_.get());
+        chunk_pieces_vec<__half><<<blocks, kThreads, 0, stream>>>(
+            static_cast<const __half*>(x), d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights,
+            head_.get(), headw_.get(), startp_.get(), startw_.get());
     else if (vectorised)
-        chunk_sums_vec<__nv_bfloat16><<<unsigned(max_chunks_), kThreads, 0, stream>>>(
-                static_cast<const __nv_bfloat16*>(x), d_, ids_out_.get(), sizes_.get(), offsets_.get(),
-                nchunks_.get(), chunk_start_.get(), clusters, weights, partial_.get(), wpartial_.get());
+        chunk_pieces_vec<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(
+            static_cast<const __nv_bfloat16*>(x), d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights,
+            head_.get(), headw_.get(), startp_.get(), startw_.get());
     else
-        chunk_sums<<<unsigned(max_chunks_), kThreads, 0, stream>>>(x, dtype, d_, ids_out_.get(), sizes_.get(),
-                                                                   offsets_.get(), nchunks_.get(), chunk_start_.get(),
-                                                                   clusters, weights, partial_.get(), wpartial_.get());
-    FLASH_LAUNCH_CHECK("chunk_sums");
+        chunk_pieces<<<blocks, kThreads, 0, stream>>>(x, dtype, d_, keys_.get(), ids_.get(), chunks, rows, weights,
+                                                      head_.get(), headw_.get(), startp_.get(), startw_.get());
+    FLASH_LAUNCH_CHECK("chunk_pieces");
 }
 
 } // namespace flash::cuda_engine

@@ -1,7 +1,13 @@
-// Sort-inverse centroid update on the device: sort point ids by (problem, cluster) with a
-// stable radix sort on ceil(log2(B * k)) key bits, sum each cluster's contiguous segment in
-// chunks of consecutive points, then add the chunk partials of each cluster in order. No
-// float atomics: the result is the same bits on every run.
+// Sort-inverse centroid update on the device. Point ids are ordered by (problem, cluster),
+// stably (each cluster's points in index order), then each cluster's contiguous segment is
+// summed in fixed chunks of the sorted order and the chunk pieces of a cluster are added in
+// order. No float atomics: the result is the same bits on every run.
+//
+// The ordering is a counting sort in three launches: a histogram of each warp-sized tile of
+// labels (one warp per tile, counters in shared memory), one exclusive scan of the histograms
+// laid out cluster-major (which yields every tile's write position for every cluster), and a
+// stable scatter that replays the tiles. For very large k (the per-warp counters would not fit
+// in shared memory) a CUB radix sort on ceil(log2(B * k)) bits takes its place.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -18,6 +24,9 @@ class SortInverseUpdate {
     /// Allocates every buffer once for problems of this shape.
     SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_t k, cudaStream_t stream);
 
+    /// Device bytes an instance of this shape allocates (for memory planning).
+    static size_t bytes(int64_t batch, int64_t n, int64_t d, int64_t k);
+
     /// centroids (batch, k, d) fp32 receive the means of x (batch, n, d) per label; rows of
     /// clusters c < k_frozen are kept. counts (batch, k): weighted cluster sizes (0 = empty,
     /// its centroid row is zeroed). weights: (batch, n) device or null.
@@ -27,25 +36,30 @@ class SortInverseUpdate {
     /// Sharded / streaming form, one problem (batch 1) of rows <= n points: adds each
     /// cluster's float sum (the same chunked order as run) to sums (k, d), its weight to
     /// wsums (k) and its size to counts (k), all device memory.
-    void accumulate(const void* x, DType dtype, int64_t rows, const int32_t* labels, const float* weights,
-                    double* sums, double* wsums, unsigned long long* counts, cudaStream_t stream);
+    void accumulate(const void* x, DType dtype, int64_t rows, const int32_t* labels, const float* weights, double* sums,
+                    double* wsums, unsigned long long* counts, cudaStream_t stream);
 
     /// Plain (unweighted) cluster sizes of the last run, (batch, k).
     const uint32_t* sizes() const { return sizes_.get(); }
 
   private:
-    // Sorts the first `total` labels and writes the chunk partial sums.
-    void segment_sums(const void* x, DType dtype, int64_t total, const int32_t* labels, const float* weights,
+    // Orders the first `rows` labels of each problem (rows <= n) and writes the chunk pieces.
+    void sort_and_sum(const void* x, DType dtype, int64_t rows, const int32_t* labels, const float* weights,
                       cudaStream_t stream);
 
     int64_t batch_, n_, d_, k_;
-    int end_bit_;
-    int64_t max_chunks_;
-    DeviceBuffer<uint32_t> keys_in_, keys_out_, ids_in_, ids_out_;
-    DeviceBuffer<uint32_t> sizes_, offsets_, nchunks_, chunk_start_;
-    DeviceBuffer<float> partial_, wpartial_;
+    bool counting_;                            // counting sort (else CUB radix sort)
+    int64_t tile_ = 0;                         // points per histogram tile (counting sort)
+    int64_t hist_len_ = 0;                     // histogram entries for n rows per problem
+    int end_bit_ = 0;                          // radix-sort key bits
+    DeviceBuffer<uint32_t> hist_;              // (batch, k, tiles) counts, scanned in place
+    DeviceBuffer<uint32_t> keys_in_, ids_in_;  // radix-sort inputs
+    DeviceBuffer<uint32_t> keys_, ids_;        // sorted cluster ids and point ids
+    DeviceBuffer<uint32_t> offsets_, sizes_;   // radix path: cluster starts; sizes (both paths)
+    DeviceBuffer<float> head_, headw_;         // per chunk: the sum of the cluster open at its start
+    DeviceBuffer<float> startp_, startw_;      // per cluster: its piece in the chunk it starts inside
     DeviceBuffer<unsigned char> temp_;
     size_t temp_bytes_ = 0;
 };
 
-} // namespace flash::cuda_engine
+}  // namespace flash::cuda_engine
