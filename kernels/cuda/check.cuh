@@ -4,6 +4,9 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -19,18 +22,18 @@ namespace flash::cuda_engine {
     throw std::runtime_error(msg);
 }
 
-#define FLASH_CUDA_CHECK(call)                                                          \
-    do {                                                                                \
-        cudaError_t flash_err_ = (call);                                                \
+#define FLASH_CUDA_CHECK(call)                                                                                  \
+    do {                                                                                                        \
+        cudaError_t flash_err_ = (call);                                                                        \
         if (flash_err_ != cudaSuccess) ::flash::cuda_engine::throw_cuda(flash_err_, #call, __FILE__, __LINE__); \
     } while (0)
 
 // After every launch; FLASH_CUDA_DEBUG_SYNC=1 at compile time also synchronises.
 #ifdef FLASH_CUDA_DEBUG_SYNC
-#define FLASH_LAUNCH_CHECK(what)                     \
-    do {                                             \
-        FLASH_CUDA_CHECK(cudaGetLastError());        \
-        FLASH_CUDA_CHECK(cudaDeviceSynchronize());   \
+#define FLASH_LAUNCH_CHECK(what)                   \
+    do {                                           \
+        FLASH_CUDA_CHECK(cudaGetLastError());      \
+        FLASH_CUDA_CHECK(cudaDeviceSynchronize()); \
     } while (0)
 #else
 #define FLASH_LAUNCH_CHECK(what) FLASH_CUDA_CHECK(cudaGetLastError())
@@ -50,8 +53,51 @@ inline void set_max_dynamic_smem(const void* kernel, size_t bytes) {
     done.insert({kernel, dev});
 }
 
-/// A cudaMalloc'ed array of T, freed on destruction. Allocation failure throws a clear
-/// out-of-memory error naming the buffer.
+/// This process's memory pool on `device` (created on first use, kept for the process): it
+/// keeps up to FLASH_CUDA_POOL_KEEP_MB (default 1024) MiB of freed memory for the next
+/// allocations instead of handing it back to the driver.
+inline cudaMemPool_t device_pool(int device) {
+    static std::mutex mu;
+    static std::map<int, cudaMemPool_t> pools;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = pools.find(device);
+    if (it != pools.end()) return it->second;
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    cudaMemPool_t pool = nullptr;
+    FLASH_CUDA_CHECK(cudaMemPoolCreate(&pool, &props));
+    const char* env = std::getenv("FLASH_CUDA_POOL_KEEP_MB");
+    uint64_t keep = uint64_t(env ? std::strtoull(env, nullptr, 10) : 1024) << 20;
+    FLASH_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    pools.emplace(device, pool);
+    return pool;
+}
+
+/// The stream that DeviceBuffers allocated on this thread take their memory on (null: plain
+/// cudaMalloc / cudaFree). Set for a scope by StreamAllocations.
+inline thread_local cudaStream_t t_allocation_stream = nullptr;
+
+/// Within this scope, DeviceBuffers on this thread are allocated from the current device's
+/// pool in the order of `stream` and freed in its order: nothing waits for the device, and a
+/// call repeated with the same shapes gets its memory back from the pool (no driver calls).
+/// The stream must outlive the buffers, and only work ordered after the allocation on that
+/// stream may use them.
+class StreamAllocations {
+  public:
+    explicit StreamAllocations(cudaStream_t s) : saved_(t_allocation_stream) { t_allocation_stream = s; }
+    ~StreamAllocations() { t_allocation_stream = saved_; }
+    StreamAllocations(const StreamAllocations&) = delete;
+    StreamAllocations& operator=(const StreamAllocations&) = delete;
+
+  private:
+    cudaStream_t saved_;
+};
+
+/// A device array of T, freed on destruction (in stream order inside a StreamAllocations
+/// scope, else cudaMalloc / cudaFree). Allocation failure throws a clear out-of-memory error
+/// naming the buffer.
 template <class T>
 class DeviceBuffer {
   public:
@@ -64,7 +110,15 @@ class DeviceBuffer {
     void allocate(size_t count, const char* name) {
         release();
         if (count == 0) return;
-        cudaError_t e = cudaMalloc(&ptr_, count * sizeof(T));
+        cudaError_t e;
+        if (t_allocation_stream) {
+            int dev = 0;
+            FLASH_CUDA_CHECK(cudaGetDevice(&dev));
+            stream_ = t_allocation_stream;
+            e = cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ptr_), count * sizeof(T), device_pool(dev), stream_);
+        } else {
+            e = cudaMalloc(&ptr_, count * sizeof(T));
+        }
         if (e != cudaSuccess) {
             (void)cudaGetLastError();
             ptr_ = nullptr;
@@ -75,8 +129,12 @@ class DeviceBuffer {
         count_ = count;
     }
     void release() {
-        if (ptr_) cudaFree(ptr_);
+        if (ptr_ && stream_)
+            cudaFreeAsync(ptr_, stream_);
+        else if (ptr_)
+            cudaFree(ptr_);
         ptr_ = nullptr;
+        stream_ = nullptr;
         count_ = 0;
     }
     T* get() const { return ptr_; }
@@ -84,6 +142,7 @@ class DeviceBuffer {
 
   private:
     T* ptr_ = nullptr;
+    cudaStream_t stream_ = nullptr; // set: allocated in this stream's order from the pool
     size_t count_ = 0;
 };
 

@@ -1,7 +1,5 @@
 // The CUDA engine's entry points: device choice, uploads, buffers allocated once, and the
 // whole Lloyd loop queued on one stream with no host synchronisation until the end.
-#include "kernels/cuda/cuda_engine.h"
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,6 +12,7 @@
 
 #include "kernels/cuda/assign.cuh"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/cuda_engine.h"
 #include "kernels/cuda/device_ops.cuh"
 #include "kernels/cuda/resources.cuh"
 #include "kernels/cuda/update.cuh"
@@ -79,6 +78,10 @@ bool fits_in_memory(const Points& x, int64_t k, int device) {
     DeviceScope scope(device);
     size_t free_b = 0, total_b = 0;
     FLASH_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    uint64_t reserved = 0, used = 0; // what the pool keeps for the next calls is free for this one
+    FLASH_CUDA_CHECK(cudaMemPoolGetAttribute(device_pool(device), cudaMemPoolAttrReservedMemCurrent, &reserved));
+    FLASH_CUDA_CHECK(cudaMemPoolGetAttribute(device_pool(device), cudaMemPoolAttrUsedMemCurrent, &used));
+    free_b += size_t(reserved - used);
     const double rows = double(x.batch) * double(x.n);
     AssignArgs probe;
     probe.dtype = x.dtype;
@@ -94,12 +97,16 @@ bool fits_in_memory(const Points& x, int64_t k, int device) {
 }
 
 std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt) {
+    const bool phases = std::getenv("FLASH_CUDA_PHASE_TIMES") != nullptr;
+    HostClock clock(phases || std::getenv("FLASH_CUDA_CALL_TIMES")); // host time of each setup step
     DeviceScope scope(pick_device(x, opt.cuda_device));
     Stream stream;
     cudaStream_t s = stream.get();
+    StreamAllocations pooled(s);
     const int64_t B = x.batch, n = x.n, d = x.d, k = opt.k, niter = opt.niter;
 
     DevicePoints xd(x, s);
+    clock.mark("points");
     DeviceBuffer<float> cen(B * k * d, "centroids"), cnorm(B * k, "centroid norms"), xnorm(B * n, "point norms");
     DeviceBuffer<float> dist(B * n, "distances"), counts(B * k, "cluster weights");
     DeviceBuffer<int32_t> labels(B * n, "labels");
@@ -116,6 +123,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     DeviceBuffer<double> stats_ws(stats_workspace_size(B, n), "objective partial sums");
     SortInverseUpdate update(B, n, d, k, s);
     Events ev(2 * size_t(niter) + 1);
+    clock.mark("buffers");
 
     FLASH_CUDA_CHECK(cudaMemcpyAsync(cen.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
     if (opt.weights)
@@ -139,13 +147,13 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     SplitFp32 split(a, opt.fp32_mode == Fp32Mode::Exact, s);
 
     // FLASH_CUDA_PHASE_TIMES=1: events between the phases, a breakdown on stderr at the end.
-    const bool phases = std::getenv("FLASH_CUDA_PHASE_TIMES") != nullptr;
     Events pev(phases ? 3 * size_t(niter) : 0);
     if (niter > 0) { // the autotuner times real launches: give it prepared centroids
         launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
         split.prepare(a, cen.get(), s);
     }
     const int variant = niter > 0 ? choose_assign_variant(a, s) : 0;
+    clock.mark("prepare");
 
     // One iteration in two parts; an event between them times the assignment.
     auto assign_part = [&] {
@@ -169,15 +177,20 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     const char* graph_env = std::getenv("FLASH_CUDA_GRAPH");
     const bool try_graphs = niter >= 2 && !phases && !(graph_env && std::string(graph_env) == "0");
     CapturedGraph assign_graph, update_graph;
-    const bool graphs = try_graphs && assign_graph.capture(s, assign_part) &&
-                        update_graph.capture(s, [&] { update_part(-1); });
+    const bool graphs =
+        try_graphs && assign_graph.capture(s, assign_part) && update_graph.capture(s, [&] { update_part(-1); });
+    clock.mark("graphs");
     FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
     for (int64_t it = 0; it < niter; it++) {
-        if (graphs) assign_graph.launch(s);
-        else assign_part();
+        if (graphs)
+            assign_graph.launch(s);
+        else
+            assign_part();
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 1], s));
-        if (graphs) update_graph.launch(s);
-        else update_part(it);
+        if (graphs)
+            update_graph.launch(s);
+        else
+            update_part(it);
         FLASH_CUDA_CHECK(cudaMemcpyAsync(stats_hist.get() + it * row_bytes, stats_row.get(), row_bytes,
                                          cudaMemcpyDeviceToDevice, s));
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
@@ -186,8 +199,11 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     std::vector<unsigned char> h_hist(row_bytes * niter);
     FLASH_CUDA_CHECK(cudaMemcpyAsync(centroids, cen.get(), sizeof(float) * B * k * d, cudaMemcpyDeviceToHost, s));
     if (niter > 0)
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_hist.data(), stats_hist.get(), row_bytes * niter, cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(
+            cudaMemcpyAsync(h_hist.data(), stats_hist.get(), row_bytes * niter, cudaMemcpyDeviceToHost, s));
+    clock.mark("enqueue");
     FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
+    clock.mark("run");
     std::vector<double> h_obj(B * niter), h_imb(B * niter);
     std::vector<int> h_split(B * niter);
     for (int64_t it = 0; it < niter; it++) {
@@ -246,6 +262,7 @@ void assign_nearest(const Points& x, const float* centroids, int64_t k, Metric m
     DeviceScope scope(pick_device(x, cuda_device));
     Stream stream;
     cudaStream_t s = stream.get();
+    StreamAllocations pooled(s);
     const int64_t B = x.batch, n = x.n, d = x.d;
     DevicePoints xd(x, s);
     DeviceBuffer<float> cen(B * k * d, "centroids"), cnorm(B * k, "centroid norms"), xnorm(B * n, "point norms");

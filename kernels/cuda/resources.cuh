@@ -4,8 +4,11 @@
 
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/assign.cuh"
@@ -13,6 +16,33 @@
 #include "kernels/cuda/device_ops.cuh"
 
 namespace flash::cuda_engine {
+
+// Host wall-clock marks of a call's setup steps (FLASH_CUDA_PHASE_TIMES=1), printed to stderr
+// as "name +ms" on destruction; does nothing when disabled.
+class HostClock {
+  public:
+    explicit HostClock(bool on) : on_(on), last_(std::chrono::steady_clock::now()) {}
+    ~HostClock() { // declared first in a call: "release" times the other locals' destructors
+        mark("release");
+        if (on_ && !line_.empty()) std::fprintf(stderr, "faiss-flash call (ms):%s\n", line_.c_str());
+    }
+    HostClock(const HostClock&) = delete;
+    HostClock& operator=(const HostClock&) = delete;
+    void mark(const char* name) {
+        if (!on_) return;
+        const auto now = std::chrono::steady_clock::now();
+        char buf[64];
+        std::snprintf(buf, sizeof(buf), " %s +%.3f", name,
+                      std::chrono::duration<double, std::milli>(now - last_).count());
+        line_ += buf;
+        last_ = now;
+    }
+
+  private:
+    bool on_;
+    std::chrono::steady_clock::time_point last_;
+    std::string line_;
+};
 
 // Makes `device` current for the scope, restoring the caller's device afterwards.
 class DeviceScope {
