@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Bar chart of time per Lloyd iteration: faiss-flash vs flash-kmeans vs dense PyTorch.
+"""Bar chart of time per Lloyd iteration in steady state: faiss-flash (iter_ms) vs flash-kmeans
+(its marginal iteration, flash_kmeans_iter_ms, where the CSV has it) vs dense PyTorch.
 usage: plot_gpu.py OURS.csv PEERS.csv OUT.png"""
 import csv
 import math
@@ -15,7 +16,8 @@ def main(ours_csv, peers_csv, out_png):
     peers = {r["config"]: r for r in csv.DictReader(open(peers_csv))}
     names = [n for n in ours if n in peers]
     series = [("faiss-flash", [ours[n] for n in names]),
-              ("flash-kmeans (Triton)", [float(peers[n]["flash_kmeans_ms"]) for n in names]),
+              ("flash-kmeans (Triton)",
+               [float(peers[n].get("flash_kmeans_iter_ms") or peers[n]["flash_kmeans_ms"]) for n in names]),
               ("dense PyTorch", [float(peers[n]["dense_torch_ms"]) for n in names])]
     fig, ax = plt.subplots(figsize=(12, 5))
     w = 0.27

@@ -60,10 +60,11 @@ scale() {
   free -g | head -2
   status=0
   for n in ${SCALE_N:-32000000 200000000}; do
-    for t in f32 f16; do
-      "$bin/bench_scale" --n "$n" --dtype $t --k ${SCALE_K:-4096,16384} --niter ${SCALE_NITER:-3} --devices 0 --streaming ${SCALE_MODES:-auto} \
-        --csv "$out/scale_${n}_$t.csv" 2>&1 | tee "$out/scale_${n}_$t.log" || status=1
-      if [ -d .peers/flash_kmeans ]; then
+    for t in f32 f16 f32:f16; do # f32:f16 = fp32 host points converted once to fp16 (transfer_dtype)
+      dt=${t%%:*} tr=${t#*:}; [ "$tr" = "$t" ] && tr= ; tag=${t/:/_to_}
+      "$bin/bench_scale" --n "$n" --dtype $dt ${tr:+--transfer $tr} --k ${SCALE_K:-4096,16384} --niter ${SCALE_NITER:-3} \
+        --devices 0 --streaming ${SCALE_MODES:-auto} --csv "$out/scale_${n}_$tag.csv" 2>&1 | tee "$out/scale_${n}_$tag.log" || status=1
+      if [ -z "$tr" ] && [ -d .peers/flash_kmeans ]; then
         python3 bench/peers/run_peers_large.py --flash-kmeans-path .peers --n "$n" --dtype $t --k ${PEER_K:-4096,16384} \
           --devices 0 --csv "$out/peer_scale_${n}_$t.csv" 2>&1 | tee "$out/peer_scale_${n}_$t.log" || status=1
       fi
@@ -172,12 +173,17 @@ run() {
 import csv, sys
 ours = {r["config"]: r for r in csv.DictReader(open(sys.argv[1]))}
 peers = {r["config"]: r for r in csv.DictReader(open(sys.argv[2]))}
-print(f"{'config':24s} {'ours ms':>9s} {'TFLOP/s':>8s} {'flash-kmeans':>13s} {'dense torch':>12s} {'speedup':>8s}")
+# Steady state: our iter_ms vs the peer's marginal iteration; per call: our call_ms (whole call
+# / niter, setup included) vs the peer's whole call / niter.
+print(f"{'config':24s} {'ours iter':>9s} {'TFLOP/s':>8s} {'fk iter':>8s} {'speedup':>8s} "
+      f"{'ours call':>9s} {'fk call':>8s} {'speedup':>8s} {'dense torch':>11s}")
 for n, r in ours.items():
     p = peers.get(n, {})
-    fk = float(p.get("flash_kmeans_ms", "nan")); dt = float(p.get("dense_torch_ms", "nan"))
-    o = float(r["iter_ms"])
-    print(f"{n:24s} {o:9.3f} {float(r['tflops']):8.1f} {fk:13.3f} {dt:12.3f} {fk / o:7.2f}x")
+    fk = float(p.get("flash_kmeans_ms", "nan")); fki = float(p.get("flash_kmeans_iter_ms", "nan"))
+    dt = float(p.get("dense_torch_ms", "nan"))
+    o, oc = float(r["iter_ms"]), float(r["call_ms"])
+    print(f"{n:24s} {o:9.3f} {float(r['tflops']):8.1f} {fki:8.3f} {fki / o:7.2f}x {oc:9.3f} {fk:8.3f} "
+          f"{fk / oc:7.2f}x {dt:11.3f}")
 PY
   fi
   pack_logs

@@ -7,7 +7,9 @@
 - dense PyTorch: the N x K distance matrix with torch.bmm, argmin, index_add_ update.
 
 Per-iteration time = CUDA-event time of a whole niter-iteration call / niter, median of
---repeats calls after one warm-up call (Triton compilation happens there).
+--repeats calls after one warm-up call (Triton compilation happens there). flash-kmeans is also
+timed in steady state: (a 2 * niter call - a niter call) / niter, which drops its per-call setup
+(compare with bench_gpu's iter_ms; the whole-call figure compares with its call_ms).
 """
 import argparse
 import csv
@@ -66,6 +68,25 @@ def time_call(fn, niter, repeats):
     return statistics.median(times)
 
 
+def time_marginal(fn, niter, repeats):
+    """Steady-state time per iteration: (time of a 2 * niter call - time of a niter call) / niter,
+    median over repeats; the per-call setup cancels out."""
+    fn(2)
+    torch.cuda.synchronize()
+    diffs = []
+    for _ in range(repeats):
+        t = []
+        for it in (niter, 2 * niter):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn(it)
+            b.record()
+            torch.cuda.synchronize()
+            t.append(a.elapsed_time(b))
+        diffs.append((t[1] - t[0]) / niter)
+    return statistics.median(diffs)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flash-kmeans-path", required=True)
@@ -84,15 +105,16 @@ def main():
           f"({'Triton path' if triton_path else 'TORCH FALLBACK: not timed'})")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     rows = []
-    print(f"{'config':24s} {'flash-kmeans ms':>16s} {'dense torch ms':>15s}")
+    print(f"{'config':24s} {'flash-kmeans ms':>16s} {'(steady state)':>15s} {'dense torch ms':>15s}")
     for name in args.configs.split(","):
         B, N, K, d, dtype = CONFIGS[name]
         x = make_data(B, N, d, dtype)
         init = x[:, :K].clone()
-        fk_ms = float("nan")
+        fk_ms = fk_iter_ms = float("nan")
         if triton_path:
-            fk_ms = time_call(lambda it: fk(x, K, max_iters=it, tol=0.0, init_centroids=init.clone()), args.niter,
-                              args.repeats)
+            run = lambda it: fk(x, K, max_iters=it, tol=0.0, init_centroids=init.clone())  # noqa: E731
+            fk_ms = time_call(run, args.niter, args.repeats)
+            fk_iter_ms = time_marginal(run, args.niter, args.repeats)
         dense_ms = float("nan")
         if name not in args.skip_dense.split(","):
             try:
@@ -100,14 +122,14 @@ def main():
             except torch.OutOfMemoryError:
                 dense_ms = float("inf")
             torch.cuda.empty_cache()
-        print(f"{name:24s} {fk_ms:16.3f} {dense_ms:15.3f}", flush=True)
-        rows.append((name, fk_ms, dense_ms))
+        print(f"{name:24s} {fk_ms:16.3f} {fk_iter_ms:15.3f} {dense_ms:15.3f}", flush=True)
+        rows.append((name, fk_ms, fk_iter_ms, dense_ms))
         del x, init
         torch.cuda.empty_cache()
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["config", "flash_kmeans_ms", "dense_torch_ms"])
+            w.writerow(["config", "flash_kmeans_ms", "flash_kmeans_iter_ms", "dense_torch_ms"])
             w.writerows(rows)
 
 
