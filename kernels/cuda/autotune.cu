@@ -1,7 +1,8 @@
 // Kernel-configuration choice for the assignment: a heuristic by default; with
 // FLASH_AUTOTUNE=1 each configuration is timed once per (GPU, dtype, shape bucket) and the
-// winner is cached on disk ($FLASH_CACHE_DIR or ~/.cache/faiss-flash/autotune-v2.txt), so
-// later runs and processes pay nothing. FLASH_ASSIGN_VARIANT=i forces configuration i.
+// winner is cached on disk ($FLASH_CACHE_DIR or ~/.cache/faiss-flash/autotune-v3.txt), so
+// later runs and processes pay nothing (the name carries a version, bumped when the kernels
+// change: v3 = wgmma tiles in pairs). FLASH_ASSIGN_VARIANT=i forces configuration i.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,12 +30,12 @@ int pow2_bucket(int64_t v) {
 }
 
 std::string cache_path() {
-    if (const char* dir = std::getenv("FLASH_CACHE_DIR")) return std::string(dir) + "/autotune-v2.txt";
+    if (const char* dir = std::getenv("FLASH_CACHE_DIR")) return std::string(dir) + "/autotune-v3.txt";
     const char* home = std::getenv("HOME");
     const std::string dir = std::string(home ? home : "/tmp") + "/.cache/faiss-flash";
     mkdir((std::string(home ? home : "/tmp") + "/.cache").c_str(), 0755);
     mkdir(dir.c_str(), 0755);
-    return dir + "/autotune-v2.txt";
+    return dir + "/autotune-v3.txt";
 }
 
 struct Cache {
