@@ -18,13 +18,17 @@ namespace {
 constexpr int kChunk = 64;               // sorted points per chunk (a fixed partition of the order)
 constexpr int kThreads = 128;            // threads of the summing blocks
 constexpr int64_t kMaxCountingK = 49152; // k up to which each warp's counters fit in shared memory
-constexpr int64_t kSmallScan = 1 << 18;  // histograms up to this length: one-block scan
+constexpr int64_t kSmallScan = 1 << 14;  // histograms up to this length: one-block scan (else CUB)
+constexpr int64_t kSmallRows = 1 << 18;  // batches of at most this many points: short tiles
 constexpr int kScanThreads = 1024, kScanBatch = 16;
 constexpr int kRounds = 32; // 32-label rounds a warp loads at once (tile kernels)
 
-// Points per histogram tile: at least 1024 (32 rounds of a warp), more for large k so that the
-// histogram (k entries per tile) stays within a few entries per point.
-int64_t tile_for(int64_t k) {
+// Points per histogram tile. Small batches (latency-bound): 256 (8 rounds of a warp), four times
+// the warps of 1024-point tiles for a histogram of at most 4 k entries per 1024 points. Else at
+// least 1024, more for large k so that the histogram (k entries per tile) stays within a few
+// entries per point.
+int64_t tile_for(int64_t k, int64_t rows) {
+    if (rows <= kSmallRows && k <= 4096) return 256;
     return 32 * std::clamp<int64_t>((k + 127) / 128, 32, 256);
 }
 // Warps (tiles) per block of the histogram and scatter kernels: 64 KiB of counters at most.
@@ -364,7 +368,7 @@ unsigned blocks_for(int64_t items, int per_block) {
 // FLASH_UPDATE_RADIX=1 forces the radix path (to test it at small k).
 bool use_counting(int64_t batch, int64_t n, int64_t k) {
     static const bool radix = std::getenv("FLASH_UPDATE_RADIX") != nullptr;
-    return !radix && k <= kMaxCountingK && batch * k * ceil_div(n, tile_for(k)) < (int64_t(1) << 31);
+    return !radix && k <= kMaxCountingK && batch * k * ceil_div(n, tile_for(k, batch * n)) < (int64_t(1) << 31);
 }
 
 } // namespace
@@ -374,7 +378,7 @@ size_t SortInverseUpdate::bytes(int64_t batch, int64_t n, int64_t d, int64_t k) 
     const size_t chunks = size_t(batch * ceil_div(n, kChunk));
     size_t b = rows * 8 + clusters * 4 + (chunks + clusters) * size_t(d + 1) * 4; // sorted keys / ids, sizes, pieces
     if (use_counting(batch, n, k))
-        b += size_t(batch * k * ceil_div(n, tile_for(k))) * 4 * 2; // histogram, scan space
+        b += size_t(batch * k * ceil_div(n, tile_for(k, batch * n))) * 4 * 2; // histogram, scan space
     else
         b += rows * 8 * 2 + clusters * 4 + (8u << 20); // sort inputs and workspace
     return b;
@@ -395,7 +399,7 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
     startp_.allocate(size_t(clusters) * d, "cluster start pieces");
     startw_.allocate(clusters, "cluster start weights");
     if (counting_) {
-        tile_ = tile_for(k);
+        tile_ = tile_for(k, batch * n);
         hist_len_ = batch * k * ceil_div(n, tile_);
         hist_.allocate(hist_len_, "tile histograms");
         if (hist_len_ > kSmallScan)
