@@ -3,10 +3,10 @@
 // summed in fixed chunks of the sorted order and the chunk pieces of a cluster are added in
 // order. No float atomics: the result is the same bits on every run.
 //
-// The ordering is a counting sort in three launches: a histogram of each warp-sized tile of
-// labels (one warp per tile, counters in shared memory), one exclusive scan of the histograms
-// laid out cluster-major (which yields every tile's write position for every cluster), and a
-// stable scatter that replays the tiles. For very large k (the per-warp counters would not fit
+// The ordering is a counting sort in three steps: a histogram of each tile of 256 or more
+// labels (one warp per tile, its counters in shared memory), one exclusive scan of the
+// histograms laid out cluster-major (which yields every tile's write position for every
+// cluster), and a stable scatter that replays the tiles. For very large k (the per-warp counters would not fit
 // in shared memory) a CUB radix sort on ceil(log2(B * k)) bits takes its place.
 #pragma once
 
