@@ -54,18 +54,20 @@ def dense_torch_kmeans(x, init, niter):
     return c
 
 
+def elapsed_ms(fn, it):
+    """CUDA-event time of one fn(it) call, in ms."""
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn(it)
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b)
+
+
 def time_call(fn, niter, repeats):
     fn(2)  # warm-up (compilation, autotuning, allocator)
     torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn(niter)
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / niter)
-    return statistics.median(times)
+    return statistics.median(elapsed_ms(fn, niter) / niter for _ in range(repeats))
 
 
 def time_marginal(fn, niter, repeats):
@@ -76,15 +78,8 @@ def time_marginal(fn, niter, repeats):
     torch.cuda.synchronize()
     diffs = []
     for _ in range(repeats):
-        t = []
-        for it in (niter, 2 * niter):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn(it)
-            b.record()
-            torch.cuda.synchronize()
-            t.append(a.elapsed_time(b))
-        diffs.append((t[1] - t[0]) / niter)
+        once = elapsed_ms(fn, niter)
+        diffs.append((elapsed_ms(fn, 2 * niter) - once) / niter)
     return statistics.median(diffs), min(diffs)
 
 

@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -22,35 +21,36 @@ namespace flash::cuda_engine {
     throw std::runtime_error(msg);
 }
 
-#define FLASH_CUDA_CHECK(call)                                                                                  \
-    do {                                                                                                        \
-        cudaError_t flash_err_ = (call);                                                                        \
+#define FLASH_CUDA_CHECK(call)                                                          \
+    do {                                                                                \
+        cudaError_t flash_err_ = (call);                                                \
         if (flash_err_ != cudaSuccess) ::flash::cuda_engine::throw_cuda(flash_err_, #call, __FILE__, __LINE__); \
     } while (0)
 
 // After every launch; FLASH_CUDA_DEBUG_SYNC=1 at compile time also synchronises.
 #ifdef FLASH_CUDA_DEBUG_SYNC
-#define FLASH_LAUNCH_CHECK(what)                   \
-    do {                                           \
-        FLASH_CUDA_CHECK(cudaGetLastError());      \
-        FLASH_CUDA_CHECK(cudaDeviceSynchronize()); \
+#define FLASH_LAUNCH_CHECK(what)                     \
+    do {                                             \
+        FLASH_CUDA_CHECK(cudaGetLastError());        \
+        FLASH_CUDA_CHECK(cudaDeviceSynchronize());   \
     } while (0)
 #else
 #define FLASH_LAUNCH_CHECK(what) FLASH_CUDA_CHECK(cudaGetLastError())
 #endif
 
-/// Raises a kernel's dynamic shared-memory limit on the current device, once per (kernel,
-/// device): the attribute is per device, so a process that launches on several GPUs must
-/// set it on each of them.
+/// Raises a kernel's dynamic shared-memory limit on the current device to at least `bytes`;
+/// the driver is called only when the limit set so far for (kernel, device) is lower. The
+/// attribute is per device, so a process that launches on several GPUs sets it on each.
 inline void set_max_dynamic_smem(const void* kernel, size_t bytes) {
     static std::mutex mu;
-    static std::set<std::pair<const void*, int>> done;
+    static std::map<std::pair<const void*, int>, size_t> set_so_far;
     int dev = 0;
     FLASH_CUDA_CHECK(cudaGetDevice(&dev));
     std::lock_guard<std::mutex> lock(mu);
-    if (done.count({kernel, dev})) return;
+    size_t& limit = set_so_far[{kernel, dev}];
+    if (bytes <= limit) return;
     FLASH_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    done.insert({kernel, dev});
+    limit = bytes;
 }
 
 /// This process's memory pool on `device` (created on first use, kept for the process): it

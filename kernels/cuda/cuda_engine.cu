@@ -79,8 +79,9 @@ bool fits_in_memory(const Points& x, int64_t k, int device) {
     size_t free_b = 0, total_b = 0;
     FLASH_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     uint64_t reserved = 0, used = 0; // what the pool keeps for the next calls is free for this one
-    FLASH_CUDA_CHECK(cudaMemPoolGetAttribute(device_pool(device), cudaMemPoolAttrReservedMemCurrent, &reserved));
-    FLASH_CUDA_CHECK(cudaMemPoolGetAttribute(device_pool(device), cudaMemPoolAttrUsedMemCurrent, &used));
+    const cudaMemPool_t pool = device_pool(device);
+    FLASH_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
+    FLASH_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
     free_b += size_t(reserved - used);
     const double rows = double(x.batch) * double(x.n);
     AssignArgs probe;

@@ -1,8 +1,9 @@
+#include "kernels/cuda/device_ops.cuh"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/check.cuh"
-#include "kernels/cuda/device_ops.cuh"
 
 namespace flash::cuda_engine {
 
@@ -94,8 +95,26 @@ __device__ void mt_twist(uint32_t* mt) {
     }
 }
 
-__global__ void __launch_bounds__(kSplitThreads)
-    split_empty(float* centroids, float* counts, int64_t k, int64_t d, int64_t k_frozen, int64_t n, int* nsplit_out) {
+// The values v of the calling block's threads whose flag is set, in thread order, written to
+// out; returns their count to every thread. blockDim.x: a multiple of 32, at most kSplitThreads.
+__device__ int compact_in_order(bool flag, int64_t v, int64_t* out) {
+    __shared__ int warp_counts[kSplitThreads / 32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const unsigned mask = __ballot_sync(0xffffffffu, flag);
+    if (lane == 0) warp_counts[warp] = __popc(mask);
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < int(blockDim.x / 32); w++) {
+        before += w < warp ? warp_counts[w] : 0;
+        total += warp_counts[w];
+    }
+    if (flag) out[before + __popc(mask & ((1u << lane) - 1u))] = v;
+    __syncthreads();
+    return total;
+}
+
+__global__ void __launch_bounds__(kSplitThreads) split_empty(float* centroids, float* counts, int64_t k, int64_t d,
+                                                             int64_t k_frozen, int64_t n, int* nsplit_out) {
     const int64_t b = blockIdx.x;
     float* cb = centroids + b * k * d + k_frozen * d;
     float* hb = counts + b * k + k_frozen;
@@ -123,85 +142,75 @@ __global__ void __launch_bounds__(kSplitThreads)
     int used = kMtN; // draws consumed from the current batch
     int nsplit = 0;
     const float denom = (float)(n - kk);
+    // FAISS' split of empty cluster ci (all threads of the block).
+    auto split_into = [&](int64_t ci) {
+        int64_t cj = -1, start = 0;
+        if (!any_heavy) { // FAISS would loop forever: take the heaviest cluster
+            if (threadIdx.x == 0) {
+                int64_t h = 0;
+                for (int64_t c = 1; c < kk; c++)
+                    if (hb[c] > hb[h]) h = c;
+                heaviest = h;
+            }
+            __syncthreads();
+            cj = heaviest;
+        }
+        while (cj < 0) {
+            if (used == kMtN) {
+                mt_twist(mt);
+                if (threadIdx.x < kMtN) draws[threadIdx.x] = float(mt_temper(mt[threadIdx.x])) * 0x1p-32f;
+                used = 0;
+            }
+            if (threadIdx.x == 0) first = kMtN;
+            __syncthreads();
+            const int t = used + int(threadIdx.x);
+            if (t < kMtN) {
+                const int64_t c = (start + threadIdx.x) % kk;
+                const float p = (hb[c] - 1.0) / denom;
+                if (draws[t] < p) atomicMin(&first, t);
+            }
+            __syncthreads();
+            const int f = first;
+            if (f < kMtN) {
+                cj = (start + (f - used)) % kk;
+                used = f + 1;
+            } else {
+                start = (start + (kMtN - used)) % kk;
+                used = kMtN;
+            }
+            __syncthreads();
+        }
+        const double eps = 1 / 1024.;
+        for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+            const float v = cb[cj * d + j];
+            if (j % 2 == 0) {
+                cb[ci * d + j] = v * (1 + eps);
+                cb[cj * d + j] = v * (1 - eps);
+            } else {
+                cb[ci * d + j] = v * (1 - eps);
+                cb[cj * d + j] = v * (1 + eps);
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            hb[ci] = hb[cj] / 2;
+            hb[cj] -= hb[ci];
+        }
+        __syncthreads();
+        heavy = 0;
+        for (int64_t c = threadIdx.x; c < kk; c += blockDim.x) heavy |= hb[c] > 1.f;
+        any_heavy = __syncthreads_or(heavy);
+        nsplit++;
+    };
+    // The empty clusters, blockDim.x candidates at a time, listed in order and split one by
+    // one (a split only fills the empty cluster and halves a non-empty one, so the list of
+    // the later candidates stays valid).
     __shared__ int64_t empties[kSplitThreads];
-    __shared__ int warp_counts[kSplitThreads / 32];
-    // Clusters are taken blockDim.x at a time; their empty ones listed in order (a split only
-    // fills the empty cluster and halves a non-empty one, so the list stays valid).
     for (int64_t base = 0; base < kk; base += blockDim.x) {
         const int64_t c = base + threadIdx.x;
-        const bool is_empty = c < kk && hb[c] == 0.f;
-        const unsigned mask = __ballot_sync(0xffffffffu, is_empty);
-        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-        if (lane == 0) warp_counts[warp] = __popc(mask);
-        __syncthreads();
-        int before = 0, nempty = 0;
-        for (int w = 0; w < int(blockDim.x / 32); w++) {
-            before += w < warp ? warp_counts[w] : 0;
-            nempty += warp_counts[w];
-        }
-        if (is_empty) empties[before + __popc(mask & ((1u << lane) - 1u))] = c;
-        __syncthreads();
-        for (int q = 0; q < nempty; q++) {
-            const int64_t ci = empties[q];
-            int64_t cj = -1, start = 0;
-            if (!any_heavy) { // FAISS would loop forever: take the heaviest cluster
-                if (threadIdx.x == 0) {
-                    int64_t h = 0;
-                    for (int64_t c = 1; c < kk; c++)
-                        if (hb[c] > hb[h]) h = c;
-                    heaviest = h;
-                }
-                __syncthreads();
-                cj = heaviest;
-            }
-            while (cj < 0) {
-                if (used == kMtN) {
-                    mt_twist(mt);
-                    if (threadIdx.x < kMtN) draws[threadIdx.x] = float(mt_temper(mt[threadIdx.x])) * 0x1p-32f;
-                    used = 0;
-                }
-                if (threadIdx.x == 0) first = kMtN;
-                __syncthreads();
-                const int t = used + int(threadIdx.x);
-                if (t < kMtN) {
-                    const int64_t c = (start + threadIdx.x) % kk;
-                    const float p = (hb[c] - 1.0) / denom;
-                    if (draws[t] < p) atomicMin(&first, t);
-                }
-                __syncthreads();
-                const int f = first;
-                if (f < kMtN) {
-                    cj = (start + (f - used)) % kk;
-                    used = f + 1;
-                } else {
-                    start = (start + (kMtN - used)) % kk;
-                    used = kMtN;
-                }
-                __syncthreads();
-            }
-            const double eps = 1 / 1024.;
-            for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-                const float v = cb[cj * d + j];
-                if (j % 2 == 0) {
-                    cb[ci * d + j] = v * (1 + eps);
-                    cb[cj * d + j] = v * (1 - eps);
-                } else {
-                    cb[ci * d + j] = v * (1 - eps);
-                    cb[cj * d + j] = v * (1 + eps);
-                }
-            }
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                hb[ci] = hb[cj] / 2;
-                hb[cj] -= hb[ci];
-            }
-            __syncthreads();
-            heavy = 0;
-            for (int64_t c = threadIdx.x; c < kk; c += blockDim.x) heavy |= hb[c] > 1.f;
-            any_heavy = __syncthreads_or(heavy);
-            nsplit++;
-        }
-        __syncthreads(); // empties and warp_counts are rewritten for the next clusters
+        const int nempty = compact_in_order(c < kk && hb[c] == 0.f, c, empties);
+        for (int q = 0; q < nempty; q++) split_into(empties[q]);
+        __syncthreads(); // empties is rewritten for the next candidates
     }
     if (threadIdx.x == 0) nsplit_out[b] = nsplit;
 }
@@ -249,8 +258,8 @@ __global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks
 }
 
 // Block b: objective from the partials, imbalance from the cluster sizes.
-__global__ void iteration_stats(const double* partial, int64_t nchunks, const uint32_t* sizes, int64_t k, double* obj,
-                                double* imbalance) {
+__global__ void iteration_stats(const double* partial, int64_t nchunks, const uint32_t* sizes, int64_t k,
+                                double* obj, double* imbalance) {
     __shared__ double sh[256];
     const int64_t b = blockIdx.x;
     double o = 0, h1 = 0, h2 = 0;
@@ -277,9 +286,7 @@ __global__ void check_finite(const void* x, DType dtype, int64_t count, int* fla
         }
 }
 
-unsigned warp_blocks(int64_t rows) {
-    return unsigned((rows * 32 + 255) / 256);
-}
+unsigned warp_blocks(int64_t rows) { return unsigned((rows * 32 + 255) / 256); }
 
 } // namespace
 
@@ -330,8 +337,8 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
     FLASH_LAUNCH_CHECK("prepare_centroids");
 }
 
-void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d, int64_t k_frozen,
-                                 int64_t n, int* nsplit_out, cudaStream_t s) {
+void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
+                                 int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s) {
     split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, nsplit_out);
     FLASH_LAUNCH_CHECK("split_empty");
 }
@@ -343,9 +350,7 @@ void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spheric
     FLASH_LAUNCH_CHECK("post_process");
 }
 
-int64_t stats_workspace_size(int64_t batch, int64_t n) {
-    return batch * ((n + kStatsChunk - 1) / kStatsChunk);
-}
+int64_t stats_workspace_size(int64_t batch, int64_t n) { return batch * ((n + kStatsChunk - 1) / kStatsChunk); }
 
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
                             double* workspace, double* obj, double* imbalance, cudaStream_t s) {

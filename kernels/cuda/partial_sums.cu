@@ -358,14 +358,10 @@ class Shard {
     const double* piece_obj() const { return static_cast<const double*>(host_obj_.get()); }
     double copy_s() const { return copy_s_; }
     double compute_s() const { return compute_s_; }
-    int64_t rows_resident() const {
+    // Rows of the pieces kept on the device (resident = true) or streamed.
+    int64_t rows_where(bool resident_rows) const {
         int64_t r = 0;
-        for (size_t i = 0; i < pieces_.size(); i++) r += resident(i) ? pieces_[i].rows : 0;
-        return r;
-    }
-    int64_t rows_streamed() const {
-        int64_t r = 0;
-        for (size_t i = 0; i < pieces_.size(); i++) r += resident(i) ? 0 : pieces_[i].rows;
+        for (size_t i = 0; i < pieces_.size(); i++) r += resident(i) == resident_rows ? pieces_[i].rows : 0;
         return r;
     }
     size_t row_bytes() const { return row_bytes_; }
@@ -499,7 +495,7 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
 
     // Pin the streamed rows of pageable points once, so that every pass DMAs them directly.
     bool any_streamed = false, direct = true;
-    for (auto& sh : m.shards) any_streamed |= sh->rows_streamed() > 0, direct &= sh->direct();
+    for (auto& sh : m.shards) any_streamed |= sh->rows_where(false) > 0, direct &= sh->direct();
     if (any_streamed && !direct && t == x.dtype && opt.pin_host_data) {
         bool ok = true;
         const char* run_begin = nullptr;
@@ -536,10 +532,11 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
     pl.pieces = int64_t(pieces.size());
     pl.host_pinned = true;
     for (auto& sh : m.shards) {
-        pl.resident_rows += sh->rows_resident();
-        pl.streamed_rows += sh->rows_streamed();
-        pl.streamed_bytes += sh->rows_streamed() * int64_t(sh->row_bytes());
-        if (sh->rows_streamed() > 0) pl.host_pinned &= sh->direct();
+        const int64_t streamed = sh->rows_where(false);
+        pl.resident_rows += sh->rows_where(true);
+        pl.streamed_rows += streamed;
+        pl.streamed_bytes += streamed * int64_t(sh->row_bytes());
+        if (streamed > 0) pl.host_pinned &= sh->direct();
     }
     if (pl.streamed_rows == 0) pl.host_pinned = false;
     pl.setup_s = wall_seconds() - t0;

@@ -17,8 +17,9 @@
 
 namespace flash::cuda_engine {
 
-// Host wall-clock marks of a call's setup steps (FLASH_CUDA_PHASE_TIMES=1), printed to stderr
-// as "name +ms" on destruction; does nothing when disabled.
+// Host wall-clock marks of a call's setup steps (FLASH_CUDA_CALL_TIMES=1 or
+// FLASH_CUDA_PHASE_TIMES=1), printed to stderr as "name +ms" on destruction; does nothing when
+// disabled.
 class HostClock {
   public:
     explicit HostClock(bool on) : on_(on), last_(std::chrono::steady_clock::now()) {}

@@ -400,14 +400,14 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
     startw_.allocate(clusters, "cluster start weights");
     if (counting_) {
         tile_ = tile_for(k, batch * n);
-        hist_len_ = batch * k * ceil_div(n, tile_);
-        hist_.allocate(hist_len_, "tile histograms");
-        if (hist_len_ > kSmallScan)
+        const int64_t hist_len = batch * k * ceil_div(n, tile_);
+        hist_.allocate(hist_len, "tile histograms");
+        if (hist_len > kSmallScan)
             FLASH_CUDA_CHECK(
-                cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes_, hist_.get(), hist_.get(), hist_len_, stream));
-        // The attribute is set once per device and kernel: to the largest size any k needs.
-        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_histogram), kMaxCountingK * 4);
-        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_scatter), kMaxCountingK * 4);
+                cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes_, hist_.get(), hist_.get(), hist_len, stream));
+        const size_t smem = size_t(warps_for(k)) * k * 4; // per-warp counters
+        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_histogram), smem);
+        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_scatter), smem);
     } else {
         end_bit_ = bits_for(clusters);
         keys_in_.allocate(total, "sort keys");
@@ -423,14 +423,21 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
     temp_.allocate(temp_bytes_, "sort/scan workspace");
 }
 
+const uint32_t* SortInverseUpdate::starts() const {
+    return counting_ ? hist_.get() : offsets_.get();
+}
+
+int64_t SortInverseUpdate::starts_stride(int64_t rows) const {
+    return counting_ ? ceil_div(rows, tile_) : 1;
+}
+
 void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
                             float* centroids, float* counts, cudaStream_t stream) {
     const int64_t clusters = batch_ * k_;
     sort_and_sum(x, dtype, n_, labels, weights, stream);
-    const uint32_t* starts = counting_ ? hist_.get() : offsets_.get();
-    const int64_t stride = counting_ ? ceil_div(n_, tile_) : 1;
+    const int64_t stride = starts_stride(n_);
     finish_clusters<false><<<unsigned(clusters), kThreads, 0, stream>>>(
-        k_, d_, k_frozen, starts, stride, clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
+        k_, d_, k_frozen, starts(), stride, clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
         startw_.get(), sizes_.get(), centroids, counts, nullptr, nullptr, nullptr);
     FLASH_LAUNCH_CHECK("finish_clusters");
 }
@@ -441,10 +448,9 @@ void SortInverseUpdate::accumulate(const void* x, DType dtype, int64_t rows, con
     if (batch_ != 1 || rows > n_ || rows <= 0)
         throw std::logic_error("SortInverseUpdate::accumulate: one problem of at most n rows");
     sort_and_sum(x, dtype, rows, labels, weights, stream);
-    const uint32_t* starts = counting_ ? hist_.get() : offsets_.get();
-    const int64_t stride = counting_ ? ceil_div(rows, tile_) : 1;
+    const int64_t stride = starts_stride(rows);
     finish_clusters<true><<<unsigned(k_), kThreads, 0, stream>>>(
-        k_, d_, 0, starts, stride, k_, rows, ceil_div(rows, kChunk), head_.get(), headw_.get(), startp_.get(),
+        k_, d_, 0, starts(), stride, k_, rows, ceil_div(rows, kChunk), head_.get(), headw_.get(), startp_.get(),
         startw_.get(), nullptr, nullptr, nullptr, sums, wsums, counts);
     FLASH_LAUNCH_CHECK("finish_clusters");
 }

@@ -43,6 +43,11 @@ class SortInverseUpdate {
     const uint32_t* sizes() const { return sizes_.get(); }
 
   private:
+    // Cluster c's first sorted position is starts()[c * starts_stride(rows)] after sorting
+    // `rows` points per problem (the scanned histogram, or the radix path's offsets).
+    const uint32_t* starts() const;
+    int64_t starts_stride(int64_t rows) const;
+
     // Orders the first `rows` labels of each problem (rows <= n) and writes the chunk pieces.
     void sort_and_sum(const void* x, DType dtype, int64_t rows, const int32_t* labels, const float* weights,
                       cudaStream_t stream);
@@ -50,7 +55,6 @@ class SortInverseUpdate {
     int64_t batch_, n_, d_, k_;
     bool counting_;                            // counting sort (else CUB radix sort)
     int64_t tile_ = 0;                         // points per histogram tile (counting sort)
-    int64_t hist_len_ = 0;                     // histogram entries for n rows per problem
     int end_bit_ = 0;                          // radix-sort key bits
     DeviceBuffer<uint32_t> hist_;              // (batch, k, tiles) counts, scanned in place
     DeviceBuffer<uint32_t> keys_in_, ids_in_;  // radix-sort inputs

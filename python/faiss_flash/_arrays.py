@@ -20,6 +20,12 @@ def parse_device(device):
     raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def _positive_int(v, name, expected):
+    if not isinstance(v, (int, np.integer)) or v <= 0:
+        raise ValueError(f"{name}: expected {expected}, got {v!r}")
+    return int(v)
+
+
 def parse_placement(devices=None, streaming="auto", max_gpu_memory=None, transfer_dtype=None, piece_rows=None):
     """Several GPUs and data larger than the GPU (flash::LloydOptions), validated -> dict.
 
@@ -38,17 +44,13 @@ def parse_placement(devices=None, streaming="auto", max_gpu_memory=None, transfe
         raise ValueError(f"streaming: expected 'auto', 'off' or 'force', got {streaming!r}")
     out["streaming"] = streaming
     if max_gpu_memory is not None:
-        if not isinstance(max_gpu_memory, (int, np.integer)) or max_gpu_memory <= 0:
-            raise ValueError(f"max_gpu_memory: expected a positive number of bytes, got {max_gpu_memory!r}")
-        out["max_gpu_memory"] = int(max_gpu_memory)
+        out["max_gpu_memory"] = _positive_int(max_gpu_memory, "max_gpu_memory", "a positive number of bytes")
     if transfer_dtype is not None:
         if transfer_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"transfer_dtype: expected 'float32', 'float16' or 'bfloat16', got {transfer_dtype!r}")
         out["transfer_dtype"] = transfer_dtype
     if piece_rows is not None:
-        if not isinstance(piece_rows, (int, np.integer)) or piece_rows <= 0:
-            raise ValueError(f"piece_rows: expected a positive integer, got {piece_rows!r}")
-        out["piece_rows"] = int(piece_rows)
+        out["piece_rows"] = _positive_int(piece_rows, "piece_rows", "a positive integer")
     return out
 
 
