@@ -1,11 +1,13 @@
 // FlashAssign on Hopper tensor cores (wgmma.mma_async, sm_90a), fp32 accumulation.
 //
 // A block of NWG warpgroups owns BM = 64 * NWG points of one problem; their tile stays in
-// shared memory (d <= 256). Centroid tiles of BN rows stream through a 3-stage cp.async ring.
-// Each warpgroup keeps two accumulators and ping-pongs: the products of tile j + 1 run on the
-// tensor cores while the epilogue of tile j folds its 64 x BN values into a running
-// (value, index) minimum per point in registers. One barrier per tile. The n x k matrix never
-// leaves the chip.
+// shared memory (d <= 256). Centroid tiles of BN rows stream through a 4-stage cp.async ring,
+// taken in pairs: both products are issued, the first is folded while the tensor cores work
+// on the second, the next pair loads meanwhile; one barrier per pair. The fold keeps a running
+// (value, index) minimum per point in registers at two instructions per value (a tile's
+// minimum first, its column searched only when it improves). The kernel is bound by issued
+// instructions as much as by the tensor cores, hence the lean fold and the fixed-offset
+// loads. The n x k matrix never leaves the chip.
 //
 // SPLIT (fp32 input): operands are [hi | lo] bf16 rows (see AssignArgs); each k-step issues
 // hi.hi + hi.lo + lo.hi. The epilogue also keeps the second-best value; points whose gap is
@@ -49,6 +51,12 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// threadIdx.x read where it is used (not hoisted and kept in a register across a loop).
+__device__ __forceinline__ int volatile_tid() {
+    int t;
+    asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+    return t;
 }
 // Generic-proxy writes (cp.async, st.shared) made visible to wgmma's async-proxy reads.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -169,23 +177,45 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
 
     // Centroid tile j into stage j % kStages, with its penalties: ||c||^2 (L2) or 0 (inner
     // product), +inf past k (padded rows are zero, so their value is +inf and never wins).
+    // A whole tile of 16-byte-aligned rows exactly KW wide (every tile but the last, usually)
+    // takes the fast path: each thread's chunks at fixed offsets, no bounds checks.
+    // Thread t copies 16-byte chunk t % CPR of rows t / CPR + u * RP: with RP a multiple of 8
+    // its swizzled position moves by a constant per row step. The offsets are recomputed from
+    // %tid.x per tile: kept live across the loop they would cost registers the accumulators need.
+    constexpr int CPR = KW / 8, RP = NT / CPR;
+    const bool fast_rows = vec && width == KW;
     auto load_centroids = [&](int64_t j) {
         const int st = int(j % kStages);
-        if constexpr (SWZ) load_tile_swizzled<T, KW, NT>(Bs + st * BN * KW, c, k, width, j * BN, BN, vec);
-        else load_tile<T, KW, NT>(Bs + st * BN * KW, c, k, width, j * BN, BN, vec);
+        T* dst = Bs + st * BN * KW;
+        if constexpr (SWZ && NT % CPR == 0 && RP % 8 == 0) {
+            if (fast_rows && (j + 1) * BN <= k) {
+                const int t = volatile_tid(), r0 = t / CPR, ch = t % CPR;
+                T* to = dst + (ch / 8) * BN * 64 + r0 * 64 + ((ch % 8) ^ (r0 % 8)) * 8;
+                const T* src = c + (j * BN + r0) * KW + ch * 8;
+#pragma unroll
+                for (int u = 0; u < (BN + RP - 1) / RP; u++)
+                    if (BN % RP == 0 || r0 + u * RP < BN) cp_async16(to + u * RP * 64, src + u * RP * KW);
+            } else {
+                load_tile_swizzled<T, KW, NT>(dst, c, k, width, j * BN, BN, vec);
+            }
+        } else if constexpr (SWZ) {
+            load_tile_swizzled<T, KW, NT>(dst, c, k, width, j * BN, BN, vec);
+        } else {
+            load_tile<T, KW, NT>(dst, c, k, width, j * BN, BN, vec);
+        }
         for (int q = tid; q < BN; q += NT) {
             const int64_t col = j * BN + q;
-            float* dst = Ns + st * BN + q;
-            if (col >= k) *dst = INFINITY;
-            else if (l2) cp_async4(dst, cn + col);
-            else *dst = 0.f;
+            float* pen = Ns + st * BN + q;
+            if (col >= k) *pen = INFINITY;
+            else if (l2) cp_async4(pen, cn + col);
+            else *pen = 0.f;
         }
     };
 
     const int64_t ntiles = (k + BN - 1) / BN;
     load_tile<T, KW, NT>(As, x, n, width, m0, BM, vec);
     load_centroids(0);
-    load_centroids(1);
+    if (ntiles > 1) load_centroids(1);
     cp_async_commit();
     cp_async_wait<0>();
     fence_proxy_async();
@@ -235,34 +265,61 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
         wgmma_commit();
     };
 
-    // Rows lane / 4 and lane / 4 + 8 of this warp, each as two independent chains (even and
-    // odd column groups) so that the compare-select dependencies interleave; merged at the end.
-    Best best[2][2] = {{best_init(), best_init()}, {best_init(), best_init()}};
-    float second[2][2] = {{FLT_MAX, FLT_MAX}, {FLT_MAX, FLT_MAX}}; // SPLIT: second-best values
+    // Rows lane / 4 and lane / 4 + 8 of this warp: the running minimum (value, index) and,
+    // SPLIT, the second-smallest value.
+    Best best[2] = {best_init(), best_init()};
+    float second[2] = {FLT_MAX, FLT_MAX};
 
+    // The fold of one tile costs two instructions per value (FFMA, FMNMX; SPLIT: two more for
+    // the second-smallest): the tile's minimum per row first, in four independent chains, and
+    // only when it beats the running minimum (rarely, after the first tiles) a second pass
+    // that finds its first column. Columns reach a thread in increasing order and a tile
+    // replaces the minimum only when strictly smaller, so ties go to the lowest index.
     auto epilogue = [&](float (&acc)[NACC], int64_t j) {
-        const float* ns = Ns + (j % kStages) * BN;
-        const int n0 = int(j * BN);
+        const float* ns = Ns + (j % kStages) * BN + (lane % 4) * 2;
+        auto value = [&](int i, int h, int e, float2 p) { return fmaf(scale, acc[4 * i + 2 * h + e], e ? p.y : p.x); };
+        constexpr int CH = 4;
+        float m1[2][CH], m2[2][CH];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int q = 0; q < CH; q++) m1[h][q] = m2[h][q] = INFINITY;
 #pragma unroll
         for (int i = 0; i < BN / 8; i++) {
-            const int cl = i * 8 + (lane % 4) * 2;
-            const float2 p = *reinterpret_cast<const float2*>(ns + cl);
+            const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
+            for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    // Columns reach a thread in increasing order, so a strict < keeps the
-                    // lowest index among equal values.
-                    const float v = fmaf(scale, acc[4 * i + 2 * h + e], e ? p.y : p.x);
-                    Best& bh = best[h][i & 1];
-                    if (v < bh.v) {
-                        if constexpr (SPLIT) second[h][i & 1] = bh.v;
-                        bh.v = v;
-                        bh.i = n0 + cl + e;
-                    } else if constexpr (SPLIT) {
-                        second[h][i & 1] = fminf(second[h][i & 1], v);
-                    }
+                    const float v = value(i, h, e, p);
+                    const int q = (2 * i + e) % CH;
+                    if constexpr (SPLIT) m2[h][q] = fminf(m2[h][q], fmaxf(m1[h][q], v));
+                    m1[h][q] = fminf(m1[h][q], v);
                 }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int w = CH / 2; w > 0; w /= 2)
+#pragma unroll
+                for (int q = 0; q < w; q++) {
+                    if constexpr (SPLIT) m2[h][q] = fminf(fmaxf(m1[h][q], m1[h][q + w]), fminf(m2[h][q], m2[h][q + w]));
+                    m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
+                }
+            const float t1 = m1[h][0];
+            if (t1 < best[h].v) {
+                if constexpr (SPLIT) second[h] = fminf(m2[h][0], best[h].v);
+                int col = BN;
+#pragma unroll
+                for (int i = BN / 8 - 1; i >= 0; i--) {
+                    const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+#pragma unroll
+                    for (int e = 1; e >= 0; e--)
+                        if (value(i, h, e, p) == t1) col = i * 8 + e;
+                }
+                best[h] = {t1, int(j * BN) + (lane % 4) * 2 + col};
+            } else if constexpr (SPLIT) {
+                second[h] = fminf(second[h], t1);
             }
         }
     };
@@ -275,9 +332,9 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
     float acc0[NACC], acc1[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; i++) acc0[i] = acc1[i] = 0.f;
-    auto prefetch = [&](int64_t j) {
-        load_centroids(j + 2);
-        load_centroids(j + 3);
+    auto prefetch = [&](int64_t j) { // tiles past the last are never read: not loaded
+        if (j + 2 < ntiles) load_centroids(j + 2);
+        if (j + 3 < ntiles) load_centroids(j + 3);
         cp_async_commit();
     };
     for (int64_t j = 0; j < ntiles; j += 2) {
@@ -287,10 +344,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
         if (j + 1 < ntiles) {
             issue(acc0, j);
             issue(acc1, j + 1);
-            prefetch(j);
             wgmma_wait<1>();
             fence_operands(acc0);
             epilogue(acc0, j);
+            prefetch(j); // acc0 is dead here: the loads' registers do not compete with it
             wgmma_wait<0>();
             fence_operands(acc1);
             epilogue(acc1, j + 1);
@@ -304,8 +361,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
     }
     cp_async_wait<0>();
 
-    // Merge (best, second) pairs: the two chains of a row, then the 4 lanes of a quad (a
-    // row's columns are spread over them).
+    // Merge (best, second) pairs over the 4 lanes of a quad (a row's columns are spread over them).
     auto merge_pair = [](Best& b, float& sec, float ov, int oi, float os) {
         if (before(ov, oi, b)) {
             sec = fminf(os, b.v);
@@ -318,9 +374,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
     float secondr[2];
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        bestr[h] = best[h][0];
-        secondr[h] = second[h][0];
-        merge_pair(bestr[h], secondr[h], best[h][1].v, best[h][1].i, second[h][1]);
+        bestr[h] = best[h];
+        secondr[h] = second[h];
 #pragma unroll
         for (int off = 1; off < 4; off <<= 1) {
             const float ov = __shfl_xor_sync(0xffffffffu, bestr[h].v, off);
