@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <cstdlib>
@@ -136,9 +137,10 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64
     }
 }
 
-template <class T, int KW, int BN, int NWG>
+// PERSIST: two point-tile slots.
+template <class T, int KW, int BN, int NWG, bool PERSIST = false>
 constexpr size_t smem_bytes() {
-    return 1024 + sizeof(T) * size_t(NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN;
+    return 1024 + sizeof(T) * size_t((PERSIST ? 2 : 1) * NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN;
 }
 
 // AREG: the warpgroup's A operand (its 64 points) is read from shared memory into registers
@@ -148,9 +150,18 @@ constexpr size_t smem_bytes() {
 // more warps to hide the epilogue's latency.
 template <int KW, int BN, int NWG>
 constexpr int min_blocks() { return BN == 64 && NWG == 2 && KW <= 128 ? 2 : 1; }
+template <int KW, int BN, int NWG, bool PERSIST>
+constexpr int min_blocks_for() { return PERSIST ? 1 : min_blocks<KW, BN, NWG>(); }
 
-template <class T, int KW, int BN, int NWG, bool SPLIT, bool AREG, bool SWZ>
-__global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, bool vec) {
+// PERSIST (k <= 2 BN, AREG, at least two point tiles per problem): each block takes
+// tiles_per_block consecutive point tiles, two of them in flight while one is multiplied (a
+// tile's slot is free once its fragments are in registers); a problem's centroids stay in one
+// stage pair. For small k, where a block's work is one or two products, this hides the load
+// latency that a block per tile pays in full.
+template <class T, int KW, int BN, int NWG, bool SPLIT, bool AREG, bool SWZ, bool PERSIST = false>
+__global__ void __launch_bounds__(NWG * 128, (min_blocks_for<KW, BN, NWG, PERSIST>()))
+    assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, int64_t tiles_per_block, bool vec) {
+    static_assert(!PERSIST || AREG, "PERSIST reloads the point tile while the products read the registers");
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); // built for sm_90a only; the host never launches it elsewhere
 #else
@@ -161,16 +172,18 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     T* As = reinterpret_cast<T*>(smem + ((1024 - (sbase & 1023)) & 1023)); // (BM, KW) points, resident
-    T* Bs = As + BM * KW;                                              // (kStages, BN, KW) centroids
+    T* Bs = As + (PERSIST ? 2 : 1) * BM * KW;                          // (kStages, BN, KW) centroids
     float* Ns = reinterpret_cast<float*>(Bs + kStages * BN * KW);      // (kStages, BN) penalties
 
-    const int64_t b = blockIdx.x / tiles_per_problem;
-    const int64_t m0 = (blockIdx.x % tiles_per_problem) * BM;
     const int64_t n = a.n, k = a.k;
     const int64_t width = SPLIT ? 2 * a.dsplit : a.d;
-    const T* x = static_cast<const T*>(SPLIT ? a.xsplit : a.x) + b * n * width;
-    const T* c = static_cast<const T*>(SPLIT ? a.csplit : a.centroids) + b * k * width;
-    const float* cn = a.cnorm + b * k;
+    const T* x0 = static_cast<const T*>(SPLIT ? a.xsplit : a.x);
+    const T* c0 = static_cast<const T*>(SPLIT ? a.csplit : a.centroids);
+    // Point tiles [g, g_end) of this block, tile g = (problem b, rows from m0).
+    int64_t g = int64_t(blockIdx.x) * tiles_per_block;
+    const int64_t g_end = min(g + tiles_per_block, a.batch * tiles_per_problem);
+    if (g >= g_end) return;
+    int64_t b = g / tiles_per_problem, m0 = (g % tiles_per_problem) * BM;
     const bool l2 = a.metric == Metric::L2;
     const float scale = l2 ? -2.f : -1.f;
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
@@ -184,8 +197,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
     // %tid.x per tile: kept live across the loop they would cost registers the accumulators need.
     constexpr int CPR = KW / 8, RP = NT / CPR;
     const bool fast_rows = vec && width == KW;
-    auto load_centroids = [&](int64_t j) {
-        const int st = int(j % kStages);
+    // Tile j of problem pb into stage st.
+    auto load_centroids = [&](int st, int64_t j, int64_t pb) {
+        const T* c = c0 + pb * k * width;
+        const float* cn = a.cnorm + pb * k;
         T* dst = Bs + st * BN * KW;
         if constexpr (SWZ && NT % CPR == 0 && RP % 8 == 0) {
             if (fast_rows && (j + 1) * BN <= k) {
@@ -212,31 +227,71 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
         }
     };
 
+    // The point tile from row r0 of problem pb. A whole tile of KW-wide rows takes the fast
+    // path: in the core-matrix layout chunk q of the tile lands at element 8 q, and a thread's
+    // chunks are NT apart in both the tile and global memory.
+    auto load_points = [&](T* As, int64_t pb, int64_t r0) {
+        const T* x = x0 + pb * n * width;
+        if constexpr ((8 * CPR) <= NT && NT % (8 * CPR) == 0) {
+            if (fast_rows && r0 + BM <= n) {
+                const int t = volatile_tid();
+                const T* src = x + (r0 + (t / (8 * CPR)) * 8 + t % 8) * KW + ((t / 8) % CPR) * 8;
+#pragma unroll
+                for (int u = 0; u < BM * CPR / NT; u++) cp_async16(As + (t + u * NT) * 8, src + u * NT * 8);
+                return;
+            }
+        }
+        load_tile<T, KW, NT>(As, x, n, width, r0, BM, vec);
+    };
+
     const int64_t ntiles = (k + BN - 1) / BN;
-    load_tile<T, KW, NT>(As, x, n, width, m0, BM, vec);
-    load_centroids(0);
-    if (ntiles > 1) load_centroids(1);
+    // Tile g's problem and first row; PERSIST: its point slot (g % 2) and the stage pair of
+    // its problem's centroids (problem % 2: with at least two tiles per problem, the tiles in
+    // flight at once, g to g + 2, span at most two problems).
+    // (problem, first row) of tiles g + 1 and g + 2, advanced without 64-bit divisions.
+    auto advance = [&](int64_t& pb, int64_t& r0) {
+        r0 += BM;
+        if (r0 >= n) r0 = 0, pb++;
+    };
+    int64_t b1 = b, r1 = m0, b2, r2;
+    advance(b1, r1);
+    b2 = b1, r2 = r1;
+    advance(b2, r2);
+    auto slot = [&](int64_t t) { return As + (PERSIST ? int(t % 2) : 0) * BM * KW; };
+    int pair = PERSIST ? int(b % 2) : 0;
+    auto stage = [&](int64_t j) { return int((j + 2 * pair) % kStages); };
+    auto load_problem = [&](int64_t pb) { // all of a problem's centroids (PERSIST: k <= 2 BN)
+        load_centroids(2 * int(pb % 2), 0, pb);
+        if (ntiles > 1) load_centroids(2 * int(pb % 2) + 1, 1, pb);
+    };
+    load_points(slot(g), b, m0);
+    load_centroids(stage(0), 0, b);
+    if (ntiles > 1) load_centroids(stage(1), 1, b);
     cp_async_commit();
-    cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
+    if constexpr (PERSIST) { // the second tile in flight from the start
+        if (g + 1 < g_end) {
+            load_points(slot(g + 1), b1, r1);
+            if (b1 != b) load_problem(b1);
+        }
+        cp_async_commit();
+    }
 
     // AREG: fragments of k-step s (hi part; SPLIT: lo part at KSTEPS + s). Lane l addresses row
     // l % 8 of 8 x 8 matrix l / 8: rows +8 for odd matrices, k +8 for matrices 2 and 3.
     constexpr int NFRAG = AREG ? (SPLIT ? 2 : 1) * KSTEPS : 1;
     uint32_t afrag[NFRAG][4];
-    if constexpr (AREG) {
+    auto load_fragments = [&](const T* As) {
         const int row = wg * 64 + warp * 16 + ((lane / 8) % 2) * 8 + lane % 8;
 #pragma unroll
         for (int f = 0; f < NFRAG; f++) {
             const int kc = (f % KSTEPS) * 2 + lane / 16 + (f / KSTEPS) * (KW / 16);
             ldmatrix_x4(afrag[f], As + ((row / 8) * (KW / 8) + kc) * 64 + (row % 8) * 8);
         }
-    }
+    };
 
-    const uint64_t a_desc = make_desc(As + wg * 64 * KW, SBO);
+    const uint64_t a_desc = make_desc(As + wg * 64 * KW, SBO); // (not PERSIST: one slot)
     auto issue = [&](float (&acc)[NACC], int64_t j) {
-        const T* bt = Bs + (j % kStages) * BN * KW;
+        const T* bt = Bs + stage(j) * BN * KW;
         const uint64_t b_desc = SWZ ? make_desc_swizzled(bt) : make_desc(bt, SBO);
         // Descriptor offset (16-byte units) of B's k-step at column kcol.
         auto b_off = [](int kcol) -> uint64_t {
@@ -276,7 +331,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
     // that finds its first column. Columns reach a thread in increasing order and a tile
     // replaces the minimum only when strictly smaller, so ties go to the lowest index.
     auto epilogue = [&](float (&acc)[NACC], int64_t j) {
-        const float* ns = Ns + (j % kStages) * BN + (lane % 4) * 2;
+        const float* ns = Ns + stage(j) * BN + (lane % 4) * 2;
         auto value = [&](int i, int h, int e, float2 p) { return fmaf(scale, acc[4 * i + 2 * h + e], e ? p.y : p.x); };
         constexpr int CH = 4;
         float m1[2][CH], m2[2][CH];
@@ -333,90 +388,148 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG>())) assign
 #pragma unroll
     for (int i = 0; i < NACC; i++) acc0[i] = acc1[i] = 0.f;
     auto prefetch = [&](int64_t j) { // tiles past the last are never read: not loaded
-        if (j + 2 < ntiles) load_centroids(j + 2);
-        if (j + 3 < ntiles) load_centroids(j + 3);
+        if (j + 2 < ntiles) load_centroids(stage(j + 2), j + 2, b);
+        if (j + 3 < ntiles) load_centroids(stage(j + 3), j + 3, b);
         cp_async_commit();
     };
-    for (int64_t j = 0; j < ntiles; j += 2) {
-        cp_async_wait<0>(); // this pair landed
+    for (;;) { // point tiles (one unless PERSIST)
+        if constexpr (PERSIST)
+            cp_async_wait<1>(); // tile g and its centroids landed (tile g + 1 may be in flight)
+        else
+            cp_async_wait<0>(); // the point tile and the first pair landed
         fence_proxy_async();
-        __syncthreads(); // ... for every thread; every warpgroup is done with the previous pair
-        if (j + 1 < ntiles) {
-            issue(acc0, j);
-            issue(acc1, j + 1);
-            wgmma_wait<1>();
-            fence_operands(acc0);
-            epilogue(acc0, j);
-            prefetch(j); // acc0 is dead here: the loads' registers do not compete with it
-            wgmma_wait<0>();
-            fence_operands(acc1);
-            epilogue(acc1, j + 1);
-        } else {
-            issue(acc0, j);
-            prefetch(j);
-            wgmma_wait<0>();
-            fence_operands(acc0);
-            epilogue(acc0, j);
+        __syncthreads();
+        if constexpr (AREG) load_fragments(slot(g));
+        // PERSIST: ||x||^2 of this thread's two rows read now, its latency hidden behind the
+        // products (a block-per-tile kernel reads it at the end: two registers fewer in the loop).
+        auto xnorm_of = [&](int h) {
+            const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
+            return row < n ? a.xnorm[b * n + row] : 0.f;
+        };
+        float xn[2] = {0.f, 0.f};
+        if constexpr (PERSIST) xn[0] = xnorm_of(0), xn[1] = xnorm_of(1);
+        if constexpr (PERSIST) {
+            __syncthreads(); // every warp has its fragments: slot g % 2 is free for tile g + 2
+            if (g + 2 < g_end) {
+                load_points(slot(g + 2), b2, r2);
+                if (b2 != b1) load_problem(b2);
+            }
+            cp_async_commit(); // one group per tile, empty or not: the wait above counts on it
         }
-    }
-    cp_async_wait<0>();
+        for (int64_t j = 0; j < ntiles; j += 2) {
+            if (j > 0) {
+                cp_async_wait<0>(); // this pair landed
+                fence_proxy_async();
+                __syncthreads(); // ... for every thread; every warpgroup is done with the previous pair
+            }
+            if (j + 1 < ntiles) {
+                issue(acc0, j);
+                issue(acc1, j + 1);
+                wgmma_wait<1>();
+                fence_operands(acc0);
+                epilogue(acc0, j);
+                if constexpr (!PERSIST) prefetch(j); // acc0 is dead here: its registers are free
+                wgmma_wait<0>();
+                fence_operands(acc1);
+                epilogue(acc1, j + 1);
+            } else {
+                issue(acc0, j);
+                if constexpr (!PERSIST) prefetch(j);
+                wgmma_wait<0>();
+                fence_operands(acc0);
+                epilogue(acc0, j);
+            }
+        }
 
-    // Merge (best, second) pairs over the 4 lanes of a quad (a row's columns are spread over them).
-    auto merge_pair = [](Best& b, float& sec, float ov, int oi, float os) {
-        if (before(ov, oi, b)) {
-            sec = fminf(os, b.v);
-            b = {ov, oi};
-        } else {
-            sec = fminf(sec, ov);
-        }
-    };
-    Best bestr[2];
-    float secondr[2];
+        // Merge (best, second) pairs over the 4 lanes of a quad (a row's columns are spread over them).
+        auto merge_pair = [](Best& b, float& sec, float ov, int oi, float os) {
+            if (before(ov, oi, b)) {
+                sec = fminf(os, b.v);
+                b = {ov, oi};
+            } else {
+                sec = fminf(sec, ov);
+            }
+        };
+        Best bestr[2];
+        float secondr[2];
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        bestr[h] = best[h];
-        secondr[h] = second[h];
+        for (int h = 0; h < 2; h++) {
+            bestr[h] = best[h];
+            secondr[h] = second[h];
 #pragma unroll
-        for (int off = 1; off < 4; off <<= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bestr[h].v, off);
-            const int oi = __shfl_xor_sync(0xffffffffu, bestr[h].i, off);
-            const float os = __shfl_xor_sync(0xffffffffu, secondr[h], off);
-            merge_pair(bestr[h], secondr[h], ov, oi, os);
-        }
-        const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
-        if (lane % 4 == 0 && row < n) {
-            const int64_t o = b * n + row;
-            a.labels[o] = bestr[h].i;
-            a.distances[o] = l2 ? fmaxf(a.xnorm[o] + bestr[h].v, 0.f) : -bestr[h].v;
-            if (SPLIT && a.recheck_list) {
-                // |computed - exact| of one value <= vs * eps * ||x|| * max ||c||, for our
-                // products (dropped lo.lo and residuals: 4 * 2^-18; accumulation: 2^-21 per
-                // k16 wgmma step, a generous model of truncating fp32 accumulation) and for
-                // fp32 FMA (d * 2^-24), both measured against exact arithmetic. A gap of more
-                // than twice that makes both agree on the argmin.
-                const float eps = 1.05f * (4.f * 0x1p-18f + float(3 * KSTEPS) * 0x1p-21f + float(a.d) * 0x1p-24f);
-                const float bound = (l2 ? 2.f : 1.f) * eps * sqrtf(a.xnorm[o]) * a.cmax[b] + 1e-30f;
-                if (!(secondr[h] - bestr[h].v > 2.f * bound)) {
-                    const uint32_t pos = atomicAdd(a.recheck_count + b, 1u);
-                    a.recheck_list[b * n + pos] = uint32_t(row);
+            for (int off = 1; off < 4; off <<= 1) {
+                const float ov = __shfl_xor_sync(0xffffffffu, bestr[h].v, off);
+                const int oi = __shfl_xor_sync(0xffffffffu, bestr[h].i, off);
+                const float os = __shfl_xor_sync(0xffffffffu, secondr[h], off);
+                merge_pair(bestr[h], secondr[h], ov, oi, os);
+            }
+            const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
+            if (lane % 4 == 0 && row < n) {
+                const int64_t o = b * n + row;
+                if constexpr (!PERSIST) xn[h] = xnorm_of(h);
+                a.labels[o] = bestr[h].i;
+                a.distances[o] = l2 ? fmaxf(xn[h] + bestr[h].v, 0.f) : -bestr[h].v;
+                if (SPLIT && a.recheck_list) {
+                    // |computed - exact| of one value <= vs * eps * ||x|| * max ||c||, for our
+                    // products (dropped lo.lo and residuals: 4 * 2^-18; accumulation: 2^-21 per
+                    // k16 wgmma step, a generous model of truncating fp32 accumulation) and for
+                    // fp32 FMA (d * 2^-24), both measured against exact arithmetic. A gap of more
+                    // than twice that makes both agree on the argmin.
+                    const float eps = 1.05f * (4.f * 0x1p-18f + float(3 * KSTEPS) * 0x1p-21f + float(a.d) * 0x1p-24f);
+                    const float bound = (l2 ? 2.f : 1.f) * eps * sqrtf(xn[h]) * a.cmax[b] + 1e-30f;
+                    if (!(secondr[h] - bestr[h].v > 2.f * bound)) {
+                        const uint32_t pos = atomicAdd(a.recheck_count + b, 1u);
+                        a.recheck_list[b * n + pos] = uint32_t(row);
+                    }
                 }
             }
         }
+        if constexpr (PERSIST) {
+            if (++g >= g_end) break;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                best[h] = best_init();
+                second[h] = FLT_MAX;
+            }
+            b = b1, m0 = r1;
+            b1 = b2, r1 = r2;
+            advance(b2, r2);
+            pair = int(b % 2);
+        } else {
+            break;
+        }
     }
+    cp_async_wait<0>();
 #endif
 }
 
-template <class T, int KW, int BN, bool SPLIT, bool AREG, bool SWZ = false, int NWG = 2>
+int sm_count() {
+    int dev = 0, sms = 0;
+    FLASH_CUDA_CHECK(cudaGetDevice(&dev));
+    FLASH_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+}
+
+template <class T, int KW, int BN, bool SPLIT, bool AREG, bool SWZ = false, int NWG = 2, bool PERSIST = false>
 void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     constexpr int BM = NWG * 64;
-    constexpr size_t smem = smem_bytes<T, KW, BN, NWG>();
+    constexpr size_t smem = smem_bytes<T, KW, BN, NWG, PERSIST>();
     static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
-    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, SPLIT, AREG, SWZ>;
+    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, SPLIT, AREG, SWZ, PERSIST>;
     set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
     const int64_t tiles = (a.n + BM - 1) / BM;
-    const int64_t blocks = tiles * a.batch;
+    const int64_t total = tiles * a.batch;
+    // PERSIST: as many blocks as fit on the chip at once, consecutive tiles each.
+    int64_t per_block = 1;
+    if constexpr (PERSIST) {
+        int fit = 0;
+        FLASH_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, NWG * 128, smem));
+        const int64_t slots = int64_t(std::max(fit, 1)) * sm_count();
+        per_block = (total + slots - 1) / slots;
+    }
+    const int64_t blocks = (total + per_block - 1) / per_block;
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-    kernel<<<unsigned(blocks), NWG * 128, smem, stream>>>(a, tiles, vec);
+    kernel<<<unsigned(blocks), NWG * 128, smem, stream>>>(a, tiles, per_block, vec);
 }
 
 // The closed set of configurations, variant 0 = the heuristic's choice:
@@ -424,7 +537,8 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
 //   1: the same without swizzle; 2: A from shared memory, same tile; 3: A from shared memory,
 //   BN = 64 (less shared memory) where rows are narrower than 256; 4: three warpgroups (192
 //   points per block: a third less centroid traffic from L2 per product), swizzled BN = 64;
-//   5: as 4 with two warpgroups.
+//   5: as 4 with two warpgroups; 6: as 5, persistent over point tiles with the centroids
+//   resident, for k <= 128 and at least two point tiles per problem (else as 5).
 // KW = padded width of a shared-memory row (d, or 2 * dsplit for split fp32).
 template <class T, int KW, bool SPLIT>
 void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
@@ -438,6 +552,8 @@ void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t strea
         else if (variant == 2) launch_config<T, KW, 128, SPLIT, false>(a, vec, stream);
         else if (variant == 3) launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
         else if (variant == 4) launch_config<T, KW, 64, SPLIT, true, true, 3>(a, vec, stream);
+        else if (variant == 6 && !SPLIT && a.k <= 128 && a.n > 128) // (PERSIST = !SPLIT: no split instantiation)
+            launch_config<T, KW, 64, SPLIT, true, true, 2, !SPLIT>(a, vec, stream);
         else launch_config<T, KW, 64, SPLIT, true, true, 2>(a, vec, stream);
     }
 }
@@ -467,7 +583,7 @@ bool wgmma_supported(const AssignArgs& a) {
 
 int assign_wgmma_variants(const AssignArgs& a) {
     const int64_t kw = a.dtype == DType::F32 ? 2 * split_fp32_width(a.d) : (a.d <= 64 ? 64 : a.d <= 128 ? 128 : 256);
-    return kw == 256 ? 3 : 6;
+    return kw == 256 ? 3 : (a.dtype == DType::F32 ? 6 : 7);
 }
 
 void launch_assign_wgmma(const AssignArgs& a, int variant, cudaStream_t stream) {

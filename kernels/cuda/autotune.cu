@@ -1,8 +1,8 @@
 // Kernel-configuration choice for the assignment: a heuristic by default; with
 // FLASH_AUTOTUNE=1 each configuration is timed once per (GPU, dtype, shape bucket) and the
-// winner is cached on disk ($FLASH_CACHE_DIR or ~/.cache/faiss-flash/autotune-v3.txt), so
+// winner is cached on disk ($FLASH_CACHE_DIR or ~/.cache/faiss-flash/autotune-v4.txt), so
 // later runs and processes pay nothing (the name carries a version, bumped when the kernels
-// change: v3 = wgmma tiles in pairs). FLASH_ASSIGN_VARIANT=i forces configuration i.
+// change: v3 = wgmma tiles in pairs, v4 = lean fold and the persistent small-k variant). FLASH_ASSIGN_VARIANT=i forces configuration i.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,12 +30,12 @@ int pow2_bucket(int64_t v) {
 }
 
 std::string cache_path() {
-    if (const char* dir = std::getenv("FLASH_CACHE_DIR")) return std::string(dir) + "/autotune-v3.txt";
+    if (const char* dir = std::getenv("FLASH_CACHE_DIR")) return std::string(dir) + "/autotune-v4.txt";
     const char* home = std::getenv("HOME");
     const std::string dir = std::string(home ? home : "/tmp") + "/.cache/faiss-flash";
     mkdir((std::string(home ? home : "/tmp") + "/.cache").c_str(), 0755);
     mkdir(dir.c_str(), 0755);
-    return dir + "/autotune-v3.txt";
+    return dir + "/autotune-v4.txt";
 }
 
 struct Cache {
@@ -78,7 +78,8 @@ float time_variant(const AssignArgs& a, int v, cudaStream_t s) {
 // and 256-wide rows variant 0 (the widest tile) won. Elsewhere (no wgmma) variant 0 is the
 // first mma.sync / FMA configuration.
 int heuristic_variant(const AssignArgs& a) {
-    if (a.dtype != DType::F32 && a.d <= 128 && wgmma_supported(a) && assign_wgmma_variants(a) > 5) return 5;
+    if (a.dtype != DType::F32 && a.d <= 128 && wgmma_supported(a) && assign_wgmma_variants(a) > 6)
+        return a.k <= 128 ? 6 : 5;
     return 0;
 }
 

@@ -31,9 +31,11 @@ int64_t tile_for(int64_t k, int64_t rows) {
     if (rows <= kSmallRows && k <= 4096) return 256;
     return 32 * std::clamp<int64_t>((k + 127) / 128, 32, 256);
 }
-// Warps (tiles) per block of the histogram and scatter kernels: 64 KiB of counters at most.
-int warps_for(int64_t k) {
-    return int(std::clamp<int64_t>(65536 / (4 * k), 1, 8));
+// Warps (tiles) per block of the histogram and scatter kernels: 64 KiB of counters at most,
+// and at least 256 blocks while there are tiles for them (a warp's tile is a chain of
+// dependent rounds: few tiles spread over the chip rather than packed on a few SMs).
+int warps_for(int64_t k, int64_t total_tiles) {
+    return int(std::clamp<int64_t>(std::min(65536 / (4 * k), total_tiles / 256), 1, 8));
 }
 int64_t ceil_div(int64_t a, int64_t b) {
     return (a + b - 1) / b;
@@ -405,7 +407,7 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
         if (hist_len > kSmallScan)
             FLASH_CUDA_CHECK(
                 cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes_, hist_.get(), hist_.get(), hist_len, stream));
-        const size_t smem = size_t(warps_for(k)) * k * 4; // per-warp counters
+        const size_t smem = size_t(warps_for(k, batch * ceil_div(n, tile_))) * k * 4; // per-warp counters
         set_max_dynamic_smem(reinterpret_cast<const void*>(tile_histogram), smem);
         set_max_dynamic_smem(reinterpret_cast<const void*>(tile_scatter), smem);
     } else {
@@ -460,7 +462,7 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
     const int64_t total = batch_ * rows, clusters = batch_ * k_;
     if (counting_) {
         const int64_t tiles = ceil_div(rows, tile_), total_tiles = batch_ * tiles, len = clusters * tiles;
-        const int warps = warps_for(k_);
+        const int warps = warps_for(k_, total_tiles);
         const size_t smem = size_t(warps) * k_ * 4;
         tile_histogram<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(labels, n_, rows, k_, tile_, tiles,
                                                                                      total_tiles, hist_.get());

@@ -173,7 +173,7 @@ TEST(CudaEngine, AllKernelVariantsExactOnIntegerData) {
                             want[b * n + i] = arg;
                             want_d[b * n + i] = float(m == flash::Metric::L2 ? best : -best);
                         }
-                    for (int variant = 0; variant < 8; variant++) {
+                    for (int variant = 0; variant < 12; variant++) { // clamped to the last one
                         SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d) + " k=" +
                                      std::to_string(k) + " metric=" + std::to_string(int(m)) +
                                      " variant=" + std::to_string(variant));
@@ -197,6 +197,37 @@ flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
     o.niter = niter;
     o.backend = b;
     return o;
+}
+
+// The persistent small-k kernel (wgmma variant 6) walks several point tiles per block, loads
+// the next tile during the products and switches problems inside a block: it must give the
+// same bits as the block-per-tile kernel (variant 5), tails and unaligned widths included.
+TEST(CudaEngine, PersistentSmallKMatchesPerTileKernel) {
+    REQUIRE_GPU();
+    std::mt19937 rng(77);
+    std::normal_distribution<float> val(0.f, 1.f);
+    for (auto t : {flash::DType::F16, flash::DType::BF16})
+        for (int64_t d : {64, 100, 128})
+            for (int64_t k : {5, 64, 100, 128}) {
+                const int64_t B = 3, n = 40037;
+                SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d) + " k=" + std::to_string(k));
+                std::vector<uint16_t> xh(B * n * d);
+                for (auto& v : xh) v = t == flash::DType::F16 ? to_half(val(rng)) : to_bf16(val(rng));
+                std::vector<float> c(B * k * d);
+                for (auto& v : c) v = val(rng);
+                std::vector<int64_t> lab[2];
+                std::vector<float> dis[2];
+                for (int r = 0; r < 2; r++) {
+                    setenv("FLASH_ASSIGN_VARIANT", r == 0 ? "5" : "6", 1);
+                    lab[r].resize(B * n);
+                    dis[r].resize(B * n);
+                    flash::assign_nearest(host_points(xh.data(), n, d, t, B), c.data(), k, flash::Metric::L2,
+                                          lab[r].data(), dis[r].data(), flash::Backend::CUDA);
+                    unsetenv("FLASH_ASSIGN_VARIANT");
+                }
+                ASSERT_EQ(lab[0], lab[1]);
+                ASSERT_EQ(0, std::memcmp(dis[0].data(), dis[1].data(), sizeof(float) * B * n));
+            }
 }
 
 // Small shapes through every kernel family (wgmma fp16 / bf16 / split fp32 with its re-check,
