@@ -10,7 +10,8 @@
 #                          # phases and the peers (no other suites, no sanitizers).
 #   scripts/gpu.sh scale   # host data larger than the GPU (issue 5): bench_scale on N = 32M and
 #                          # 200M (SCALE_N), d = 128, fp32 and fp16, K = 4096 and 16384, beside
-#                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host.
+#                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host;
+#                          # SCALE_TYPES="f16" for a subset of f32, f16, f32:f16.
 #   scripts/gpu.sh multi   # several GPUs (issue 6): sharded tests on every visible GPU, 1 vs all
 #                          # GPUs at N = 200M K = 16384 (host and resident), MPI one rank per GPU.
 # Logs and CSVs go to $OUT (or ./gpu-out), also packed as logs.tar.gz.
@@ -60,7 +61,7 @@ scale() {
   free -g | head -2
   status=0
   for n in ${SCALE_N:-32000000 200000000}; do
-    for t in f32 f16 f32:f16; do # f32:f16 = fp32 host points converted once to fp16 (transfer_dtype)
+    for t in ${SCALE_TYPES:-f32 f16 f32:f16}; do # f32:f16 = fp32 host points converted once to fp16 (transfer_dtype)
       dt=${t%%:*} tr=${t#*:}; [ "$tr" = "$t" ] && tr= ; tag=${t/:/_to_}
       "$bin/bench_scale" --n "$n" --dtype $dt ${tr:+--transfer $tr} --k ${SCALE_K:-4096,16384} --niter ${SCALE_NITER:-3} \
         --devices 0 --streaming ${SCALE_MODES:-auto} --csv "$out/scale_${n}_$tag.csv" 2>&1 | tee "$out/scale_${n}_$tag.log" || status=1

@@ -278,6 +278,29 @@ __global__ void iteration_stats(const double* partial, int64_t nchunks, const ui
     }
 }
 
+// Block b, n <= kStatsChunk: both steps in one launch. The partial is summed exactly as
+// objective_partials sums it, and the final tree over [partial, 0, 0, ...] returns it
+// unchanged, as iteration_stats does: the same bits.
+__global__ void iteration_stats_one_chunk(const float* dist, int64_t n, const uint32_t* sizes, int64_t k, double* obj,
+                                          double* imbalance) {
+    __shared__ double sh[256];
+    const int64_t b = blockIdx.x;
+    double o = 0, h1 = 0, h2 = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o += dist[b * n + i];
+    o = block_sum(o, sh);
+    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
+        const double h = sizes[b * k + c];
+        h1 += h;
+        h2 += h * h;
+    }
+    h1 = block_sum(h1, sh);
+    h2 = block_sum(h2, sh);
+    if (threadIdx.x == 0) {
+        obj[b] = o;
+        imbalance[b] = h2 * double(k) / (h1 * h1);
+    }
+}
+
 __global__ void check_finite(const void* x, DType dtype, int64_t count, int* flag) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
         if (!isfinite(load_as_float(x, dtype, i))) {
@@ -355,6 +378,11 @@ int64_t stats_workspace_size(int64_t batch, int64_t n) { return batch * ((n + kS
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
                             double* workspace, double* obj, double* imbalance, cudaStream_t s) {
     const int64_t nchunks = (n + kStatsChunk - 1) / kStatsChunk;
+    if (nchunks == 1) {
+        iteration_stats_one_chunk<<<unsigned(batch), 256, 0, s>>>(dist, n, sizes, k, obj, imbalance);
+        FLASH_LAUNCH_CHECK("iteration_stats_one_chunk");
+        return;
+    }
     objective_partials<<<unsigned(nchunks * batch), 256, 0, s>>>(dist, n, nchunks, workspace);
     FLASH_LAUNCH_CHECK("objective_partials");
     iteration_stats<<<unsigned(batch), 256, 0, s>>>(workspace, nchunks, sizes, k, obj, imbalance);
