@@ -230,25 +230,25 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks_for<KW, BN, NWG, PERSIS
     // The point tile from row r0 of problem pb. A whole tile of KW-wide rows takes the fast
     // path: in the core-matrix layout chunk q of the tile lands at element 8 q, and a thread's
     // chunks are NT apart in both the tile and global memory.
-    auto load_points = [&](T* As, int64_t pb, int64_t r0) {
+    auto load_points = [&](T* dst, int64_t pb, int64_t r0) {
         const T* x = x0 + pb * n * width;
         if constexpr ((8 * CPR) <= NT && NT % (8 * CPR) == 0) {
             if (fast_rows && r0 + BM <= n) {
                 const int t = volatile_tid();
                 const T* src = x + (r0 + (t / (8 * CPR)) * 8 + t % 8) * KW + ((t / 8) % CPR) * 8;
 #pragma unroll
-                for (int u = 0; u < BM * CPR / NT; u++) cp_async16(As + (t + u * NT) * 8, src + u * NT * 8);
+                for (int u = 0; u < BM * CPR / NT; u++) cp_async16(dst + (t + u * NT) * 8, src + u * NT * 8);
                 return;
             }
         }
-        load_tile<T, KW, NT>(As, x, n, width, r0, BM, vec);
+        load_tile<T, KW, NT>(dst, x, n, width, r0, BM, vec);
     };
 
     const int64_t ntiles = (k + BN - 1) / BN;
-    // Tile g's problem and first row; PERSIST: its point slot (g % 2) and the stage pair of
-    // its problem's centroids (problem % 2: with at least two tiles per problem, the tiles in
-    // flight at once, g to g + 2, span at most two problems).
-    // (problem, first row) of tiles g + 1 and g + 2, advanced without 64-bit divisions.
+    // PERSIST: tile t's points go to slot t % 2 and its problem's centroids to stage pair
+    // problem % 2 (with at least two tiles per problem, the tiles in flight at once, g to g + 2,
+    // span at most two problems). (b1, r1) and (b2, r2): problem and first row of tiles g + 1
+    // and g + 2, advanced without 64-bit divisions.
     auto advance = [&](int64_t& pb, int64_t& r0) {
         r0 += BM;
         if (r0 >= n) r0 = 0, pb++;
@@ -280,12 +280,12 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks_for<KW, BN, NWG, PERSIS
     // l % 8 of 8 x 8 matrix l / 8: rows +8 for odd matrices, k +8 for matrices 2 and 3.
     constexpr int NFRAG = AREG ? (SPLIT ? 2 : 1) * KSTEPS : 1;
     uint32_t afrag[NFRAG][4];
-    auto load_fragments = [&](const T* As) {
+    auto load_fragments = [&](const T* tile) {
         const int row = wg * 64 + warp * 16 + ((lane / 8) % 2) * 8 + lane % 8;
 #pragma unroll
         for (int f = 0; f < NFRAG; f++) {
             const int kc = (f % KSTEPS) * 2 + lane / 16 + (f / KSTEPS) * (KW / 16);
-            ldmatrix_x4(afrag[f], As + ((row / 8) * (KW / 8) + kc) * 64 + (row % 8) * 8);
+            ldmatrix_x4(afrag[f], tile + ((row / 8) * (KW / 8) + kc) * 64 + (row % 8) * 8);
         }
     };
 
