@@ -48,29 +48,6 @@ std::string gib(double bytes) {
     return buf;
 }
 
-// Pinned host memory, freed on destruction.
-class PinnedBuffer {
-  public:
-    PinnedBuffer() = default;
-    ~PinnedBuffer() {
-        if (ptr_) cudaFreeHost(ptr_);
-    }
-    PinnedBuffer(const PinnedBuffer&) = delete;
-    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-    void allocate(size_t bytes, const char* name) {
-        if (cudaHostAlloc(&ptr_, bytes, cudaHostAllocPortable) != cudaSuccess) {
-            (void)cudaGetLastError();
-            ptr_ = nullptr;
-            throw std::runtime_error("faiss-flash: cannot allocate " + std::to_string(bytes) +
-                                     " bytes of pinned host memory for " + name);
-        }
-    }
-    void* get() const { return ptr_; }
-
-  private:
-    void* ptr_ = nullptr;
-};
-
 // Pins a range of the caller's pageable memory (whole pages) while alive; ok() is false when
 // the driver refused (the run then stages its copies instead).
 class HostRegistration {

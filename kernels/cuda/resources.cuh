@@ -1,5 +1,5 @@
 // RAII device resources shared by the CUDA engine's drivers: the current device for a
-// scope, streams, events, and the buffers of the tensor-core fp32 path.
+// scope, pinned host buffers, streams, events, and the buffers of the tensor-core fp32 path.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,29 @@ class DeviceScope {
 
   private:
     int previous_ = 0;
+};
+
+// Pinned host memory, freed on destruction.
+class PinnedBuffer {
+  public:
+    PinnedBuffer() = default;
+    ~PinnedBuffer() {
+        if (ptr_) cudaFreeHost(ptr_);
+    }
+    PinnedBuffer(const PinnedBuffer&) = delete;
+    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+    void allocate(size_t bytes, const char* name) {
+        if (cudaHostAlloc(&ptr_, bytes, cudaHostAllocPortable) != cudaSuccess) {
+            (void)cudaGetLastError();
+            ptr_ = nullptr;
+            throw std::runtime_error("faiss-flash: cannot allocate " + std::to_string(bytes) +
+                                     " bytes of pinned host memory for " + name);
+        }
+    }
+    void* get() const { return ptr_; }
+
+  private:
+    void* ptr_ = nullptr;
 };
 
 class Stream {

@@ -407,6 +407,28 @@ TEST(CudaEngine, DeviceResidentInputAndNanCheck) {
     cudaFree(dx);
 }
 
+// Host points above the staging threshold go up through pinned buffers in 32 MiB pieces (here
+// four, the last one partial, so both buffers are reused): the same bits as a plain upload.
+TEST(CudaEngine, StagedUploadGivesTheSameBits) {
+    REQUIRE_GPU();
+    const int64_t n = 200037, d = 128, k = 50;
+    const auto x = flash_test::gaussian_mixture(n, d, 20, 31);
+    std::vector<uint16_t> xh(x.size());
+    for (size_t i = 0; i < x.size(); i++) xh[i] = to_half(x[i]);
+    for (auto t : {flash::DType::F32, flash::DType::F16}) {
+        SCOPED_TRACE("dtype=" + std::to_string(int(t)));
+        const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
+        std::vector<float> c[2];
+        for (int staged = 0; staged < 2; staged++) {
+            setenv("FLASH_CUDA_STAGED_UPLOAD", staged ? "1" : "0", 1);
+            c[staged].assign(x.begin(), x.begin() + k * d);
+            flash::run_lloyd(host_points(data, n, d, t), c[staged].data(), options(k, 2, flash::Backend::CUDA));
+        }
+        unsetenv("FLASH_CUDA_STAGED_UPLOAD");
+        EXPECT_EQ(c[0], c[1]);
+    }
+}
+
 TEST(CudaEngine, OutOfMemoryIsAClearError) {
     REQUIRE_GPU();
     try {
