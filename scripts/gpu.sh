@@ -176,16 +176,19 @@ ours = {r["config"]: r for r in csv.DictReader(open(sys.argv[1]))}
 peers = {r["config"]: r for r in csv.DictReader(open(sys.argv[2]))}
 # Steady state: our iter_ms vs the peer's marginal iteration; per call: our call_ms (whole call
 # / niter, setup included) vs the peer's whole call / niter.
-# "fk best": the peer's fastest steady-state repeat (its iterations follow the host's state).
+# "fk best": the peer's fastest steady-state repeat (its iterations follow the host's state);
+# "fk fit": the slope of its call time over 5 to 40 iterations (median over repeats).
 print(f"{'config':24s} {'ours iter':>9s} {'TFLOP/s':>8s} {'fk iter':>8s} {'speedup':>8s} {'fk best':>8s} "
-      f"{'speedup':>8s} {'ours call':>9s} {'fk call':>8s} {'speedup':>8s} {'dense torch':>11s}")
+      f"{'speedup':>8s} {'fk fit':>8s} {'speedup':>8s} {'ours call':>9s} {'fk call':>8s} {'speedup':>8s} "
+      f"{'dense torch':>11s}")
 for n, r in ours.items():
     p = peers.get(n, {})
     fk = float(p.get("flash_kmeans_ms", "nan")); fki = float(p.get("flash_kmeans_iter_ms", "nan"))
     fkb = float(p.get("flash_kmeans_iter_min_ms", "nan")); dt = float(p.get("dense_torch_ms", "nan"))
+    fkf = float(p.get("flash_kmeans_iter_fit_ms", "nan"))
     o, oc = float(r["iter_ms"]), float(r["call_ms"])
     print(f"{n:24s} {o:9.3f} {float(r['tflops']):8.1f} {fki:8.3f} {fki / o:7.2f}x {fkb:8.3f} {fkb / o:7.2f}x "
-          f"{oc:9.3f} {fk:8.3f} {fk / oc:7.2f}x {dt:11.3f}")
+          f"{fkf:8.3f} {fkf / o:7.2f}x {oc:9.3f} {fk:8.3f} {fk / oc:7.2f}x {dt:11.3f}")
 PY
   fi
   pack_logs

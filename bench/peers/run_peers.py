@@ -9,7 +9,9 @@
 Per-iteration time = CUDA-event time of a whole niter-iteration call / niter, median of
 --repeats calls after one warm-up call (Triton compilation happens there). flash-kmeans is also
 timed in steady state: (a 2 * niter call - a niter call) / niter, which drops its per-call setup
-(compare with bench_gpu's iter_ms; the whole-call figure compares with its call_ms).
+(compare with bench_gpu's iter_ms; the whole-call figure compares with its call_ms), and as the
+least-squares slope of call time over calls of 5, 10, 20 and 40 iterations (median over
+--repeats), which averages out more of the host-side noise of its launch-bound iterations.
 """
 import argparse
 import csv
@@ -83,6 +85,20 @@ def time_marginal(fn, niter, repeats):
     return statistics.median(diffs), min(diffs)
 
 
+def slope(xs, ys):
+    """Least-squares slope of ys against xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def time_fit(fn, repeats, counts=(5, 10, 20, 40)):
+    """Steady-state time per iteration: the slope of call time against the iteration count
+    (one call per count, in turn), median over repeats; the per-call setup is the intercept."""
+    fn(2)
+    torch.cuda.synchronize()
+    return statistics.median(slope(counts, [elapsed_ms(fn, c) for c in counts]) for _ in range(repeats))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flash-kmeans-path", required=True)
@@ -101,16 +117,18 @@ def main():
           f"({'Triton path' if triton_path else 'TORCH FALLBACK: not timed'})")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     rows = []
-    print(f"{'config':24s} {'flash-kmeans ms':>16s} {'(steady state)':>15s} {'(best)':>8s} {'dense torch ms':>15s}")
+    print(f"{'config':24s} {'flash-kmeans ms':>16s} {'(steady state)':>15s} {'(best)':>8s} {'(fit)':>8s} "
+          f"{'dense torch ms':>15s}")
     for name in args.configs.split(","):
         B, N, K, d, dtype = CONFIGS[name]
         x = make_data(B, N, d, dtype)
         init = x[:, :K].clone()
-        fk_ms = fk_iter_ms = fk_iter_min_ms = float("nan")
+        fk_ms = fk_iter_ms = fk_iter_min_ms = fk_fit_ms = float("nan")
         if triton_path:
             run = lambda it: fk(x, K, max_iters=it, tol=0.0, init_centroids=init.clone())  # noqa: E731
             fk_ms = time_call(run, args.niter, args.repeats)
             fk_iter_ms, fk_iter_min_ms = time_marginal(run, args.niter, args.repeats)
+            fk_fit_ms = time_fit(run, args.repeats)
         dense_ms = float("nan")
         if name not in args.skip_dense.split(","):
             try:
@@ -118,15 +136,16 @@ def main():
             except torch.OutOfMemoryError:
                 dense_ms = float("inf")
             torch.cuda.empty_cache()
-        print(f"{name:24s} {fk_ms:16.3f} {fk_iter_ms:15.3f} {fk_iter_min_ms:8.3f} {dense_ms:15.3f}", flush=True)
-        rows.append((name, fk_ms, fk_iter_ms, fk_iter_min_ms, dense_ms))
+        print(f"{name:24s} {fk_ms:16.3f} {fk_iter_ms:15.3f} {fk_iter_min_ms:8.3f} {fk_fit_ms:8.3f} {dense_ms:15.3f}",
+              flush=True)
+        rows.append((name, fk_ms, fk_iter_ms, fk_iter_min_ms, dense_ms, fk_fit_ms))
         del x, init
         torch.cuda.empty_cache()
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["config", "flash_kmeans_ms", "flash_kmeans_iter_ms", "flash_kmeans_iter_min_ms",
-                        "dense_torch_ms"])
+                        "dense_torch_ms", "flash_kmeans_iter_fit_ms"])
             w.writerows(rows)
 
 
