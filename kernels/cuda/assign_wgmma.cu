@@ -148,10 +148,9 @@ constexpr size_t smem_bytes() {
 // SWZ: centroid tiles in the 128-byte swizzled layout (else the plain core-matrix layout).
 // Two blocks per SM where the tile allows it (BN = 64, two warpgroups, rows up to 128 wide):
 // more warps to hide the epilogue's latency.
-template <int KW, int BN, int NWG>
-constexpr int min_blocks() { return BN == 64 && NWG == 2 && KW <= 128 ? 2 : 1; }
+// (PERSIST kernels take one block per SM: their registers would not fit two.)
 template <int KW, int BN, int NWG, bool PERSIST>
-constexpr int min_blocks_for() { return PERSIST ? 1 : min_blocks<KW, BN, NWG>(); }
+constexpr int min_blocks() { return !PERSIST && BN == 64 && NWG == 2 && KW <= 128 ? 2 : 1; }
 
 // PERSIST (k <= 2 BN, AREG, at least two point tiles per problem): each block takes
 // tiles_per_block consecutive point tiles, two of them in flight while one is multiplied (a
@@ -159,7 +158,7 @@ constexpr int min_blocks_for() { return PERSIST ? 1 : min_blocks<KW, BN, NWG>();
 // stage pair. For small k, where a block's work is one or two products, this hides the load
 // latency that a block per tile pays in full.
 template <class T, int KW, int BN, int NWG, bool SPLIT, bool AREG, bool SWZ, bool PERSIST = false>
-__global__ void __launch_bounds__(NWG * 128, (min_blocks_for<KW, BN, NWG, PERSIST>()))
+__global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()))
     assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, int64_t tiles_per_block, bool vec) {
     static_assert(!PERSIST || AREG, "PERSIST reloads the point tile while the products read the registers");
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -260,18 +259,17 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks_for<KW, BN, NWG, PERSIS
     auto slot = [&](int64_t t) { return As + (PERSIST ? int(t % 2) : 0) * BM * KW; };
     int pair = PERSIST ? int(b % 2) : 0;
     auto stage = [&](int64_t j) { return int((j + 2 * pair) % kStages); };
-    auto load_problem = [&](int64_t pb) { // all of a problem's centroids (PERSIST: k <= 2 BN)
-        load_centroids(2 * int(pb % 2), 0, pb);
-        if (ntiles > 1) load_centroids(2 * int(pb % 2) + 1, 1, pb);
+    auto load_first_pair = [&](int p, int64_t pb) { // tiles 0 and 1 of problem pb into stage pair p
+        load_centroids(2 * p, 0, pb);
+        if (ntiles > 1) load_centroids(2 * p + 1, 1, pb);
     };
     load_points(slot(g), b, m0);
-    load_centroids(stage(0), 0, b);
-    if (ntiles > 1) load_centroids(stage(1), 1, b);
+    load_first_pair(pair, b);
     cp_async_commit();
     if constexpr (PERSIST) { // the second tile in flight from the start
         if (g + 1 < g_end) {
             load_points(slot(g + 1), b1, r1);
-            if (b1 != b) load_problem(b1);
+            if (b1 != b) load_first_pair(int(b1 % 2), b1);
         }
         cp_async_commit();
     }
@@ -400,19 +398,18 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks_for<KW, BN, NWG, PERSIS
         fence_proxy_async();
         __syncthreads();
         if constexpr (AREG) load_fragments(slot(g));
-        // PERSIST: ||x||^2 of this thread's two rows read now, its latency hidden behind the
-        // products (a block-per-tile kernel reads it at the end: two registers fewer in the loop).
-        auto xnorm_of = [&](int h) {
-            const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
-            return row < n ? a.xnorm[b * n + row] : 0.f;
-        };
+        // Rows lane / 4 and lane / 4 + 8 of this warp; PERSIST: their ||x||^2 read now, its
+        // latency hidden behind the products (a block-per-tile kernel reads it at the end: two
+        // registers fewer in the loop).
+        auto row_of = [&](int h) { return m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h; };
+        auto xnorm_of = [&](int h) { return row_of(h) < n ? a.xnorm[b * n + row_of(h)] : 0.f; };
         float xn[2] = {0.f, 0.f};
-        if constexpr (PERSIST) xn[0] = xnorm_of(0), xn[1] = xnorm_of(1);
         if constexpr (PERSIST) {
+            xn[0] = xnorm_of(0), xn[1] = xnorm_of(1);
             __syncthreads(); // every warp has its fragments: slot g % 2 is free for tile g + 2
             if (g + 2 < g_end) {
                 load_points(slot(g + 2), b2, r2);
-                if (b2 != b1) load_problem(b2);
+                if (b2 != b1) load_first_pair(int(b2 % 2), b2);
             }
             cp_async_commit(); // one group per tile, empty or not: the wait above counts on it
         }
@@ -463,7 +460,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks_for<KW, BN, NWG, PERSIS
                 const float os = __shfl_xor_sync(0xffffffffu, secondr[h], off);
                 merge_pair(bestr[h], secondr[h], ov, oi, os);
             }
-            const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
+            const int64_t row = row_of(h);
             if (lane % 4 == 0 && row < n) {
                 const int64_t o = b * n + row;
                 if constexpr (!PERSIST) xn[h] = xnorm_of(h);

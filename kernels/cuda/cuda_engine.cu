@@ -14,7 +14,6 @@
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/cuda_engine.h"
 #include "kernels/cuda/device_ops.cuh"
-#include "kernels/cuda/host_staging.h"
 #include "kernels/cuda/resources.cuh"
 #include "kernels/cuda/update.cuh"
 #include "kernels/lloyd_common.h"
@@ -48,20 +47,7 @@ void upload(void* dst, const void* src, size_t bytes, DType dtype, cudaStream_t 
         FLASH_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
         return;
     }
-    PinnedBuffer buf[2];
-    buf[0].allocate(kUploadPiece, "the upload staging");
-    buf[1].allocate(kUploadPiece, "the upload staging");
-    Events sent(2);
-    const size_t es = dtype_size(dtype); // pieces hold whole elements (kUploadPiece is a multiple)
-    for (size_t off = 0, i = 0; off < bytes; off += kUploadPiece, i++) {
-        const size_t len = std::min(kUploadPiece, bytes - off);
-        if (i >= 2) FLASH_CUDA_CHECK(cudaEventSynchronize(sent[i % 2])); // its previous piece has left
-        stage_elements(static_cast<const char*>(src) + off, dtype, buf[i % 2].get(), dtype, int64_t(len / es));
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + off, buf[i % 2].get(), len,
-                                         cudaMemcpyHostToDevice, s));
-        FLASH_CUDA_CHECK(cudaEventRecord(sent[i % 2], s));
-    }
-    FLASH_CUDA_CHECK(cudaStreamSynchronize(s)); // the buffers are freed on return
+    StagedCopier(2, kUploadPiece).copy(dst, src, dtype, dtype, int64_t(bytes / dtype_size(dtype)), s);
 }
 
 // The points on the device: the caller's buffer, or an upload of host data.

@@ -257,25 +257,31 @@ __global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks
     if (threadIdx.x == 0) partial[b * nchunks + c] = o;
 }
 
-// Block b: objective from the partials, imbalance from the cluster sizes.
-__global__ void iteration_stats(const double* partial, int64_t nchunks, const uint32_t* sizes, int64_t k,
-                                double* obj, double* imbalance) {
-    __shared__ double sh[256];
-    const int64_t b = blockIdx.x;
-    double o = 0, h1 = 0, h2 = 0;
-    for (int64_t c = threadIdx.x; c < nchunks; c += blockDim.x) o += partial[b * nchunks + c];
+// Problem b's row of stats from its objective o (every thread holds it) and its cluster sizes.
+__device__ void write_stats(double o, const uint32_t* sizes, int64_t k, int64_t b, double* sh, double* obj,
+                            double* imbalance) {
+    double h1 = 0, h2 = 0;
     for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
         const double h = sizes[b * k + c];
         h1 += h;
         h2 += h * h;
     }
-    o = block_sum(o, sh);
     h1 = block_sum(h1, sh);
     h2 = block_sum(h2, sh);
     if (threadIdx.x == 0) {
         obj[b] = o;
         imbalance[b] = h2 * double(k) / (h1 * h1);
     }
+}
+
+// Block b: objective from the partials, imbalance from the cluster sizes.
+__global__ void iteration_stats(const double* partial, int64_t nchunks, const uint32_t* sizes, int64_t k,
+                                double* obj, double* imbalance) {
+    __shared__ double sh[256];
+    const int64_t b = blockIdx.x;
+    double o = 0;
+    for (int64_t c = threadIdx.x; c < nchunks; c += blockDim.x) o += partial[b * nchunks + c];
+    write_stats(block_sum(o, sh), sizes, k, b, sh, obj, imbalance);
 }
 
 // Block b, n <= kStatsChunk: both steps in one launch. The partial is summed exactly as
@@ -285,20 +291,9 @@ __global__ void iteration_stats_one_chunk(const float* dist, int64_t n, const ui
                                           double* imbalance) {
     __shared__ double sh[256];
     const int64_t b = blockIdx.x;
-    double o = 0, h1 = 0, h2 = 0;
+    double o = 0;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o += dist[b * n + i];
-    o = block_sum(o, sh);
-    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
-        const double h = sizes[b * k + c];
-        h1 += h;
-        h2 += h * h;
-    }
-    h1 = block_sum(h1, sh);
-    h2 = block_sum(h2, sh);
-    if (threadIdx.x == 0) {
-        obj[b] = o;
-        imbalance[b] = h2 * double(k) / (h1 * h1);
-    }
+    write_stats(block_sum(o, sh), sizes, k, b, sh, obj, imbalance);
 }
 
 __global__ void check_finite(const void* x, DType dtype, int64_t count, int* flag) {

@@ -25,7 +25,6 @@
 #include "kernels/cuda/assign.cuh"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/device_ops.cuh"
-#include "kernels/cuda/host_staging.h"
 #include "kernels/cuda/resources.cuh"
 #include "kernels/cuda/update.cuh"
 #include "kernels/lloyd_common.h"
@@ -174,7 +173,7 @@ class Shard {
         events_ = std::make_unique<Events>(4 * pieces_.size());
         slot_free_ = std::make_unique<Events>(kSlots);
         slot_ready_ = std::make_unique<Events>(kSlots);
-        staged_ = std::make_unique<Events>(kStaging);
+        staging_ = std::make_unique<StagedCopier>(kStaging, kStagingBytes);
 
         // Which pieces stay on the GPU (see flash::Streaming).
         auto piece_bytes = [&](const Piece& p) { return size_t(p.rows) * (row_bytes_ + 4); };
@@ -351,26 +350,14 @@ class Shard {
         cudaStream_t cs = copy_->get();
         const char* src = host_rows(p);
         const int64_t count = p.rows * x_.d;
-        const size_t es = dtype_size(t_), ein = dtype_size(x_.dtype);
+        const size_t es = dtype_size(t_);
         if (direct_) {
             FLASH_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(count) * es, cudaMemcpyHostToDevice, cs));
             return;
         }
-        if (!staging_[0].get())
-            for (auto& b : staging_) b.allocate(kStagingBytes, "staging buffer");
-        const int64_t per = int64_t(kStagingBytes / es);
-        for (int64_t e0 = 0; e0 < count; e0 += per) {
-            const int64_t e = std::min(per, count - e0);
-            const int slot = int(next_staging_++ % kStaging);
-            FLASH_CUDA_CHECK(cudaEventSynchronize((*staged_)[slot])); // its previous copy is done
-            if (!stage_elements(src + size_t(e0) * ein, x_.dtype, staging_[slot].get(), t_, e))
-                throw std::invalid_argument(std::string("faiss-flash: transfer_dtype ") +
-                                            (t_ == DType::F16 ? "F16" : "BF16") +
-                                            ": the points hold values outside its range (use BF16 or F32)");
-            FLASH_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + size_t(e0) * es, staging_[slot].get(),
-                                             size_t(e) * es, cudaMemcpyHostToDevice, cs));
-            FLASH_CUDA_CHECK(cudaEventRecord((*staged_)[slot], cs));
-        }
+        if (!staging_->copy(dst, src, x_.dtype, t_, count, cs))
+            throw std::invalid_argument(std::string("faiss-flash: transfer_dtype ") + (t_ == DType::F16 ? "F16" : "BF16") +
+                                        ": the points hold values outside its range (use BF16 or F32)");
     }
 
     const Points& x_;
@@ -385,7 +372,6 @@ class Shard {
     bool direct_ = false;
     int variant_ = -1;
     int64_t width_ = 0;
-    uint64_t next_staging_ = 0;
     double copy_s_ = 0, compute_s_ = 0;
 
     std::unique_ptr<Stream> compute_, copy_;
@@ -399,9 +385,9 @@ class Shard {
     std::vector<std::unique_ptr<DeviceBuffer<unsigned char>>> data_;
     std::vector<std::unique_ptr<DeviceBuffer<float>>> norms_;
     DeviceBuffer<unsigned char> slot_data_[kSlots];
-    PinnedBuffer staging_[kStaging];
     PinnedBuffer host_sums_, host_wsums_, host_counts_, host_obj_;
-    std::unique_ptr<Events> events_, slot_free_, slot_ready_, staged_;
+    std::unique_ptr<Events> events_, slot_free_, slot_ready_;
+    std::unique_ptr<StagedCopier> staging_;
 };
 
 } // namespace

@@ -1,13 +1,16 @@
 // RAII device resources shared by the CUDA engine's drivers: the current device for a
-// scope, pinned host buffers, streams, events, and the buffers of the tensor-core fp32 path.
+// scope, pinned host buffers, streams, events, staged host-to-device copies, captured graphs,
+// and the buffers of the tensor-core fp32 path.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -15,6 +18,8 @@
 #include "kernels/cuda/assign.cuh"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/device_ops.cuh"
+#include "kernels/cuda/host_staging.h"
+#include "kernels/lloyd_common.h"
 
 namespace flash::cuda_engine {
 
@@ -116,6 +121,49 @@ class Events {
 
   private:
     std::vector<cudaEvent_t> ev_;
+};
+
+// Host-to-device copies through a ring of pinned buffers (allocated on first use): every thread
+// fills the next buffer (a plain copy, or fp32 -> fp16 / bf16) while the DMA engine sends the
+// ones before it. Waits for its copies before its buffers are freed. Create it on the device
+// whose streams it will serve (its events belong there).
+class StagedCopier {
+  public:
+    StagedCopier(int slots, size_t slot_bytes)
+        : buf_(new PinnedBuffer[slots]), sent_(size_t(slots)), slots_(slots), slot_bytes_(slot_bytes) {}
+    ~StagedCopier() {
+        for (int i = 0; i < slots_; i++) cudaEventSynchronize(sent_[i]);
+    }
+    StagedCopier(const StagedCopier&) = delete;
+    StagedCopier& operator=(const StagedCopier&) = delete;
+
+    /// Queues count elements of src (src_type) into dst as dst_type on stream s. False, with
+    /// nothing more queued, when a converted value overflowed the destination type.
+    bool copy(void* dst, const void* src, DType src_type, DType dst_type, int64_t count, cudaStream_t s) {
+        if (!buf_[0].get())
+            for (int i = 0; i < slots_; i++) buf_[i].allocate(slot_bytes_, "staging buffer");
+        const size_t es = dtype_size(dst_type), ein = dtype_size(src_type);
+        const int64_t per = int64_t(slot_bytes_ / es);
+        for (int64_t e0 = 0; e0 < count; e0 += per) {
+            const int64_t e = std::min(per, count - e0);
+            const int slot = int(next_++ % uint64_t(slots_));
+            FLASH_CUDA_CHECK(cudaEventSynchronize(sent_[slot])); // its previous copy is done
+            if (!stage_elements(static_cast<const char*>(src) + size_t(e0) * ein, src_type, buf_[slot].get(), dst_type,
+                                e))
+                return false;
+            FLASH_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + size_t(e0) * es, buf_[slot].get(),
+                                             size_t(e) * es, cudaMemcpyHostToDevice, s));
+            FLASH_CUDA_CHECK(cudaEventRecord(sent_[slot], s));
+        }
+        return true;
+    }
+
+  private:
+    std::unique_ptr<PinnedBuffer[]> buf_;
+    Events sent_;
+    int slots_;
+    size_t slot_bytes_;
+    uint64_t next_ = 0;
 };
 
 // A stream's work captured once (cudaStreamBeginCapture) and replayed with one launch.
