@@ -6,6 +6,7 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/update.cuh"
@@ -177,15 +178,24 @@ __global__ void tile_scatter(const int32_t* labels, int64_t n, int64_t rows, int
     }
 }
 
-// Radix path: sort keys, point ids, and integer cluster sizes.
-__global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t total, uint32_t* keys, uint32_t* ids,
-                          uint32_t* sizes) {
+// Radix path: sort keys (global cluster ids) and point ids. No counters: the cluster starts
+// come from the sorted keys (cluster_starts), the sizes from the starts (finish_clusters).
+__global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t total, uint32_t* keys, uint32_t* ids) {
     const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (g >= total) return;
-    const uint32_t key = uint32_t((g / n) * k + labels[g]);
-    keys[g] = key;
+    keys[g] = uint32_t((g / n) * k + labels[g]);
     ids[g] = uint32_t(g);
-    atomicAdd(&sizes[key], 1u); // integer counts: exact and order-independent
+}
+
+// starts[c] = first sorted position of cluster c, for all `clusters` (an empty cluster starts
+// where the next non-empty one does, or at `total`): position p starts the clusters after
+// keys[p - 1] up to keys[p]; p == total, those after the last key.
+__global__ void cluster_starts(const uint32_t* keys, int64_t total, int64_t clusters, uint32_t* starts) {
+    const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (p > total) return;
+    const int64_t lo = p == 0 ? 0 : int64_t(keys[p - 1]) + 1;
+    const int64_t hi = p == total ? clusters : int64_t(keys[p]) + 1;
+    for (int64_t c = lo; c < hi; c++) starts[c] = uint32_t(p);
 }
 
 // The sorted positions of chunk q: problem b = q / chunks (each problem holds `rows` sorted
@@ -367,10 +377,19 @@ unsigned blocks_for(int64_t items, int per_block) {
     return unsigned(ceil_div(items, per_block));
 }
 
-// FLASH_UPDATE_RADIX=1 forces the radix path (to test it at small k).
+// The ordering: both sorts are stable, so they give the same permutation and the same sums;
+// only their speed differs. The counting sort wins on small batches (fewer, lighter launches),
+// the radix sort (CUB onesweep) on large ones, where the counting sort's scattered histogram
+// and scatter traffic dominate (H100, N = 8M, k = 1024: 0.18 vs 0.59 ms, bench/RESULTS.md).
+// FLASH_UPDATE_SORT=counting|radix forces one (FLASH_UPDATE_RADIX=1: radix); read for every
+// instance, so tests can switch.
+constexpr int64_t kRadixRows = int64_t(1) << 20; // batch * n from which the radix sort is used
 bool use_counting(int64_t batch, int64_t n, int64_t k) {
-    static const bool radix = std::getenv("FLASH_UPDATE_RADIX") != nullptr;
-    return !radix && k <= kMaxCountingK && batch * k * ceil_div(n, tile_for(k, batch * n)) < (int64_t(1) << 31);
+    const char* forced = std::getenv("FLASH_UPDATE_SORT");
+    const std::string f = std::getenv("FLASH_UPDATE_RADIX") ? "radix" : forced ? forced : "";
+    const bool possible = k <= kMaxCountingK && batch * k * ceil_div(n, tile_for(k, batch * n)) < (int64_t(1) << 31);
+    if (f == "radix" || !possible) return false;
+    return f == "counting" || batch * n < kRadixRows;
 }
 
 } // namespace
@@ -415,12 +434,8 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
         keys_in_.allocate(total, "sort keys");
         ids_in_.allocate(total, "point ids");
         offsets_.allocate(clusters, "cluster offsets");
-        size_t sort_bytes = 0, scan_bytes = 0;
-        FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in_.get(), keys_.get(),
+        FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes_, keys_in_.get(), keys_.get(),
                                                          ids_in_.get(), ids_.get(), total, 0, end_bit_, stream));
-        FLASH_CUDA_CHECK(
-            cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, sizes_.get(), offsets_.get(), clusters, stream));
-        temp_bytes_ = std::max(sort_bytes, scan_bytes);
     }
     temp_.allocate(temp_bytes_, "sort/scan workspace");
 }
@@ -478,16 +493,13 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
             labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), keys_.get(), ids_.get());
         FLASH_LAUNCH_CHECK("tile_scatter");
     } else {
-        FLASH_CUDA_CHECK(cudaMemsetAsync(sizes_.get(), 0, sizeof(uint32_t) * clusters, stream));
-        make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get(),
-                                                              sizes_.get());
+        make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get());
         FLASH_LAUNCH_CHECK("make_keys");
         size_t bytes = temp_bytes_;
         FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_.get(), bytes, keys_in_.get(), keys_.get(), ids_in_.get(),
                                                          ids_.get(), total, 0, end_bit_, stream));
-        bytes = temp_bytes_;
-        FLASH_CUDA_CHECK(
-            cub::DeviceScan::ExclusiveSum(temp_.get(), bytes, sizes_.get(), offsets_.get(), clusters, stream));
+        cluster_starts<<<blocks_for(total + 1, 256), 256, 0, stream>>>(keys_.get(), total, clusters, offsets_.get());
+        FLASH_LAUNCH_CHECK("cluster_starts");
     }
     const int64_t chunks = ceil_div(rows, kChunk), total_chunks = batch_ * chunks;
     const int64_t vec = 16 / dtype_size(dtype);

@@ -6,8 +6,10 @@
 // The ordering is a counting sort in three steps: a histogram of each tile of 256 or more
 // labels (one warp per tile, its counters in shared memory), one exclusive scan of the
 // histograms laid out cluster-major (which yields every tile's write position for every
-// cluster), and a stable scatter that replays the tiles. For very large k (the per-warp counters would not fit
-// in shared memory) a CUB radix sort on ceil(log2(B * k)) bits takes its place.
+// cluster), and a stable scatter that replays the tiles. For large batches (B * n >= 2^20) and
+// very large k (the per-warp counters would not fit in shared memory) a CUB radix sort on
+// ceil(log2(B * k)) bits takes its place, the cluster starts read off the sorted keys; both
+// sorts are stable, so both give the same bits.
 #pragma once
 
 #include <cuda_runtime.h>

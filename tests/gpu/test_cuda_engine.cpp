@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <random>
 
 #include "faiss_ext/FlashClustering.h"
@@ -317,6 +319,49 @@ TEST(CudaEngine, RunsAreBitIdenticalAndBatchesEqualSeparateRuns) {
             EXPECT_EQ(std::memcmp(cs.data(), &c1[b * k * d], sizeof(float) * k * d), 0) << "problem " << b;
         }
     }
+}
+
+// The update's two orderings, the counting sort and the CUB radix sort, are both stable: the
+// same permutation, so the same sums, bit for bit, on any data. Shapes: several histogram
+// tiles, rows wider than 128, weights, frozen clusters, k off tile multiples, odd d.
+TEST(CudaEngine, CountingAndRadixUpdatesGiveTheSameBits) {
+    REQUIRE_GPU();
+    struct Shape {
+        int64_t B, n, d, k, frozen;
+        bool weighted;
+    };
+    const Shape shapes[] = {{2, 40000, 128, 37, 0, false}, {3, 3000, 200, 9, 0, true}, {1, 5000, 4, 64, 5, false},
+                            {2, 700, 17, 12, 0, true}};
+    const char* suite = std::getenv("FLASH_UPDATE_RADIX"); // the radix suite sets it: put it back after
+    const std::string saved = suite ? suite : "";
+    unsetenv("FLASH_UPDATE_RADIX");
+    for (const auto& sh : shapes)
+        for (auto t : {flash::DType::F32, flash::DType::F16, flash::DType::BF16}) {
+            SCOPED_TRACE("n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d) + " dtype=" +
+                         std::to_string(int(t)));
+            const auto x = flash_test::gaussian_mixture(sh.B * sh.n, sh.d, 30, 5);
+            std::vector<uint16_t> xh(x.size());
+            for (size_t i = 0; i < x.size(); i++) xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+            const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
+            std::vector<float> w(sh.B * sh.n);
+            for (size_t i = 0; i < w.size(); i++) w[i] = float(1 + i % 3);
+            std::vector<float> c0(sh.B * sh.k * sh.d);
+            for (int64_t b = 0; b < sh.B; b++)
+                std::memcpy(&c0[b * sh.k * sh.d], &x[(b * sh.n + 3) * sh.d], sizeof(float) * sh.k * sh.d);
+            std::vector<float> c[2];
+            for (int radix = 0; radix < 2; radix++) {
+                setenv("FLASH_UPDATE_SORT", radix ? "radix" : "counting", 1);
+                auto o = options(sh.k, 3, flash::Backend::CUDA);
+                o.k_frozen = sh.frozen;
+                if (sh.weighted) o.weights = w.data();
+                c[radix] = c0;
+                flash::run_lloyd(host_points(data, sh.n, sh.d, t, sh.B), c[radix].data(), o);
+            }
+            EXPECT_EQ(c[0], c[1]);
+            EXPECT_EQ(std::memcmp(c[0].data(), c0.data(), sizeof(float) * sh.frozen * sh.d), 0) << "frozen rows";
+        }
+    unsetenv("FLASH_UPDATE_SORT");
+    if (suite) setenv("FLASH_UPDATE_RADIX", saved.c_str(), 1);
 }
 
 TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
