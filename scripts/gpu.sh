@@ -3,7 +3,8 @@
 #
 #   scripts/gpu.sh build   # here (no GPU needed): build for sm_90 into build-gpu/ and pack
 #                          # the binaries and the shared libraries they need into .gpu/
-#   scripts/gpu.sh run     # on the GPU machine, in the repository root: GPU tests, the FAISS
+#   scripts/gpu.sh run     # on the GPU machine, in the repository root: GPU tests (C++ and, with
+#                          # the module built there, the Python torch-CUDA tests), the FAISS
 #                          # hook suites on the CUDA engine, compute-sanitizer (memcheck,
 #                          # racecheck), the benchmark and the peers; a short table at the end.
 #                          # QUICK=1: only the engine tests, the benchmark, the tuned run, the
@@ -12,6 +13,7 @@
 #                          # 200M (SCALE_N), d = 128, fp32 and fp16, K = 4096 and 16384, beside
 #                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host;
 #                          # SCALE_TYPES="f16" for a subset of f32, f16, f32:f16.
+#   scripts/gpu.sh python  # only the Python GPU tests (needs python3 with torch, pybind11, pytest)
 #   scripts/gpu.sh multi   # several GPUs (issue 6): sharded tests on every visible GPU, 1 vs all
 #                          # GPUs at N = 200M K = 16384 (host and resident), MPI one rank per GPU.
 # Logs and CSVs go to $OUT (or ./gpu-out), also packed as logs.tar.gz.
@@ -27,7 +29,7 @@ build() {
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFLASH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} \
     -DFLASH_WERROR=ON -DFLASH_BUILD_PYTHON=OFF > build-gpu.log
   cmake --build build-gpu -j"$(nproc)" --target test_cuda_engine test_sharded test_index_hooks test_clustering_params \
-    test_bad_input test_cpu_engine bench_gpu bench_scale flash_mpi_kmeans >> build-gpu.log
+    test_bad_input test_cpu_engine bench_gpu bench_scale flash_mpi_kmeans faiss_flash >> build-gpu.log
   rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
   cp build-gpu/tests/gpu/test_cuda_engine build-gpu/tests/gpu/test_sharded build-gpu/tests/test_index_hooks \
      build-gpu/tests/test_clustering_params build-gpu/tests/test_bad_input build-gpu/tests/test_cpu_engine \
@@ -36,6 +38,12 @@ build() {
     cp -L "/lib/x86_64-linux-gnu/$lib" .gpu/lib/
   done
   tar -C .gpu -cJf .gpu/pack.tar.xz bin lib && rm -rf .gpu/bin .gpu/lib
+  # For the Python GPU tests: the static libraries and FAISS's headers, to build the module
+  # there against its own python3 (whose version Debian's python3 need not share).
+  mkdir -p .gpu/py/lib .gpu/py/include
+  cp build-gpu/libfaiss_flash.a build-gpu/libflash_engine.a /usr/lib/x86_64-linux-gnu/libfaiss.a .gpu/py/lib/
+  cp -r /usr/include/faiss .gpu/py/include/
+  tar -C .gpu -cJf .gpu/py.tar.xz py && rm -rf .gpu/py
   # Open MPI for the GPU machine (it has none): Debian's runtime, relocated there with OPAL_PREFIX.
   ( cd / && tar -czf "$root/.gpu/ompi.tgz" --ignore-failed-read usr/bin/orterun usr/bin/orted \
       usr/lib/x86_64-linux-gnu/openmpi usr/lib/x86_64-linux-gnu/pmix2 usr/share/openmpi etc/openmpi \
@@ -127,6 +135,27 @@ PY
   return $status
 }
 
+# The Python GPU tests (torch CUDA tensors, tests/python/test_gpu_tensors.py): the module is
+# compiled there against the python3 that holds torch and linked with the packed libraries.
+python_gpu() {
+  local py=python3 pydir=$work/py cuda=${CUDA_HOME:-/usr/local/cuda}
+  if ! $py -c "import torch, pybind11, numpy, pytest" 2> /dev/null; then
+    echo "python GPU tests skipped: python3 there lacks torch, pybind11, numpy or pytest"
+    return 0
+  fi
+  tar -C "$work" -xJf .gpu/py.tar.xz
+  mkdir -p "$pydir/faiss_flash" && cp python/faiss_flash/*.py "$pydir/faiss_flash/"
+  local ext
+  ext=$($py -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+  # shellcheck disable=SC2046 # pybind11 --includes is a list of flags
+  # (-include cstdint: FAISS 1.7.3 headers rely on it arriving transitively, newer g++ differs)
+  g++ -O2 -std=c++17 -shared -fPIC -include cstdint -I. -I"$work/py/include" $($py -m pybind11 --includes) \
+    python/module.cpp faiss_ext/refresh_index.cpp -o "$pydir/faiss_flash/_faiss_flash$ext" \
+    -Wl,--start-group "$work/py/lib/libfaiss_flash.a" "$work/py/lib/libflash_engine.a" "$work/py/lib/libfaiss.a" \
+    -Wl,--end-group "$work/lib/libopenblas.so.0" "$work/lib/libgomp.so.1" -L"$cuda/lib64" -lcudart_static -ldl -lrt -lpthread
+  PYTHONPATH="$pydir:$root/tests/python" $py -m pytest -q -rs -p no:cacheprovider tests/python/test_gpu_tensors.py
+}
+
 run() {
   unpack
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
@@ -135,12 +164,14 @@ run() {
   run_suite() { # name, command...
     local name=$1; shift
     if "$@" > "$out/$name.log" 2>&1; then r=ok; else r=FAILED; status=1; fi
-    summary+=("$(printf '%-34s %-7s %s' "$name" "$r" "$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/$name.log" | tr '\n' ' ' | cut -c1-80)")")
+    summary+=("$(printf '%-34s %-7s %s' "$name" "$r" "$(grep -E '^\[  (PASSED|FAILED|SKIPPED) |^[0-9]+ (passed|failed)|skipped' "$out/$name.log" | tr '\n' ' ' | cut -c1-80)")")
     tail -n 3 "$out/$name.log"
   }
   run_suite gpu_tests "$bin/test_cuda_engine"
+  FLASH_UPDATE_SORT=counting run_suite gpu_tests_counting_update "$bin/test_cuda_engine"
   FLASH_UPDATE_RADIX=1 run_suite gpu_tests_radix_update "$bin/test_cuda_engine"
   run_suite sharded_tests "$bin/test_sharded"
+  run_suite python_gpu python_gpu
   if [ -z "${QUICK:-}" ]; then
     FLASH_TEST_BACKEND=cuda run_suite hooks_on_cuda "$bin/test_index_hooks"
     FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
@@ -200,5 +231,6 @@ case "${1:-}" in
   run) run ;;
   scale) scale ;;
   multi) multi ;;
-  *) echo "usage: scripts/gpu.sh build|run|scale|multi" >&2; exit 2 ;;
+  python) unpack && python_gpu ;;
+  *) echo "usage: scripts/gpu.sh build|run|scale|multi|python" >&2; exit 2 ;;
 esac

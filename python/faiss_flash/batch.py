@@ -47,9 +47,9 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     ptr, dtype, b, n, d, data_device = describe(x, "x")
     squeeze = (x.dim() if is_torch(x) else x.ndim) == 2
     if data_device >= 0:
-        backend = "cuda"
-        if cuda_device >= 0 and cuda_device != data_device:
+        if backend == "cpu" or (cuda_device >= 0 and cuda_device != data_device):
             raise ValueError(f"device: x is on cuda:{data_device} but device={device!r}")
+        backend = "cuda"
     if k > n:
         raise ValueError(f"k: {k} clusters need at least {k} points per problem, got N={n}")
 

@@ -1,10 +1,10 @@
 """Helpers that take faiss Python indexes: whole-index training, the assignment-index hook,
 and warm-start refresh of an IVF index as its data changes."""
-import faiss
 import numpy as np
 
 from . import _faiss_flash
 from ._arrays import parse_device
+from ._faiss import faiss
 
 
 def _ptr(index):

@@ -1,9 +1,9 @@
 """Kmeans: the faiss.Kmeans API (FAISS 1.7.3) on the faiss-flash engine."""
-import faiss
 import numpy as np
 
 from . import _faiss_flash
 from ._arrays import parse_device, parse_placement
+from ._faiss import faiss
 
 _PLACEMENT = ("devices", "streaming", "max_gpu_memory", "transfer_dtype", "piece_rows")
 

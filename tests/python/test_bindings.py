@@ -1,5 +1,7 @@
 """The pybind11 layer: faiss Python index pointers across the two libfaiss copies, exception
 mapping, the GIL."""
+import subprocess
+import sys
 import threading
 import time
 
@@ -98,3 +100,26 @@ def test_gil_is_released_during_compute(rs):
     share = ticks / (base_rate * elapsed)
     print(f"main thread ran at {100 * share:.0f}% of its idle rate during {elapsed:.2f} s of clustering")
     assert elapsed > 0.05 and share > 0.15
+
+
+def test_batch_kmeans_needs_no_faiss_python_package():
+    # A PyTorch-only environment: faiss_flash imports, batch_kmeans runs, and the FAISS-based
+    # parts say what is missing when first used.
+    code = """
+import sys
+sys.modules["faiss"] = None  # import faiss now raises ImportError
+import numpy as np
+import faiss_flash
+x = np.random.RandomState(0).rand(2, 500, 8).astype("float32")
+r = faiss_flash.batch_kmeans(x, 5, niter=3, device="cpu")
+assert r.centroids.shape == (2, 5, 8)
+try:
+    faiss_flash.Kmeans(8, 5)
+except ImportError as e:
+    assert "python3-faiss" in str(e), e
+else:
+    raise AssertionError("Kmeans without faiss did not raise")
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
