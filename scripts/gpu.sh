@@ -6,7 +6,7 @@
 #   scripts/gpu.sh run     # on the GPU machine, in the repository root: GPU tests (C++ and, with
 #                          # the module built there, the Python torch-CUDA tests), the FAISS
 #                          # hook suites on the CUDA engine, compute-sanitizer (memcheck,
-#                          # racecheck), the benchmark and the peers; a short table at the end.
+#                          # racecheck, initcheck), the benchmark and the peers; a short table at the end.
 #                          # QUICK=1: only the engine tests, the benchmark, the tuned run, the
 #                          # phases and the peers (no other suites, no sanitizers).
 #   scripts/gpu.sh scale   # host data larger than the GPU (issue 5): bench_scale on N = 32M and
@@ -183,6 +183,9 @@ run() {
     run_suite memcheck_sharded compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_sharded" \
       --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
     run_suite racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
+    run_suite initcheck compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
+    run_suite initcheck_sharded compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_sharded" \
+      --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
   fi
   "$bin/bench_gpu" --csv "$out/ours.csv" ${BENCH_ARGS:-} | tee "$out/bench.log" || status=1
   # Every kernel configuration timed once per shape bucket (the autotuner's log lists them),

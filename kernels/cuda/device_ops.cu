@@ -260,6 +260,10 @@ __global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks
 // Problem b's row of stats from its objective o (every thread holds it) and its cluster sizes.
 __device__ void write_stats(double o, const uint32_t* sizes, int64_t k, int64_t b, double* sh, double* obj,
                             double* imbalance) {
+    if (!sizes) { // objective only
+        if (threadIdx.x == 0) obj[b] = o;
+        return;
+    }
     double h1 = 0, h2 = 0;
     for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
         const double h = sizes[b * k + c];

@@ -30,7 +30,7 @@ void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spheric
 int64_t stats_workspace_size(int64_t batch, int64_t n);
 
 /// obj[b] = sum of distances of problem b (double, fixed order, in two passes so that large
-/// n spreads over the chip); imbalance[b] from the cluster sizes.
+/// n spreads over the chip); imbalance[b] from the cluster sizes (sizes null: the objective only).
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
                             double* workspace, double* obj, double* imbalance, cudaStream_t s);
 

@@ -143,7 +143,6 @@ class Shard {
         wsums_.allocate(B * k, "cluster weights");
         counts_.allocate(B * k, "cluster sizes");
         obj_.allocate(pieces_.size(), "piece objectives");
-        imb_.allocate(1, "imbalance (unused)");
         labels_.allocate(P_, "labels");
         dist_.allocate(P_, "distances");
         stats_ws_.allocate(stats_workspace_size(1, P_), "objective partial sums");
@@ -308,8 +307,7 @@ class Shard {
             const int64_t flat = p.b * x_.n + p.row0;
             update_->accumulate(data, t_, p.rows, labels_.get(), opt_.weights ? weights_.get() + (flat - flat0_) : nullptr,
                                 sums_.get() + p.b * k * d, wsums_.get() + p.b * k, counts_.get() + p.b * k, s);
-            launch_iteration_stats(dist_.get(), 1, p.rows, update_->sizes(), k, stats_ws_.get(), obj_.get() + i,
-                                   imb_.get(), s);
+            launch_iteration_stats(dist_.get(), 1, p.rows, nullptr, k, stats_ws_.get(), obj_.get() + i, nullptr, s);
             FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i + 3], s));
             if (slot >= 0) FLASH_CUDA_CHECK(cudaEventRecord((*slot_free_)[slot], s));
         }
@@ -377,7 +375,7 @@ class Shard {
     std::unique_ptr<Stream> compute_, copy_;
     DeviceBuffer<float> cen_, cnorm_, dist_, weights_, xnorm_tmp_, cmax_;
     DeviceBuffer<unsigned char> lowp_, xs_, cs_;
-    DeviceBuffer<double> sums_, wsums_, obj_, imb_, stats_ws_;
+    DeviceBuffer<double> sums_, wsums_, obj_, stats_ws_;
     DeviceBuffer<unsigned long long> counts_;
     DeviceBuffer<int32_t> labels_;
     DeviceBuffer<uint32_t> recheck_count_, recheck_list_;
