@@ -150,7 +150,7 @@ python_gpu() {
   # shellcheck disable=SC2046 # pybind11 --includes is a list of flags
   # (-include cstdint: FAISS 1.7.3 headers rely on it arriving transitively, newer g++ differs)
   g++ -O2 -std=c++17 -shared -fPIC -include cstdint -I. -I"$work/py/include" $($py -m pybind11 --includes) \
-    python/module.cpp faiss_ext/refresh_index.cpp -o "$pydir/faiss_flash/_faiss_flash$ext" \
+    python/module.cpp -o "$pydir/faiss_flash/_faiss_flash$ext" \
     -Wl,--start-group "$work/py/lib/libfaiss_flash.a" "$work/py/lib/libflash_engine.a" "$work/py/lib/libfaiss.a" \
     -Wl,--end-group "$work/lib/libopenblas.so.0" "$work/lib/libgomp.so.1" -L"$cuda/lib64" -lcudart_static -ldl -lrt -lpthread
   PYTHONPATH="$pydir:$root/tests/python" $py -m pytest -q -rs -p no:cacheprovider tests/python/test_gpu_tensors.py
@@ -169,7 +169,7 @@ run() {
   }
   run_suite gpu_tests "$bin/test_cuda_engine"
   FLASH_UPDATE_SORT=counting run_suite gpu_tests_counting_update "$bin/test_cuda_engine"
-  FLASH_UPDATE_RADIX=1 run_suite gpu_tests_radix_update "$bin/test_cuda_engine"
+  FLASH_UPDATE_SORT=radix run_suite gpu_tests_radix_update "$bin/test_cuda_engine"
   run_suite sharded_tests "$bin/test_sharded"
   run_suite python_gpu python_gpu
   if [ -z "${QUICK:-}" ]; then

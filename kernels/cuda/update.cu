@@ -94,6 +94,15 @@ __global__ void tile_histogram(const int32_t* labels, int64_t n, int64_t rows, i
     for (int64_t c = w.lane; c < k; c += 32) h[c * tiles] = w.cnt[c];
 }
 
+// Sum of v over lanes 0 .. lane of the warp.
+__device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, int lane) {
+    for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t o = __shfl_up_sync(0xffffffffu, v, off);
+        if (lane >= off) v += o;
+    }
+    return v;
+}
+
 // In-place exclusive sum of a short array by one block of 32 warps: warp w owns a contiguous
 // segment; pass 1 sums the segments, the warp totals are scanned, pass 2 rescans each segment
 // in 32-element rounds (kScanBatch rounds' loads in flight at once).
@@ -110,12 +119,7 @@ __global__ void __launch_bounds__(kScanThreads) scan_small(uint32_t* v, int64_t 
     __syncthreads();
     if (warp == 0) {
         const uint32_t t = base[lane];
-        uint32_t incl = t;
-        for (int off = 1; off < 32; off <<= 1) {
-            const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
-            if (lane >= off) incl += o;
-        }
-        base[lane] = incl - t;
+        base[lane] = warp_inclusive_sum(t, lane) - t;
     }
     __syncthreads();
     uint32_t carry = base[warp];
@@ -128,11 +132,7 @@ __global__ void __launch_bounds__(kScanThreads) scan_small(uint32_t* v, int64_t 
         }
 #pragma unroll
         for (int r = 0; r < kScanBatch; r++) {
-            uint32_t incl = x[r];
-            for (int off = 1; off < 32; off <<= 1) {
-                const uint32_t o = __shfl_up_sync(0xffffffffu, incl, off);
-                if (lane >= off) incl += o;
-            }
+            const uint32_t incl = warp_inclusive_sum(x[r], lane);
             const int64_t i = b0 + r * 32 + lane;
             if (i < s1) v[i] = carry + incl - x[r];
             carry += __shfl_sync(0xffffffffu, incl, 31);
@@ -381,12 +381,11 @@ unsigned blocks_for(int64_t items, int per_block) {
 // only their speed differs. The counting sort wins on small batches (fewer, lighter launches),
 // the radix sort (CUB onesweep) on large ones, where the counting sort's scattered histogram
 // and scatter traffic dominate (H100, N = 8M, k = 1024: 0.18 vs 0.59 ms, bench/RESULTS.md).
-// FLASH_UPDATE_SORT=counting|radix forces one (FLASH_UPDATE_RADIX=1: radix); read for every
-// instance, so tests can switch.
+// FLASH_UPDATE_SORT=counting|radix forces one; read for every instance, so tests can switch.
 constexpr int64_t kRadixRows = int64_t(1) << 20; // batch * n from which the radix sort is used
 bool use_counting(int64_t batch, int64_t n, int64_t k) {
     const char* forced = std::getenv("FLASH_UPDATE_SORT");
-    const std::string f = std::getenv("FLASH_UPDATE_RADIX") ? "radix" : forced ? forced : "";
+    const std::string f = forced ? forced : "";
     const bool possible = k <= kMaxCountingK && batch * k * ceil_div(n, tile_for(k, batch * n)) < (int64_t(1) << 31);
     if (f == "radix" || !possible) return false;
     return f == "counting" || batch * n < kRadixRows;
@@ -506,18 +505,17 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
     const bool vectorised = d_ % vec == 0 && d_ / vec <= kThreads && (reinterpret_cast<uintptr_t>(x) & 15) == 0;
     const int per_block = vectorised ? int(kThreads / (d_ / vec)) : 1;
     const unsigned blocks = blocks_for(total_chunks, per_block);
+    auto vec_pieces = [&](auto* typed) { // typed: x as const T*
+        chunk_pieces_vec<<<blocks, kThreads, 0, stream>>>(typed, d_, keys_.get(), ids_.get(), chunks, rows,
+                                                          total_chunks, weights, head_.get(), headw_.get(),
+                                                          startp_.get(), startw_.get());
+    };
     if (vectorised && dtype == DType::F32)
-        chunk_pieces_vec<float><<<blocks, kThreads, 0, stream>>>(
-            static_cast<const float*>(x), d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights, head_.get(),
-            headw_.get(), startp_.get(), startw_.get());
+        vec_pieces(static_cast<const float*>(x));
     else if (vectorised && dtype == DType::F16)
-        chunk_pieces_vec<__half><<<blocks, kThreads, 0, stream>>>(
-            static_cast<const __half*>(x), d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights,
-            head_.get(), headw_.get(), startp_.get(), startw_.get());
+        vec_pieces(static_cast<const __half*>(x));
     else if (vectorised)
-        chunk_pieces_vec<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(
-            static_cast<const __nv_bfloat16*>(x), d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights,
-            head_.get(), headw_.get(), startp_.get(), startw_.get());
+        vec_pieces(static_cast<const __nv_bfloat16*>(x));
     else
         chunk_pieces<<<blocks, kThreads, 0, stream>>>(x, dtype, d_, keys_.get(), ids_.get(), chunks, rows, weights,
                                                       head_.get(), headw_.get(), startp_.get(), startw_.get());
