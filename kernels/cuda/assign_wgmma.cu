@@ -22,10 +22,12 @@
 #include <cfloat>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cuda/argmin.cuh"
 #include "kernels/cuda/assign.cuh"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/tma.cuh"
 #include "kernels/cuda/wgmma_ops.cuh"
 
 namespace flash::cuda_engine {
@@ -108,13 +110,6 @@ __device__ __forceinline__ void load_tile_swizzled(T* s, const T* g, int64_t nro
     }
 }
 
-// Descriptor of a 128-byte swizzled K-major tile: SBO = 1024 (8 rows x 128 bytes), LBO
-// unused, layout type 1 (SWIZZLE_128B) in bits 62-63.
-__device__ __forceinline__ uint64_t make_desc_swizzled(const void* p) {
-    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-    return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
-}
-
 template <class T, int KW, int NT>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64_t width, int64_t r0, int rows,
                                           bool vec) {
@@ -137,10 +132,16 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64
     }
 }
 
+// Centroid tiles through the copy engine (TMA): the swizzled block-per-tile kernels of fp16 /
+// bf16 input. (Split fp32 keeps per-thread copies: measured faster there.)
+template <bool SPLIT, bool SWZ, bool PERSIST>
+constexpr bool uses_tma() { return SWZ && !PERSIST && !SPLIT; }
+
 // PERSIST: two point-tile slots.
 template <class T, int KW, int BN, int NWG, bool PERSIST = false>
 constexpr size_t smem_bytes() {
-    return 1024 + sizeof(T) * size_t((PERSIST ? 2 : 1) * NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN;
+    return 1024 + sizeof(T) * size_t((PERSIST ? 2 : 1) * NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN +
+           sizeof(uint64_t) * kStages;
 }
 
 // AREG: the warpgroup's A operand (its 64 points) is read from shared memory into registers
@@ -159,7 +160,8 @@ constexpr int min_blocks() { return !PERSIST && BN == 64 && NWG == 2 && KW <= 12
 // latency that a block per tile pays in full.
 template <class T, int KW, int BN, int NWG, bool SPLIT, bool AREG, bool SWZ, bool PERSIST = false>
 __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()))
-    assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, int64_t tiles_per_block, bool vec) {
+    assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, int64_t tiles_per_block, bool vec,
+                        const __grid_constant__ CUtensorMap cmap) {
     static_assert(!PERSIST || AREG, "PERSIST reloads the point tile while the products read the registers");
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); // built for sm_90a only; the host never launches it elsewhere
@@ -173,6 +175,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     T* As = reinterpret_cast<T*>(smem + ((1024 - (sbase & 1023)) & 1023)); // (BM, KW) points, resident
     T* Bs = As + (PERSIST ? 2 : 1) * BM * KW;                          // (kStages, BN, KW) centroids
     float* Ns = reinterpret_cast<float*>(Bs + kStages * BN * KW);      // (kStages, BN) penalties
+    uint64_t* full = reinterpret_cast<uint64_t*>(Ns + kStages * BN);   // (kStages) TMA: tile landed
 
     const int64_t n = a.n, k = a.k;
     const int64_t width = SPLIT ? 2 * a.dsplit : a.d;
@@ -184,6 +187,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     if (g >= g_end) return;
     int64_t b = g / tiles_per_problem, m0 = (g % tiles_per_problem) * BM;
     const bool l2 = a.metric == Metric::L2;
+    // Centroid tiles through the copy engine (cmap, see uses_tma).
+    constexpr bool TMA = uses_tma<SPLIT, SWZ, PERSIST>();
     const float scale = l2 ? -2.f : -1.f;
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
 
@@ -201,7 +206,14 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         const T* c = c0 + pb * k * width;
         const float* cn = a.cnorm + pb * k;
         T* dst = Bs + st * BN * KW;
-        if constexpr (SWZ && NT % CPR == 0 && RP % 8 == 0) {
+        if constexpr (TMA) { // one thread copies the tile's 64-column atoms; rows past k arrive as zeros
+            if (volatile_tid() == 0) {
+                mbarrier_arrive_expect(full + st, uint32_t(BN * KW * sizeof(T)));
+#pragma unroll
+                for (int at = 0; at < KW / 64; at++)
+                    tma_load_3d(dst + at * BN * 64, &cmap, full + st, at * 64, int(j * BN), int(pb));
+            }
+        } else if constexpr (SWZ && NT % CPR == 0 && RP % 8 == 0) {
             if (fast_rows && (j + 1) * BN <= k) {
                 const int t = volatile_tid(), r0 = t / CPR, ch = t % CPR;
                 T* to = dst + (ch / 8) * BN * 64 + r0 * 64 + ((ch % 8) ^ (r0 % 8)) * 8;
@@ -244,6 +256,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     };
 
     const int64_t ntiles = (k + BN - 1) / BN;
+    // TMA (SWZ, one tile per block): tile j goes to stage j % kStages, its (j / kStages)-th use.
+    auto tile_landed = [&](int64_t j) { mbarrier_wait(full + j % kStages, uint32_t(j / kStages) & 1); };
     // PERSIST: tile t's points go to slot t % 2 and its problem's centroids to stage pair
     // problem % 2 (with at least two tiles per problem, the tiles in flight at once, g to g + 2,
     // span at most two problems). (b1, r1) and (b2, r2): problem and first row of tiles g + 1
@@ -263,6 +277,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         load_centroids(2 * p, 0, pb);
         if (ntiles > 1) load_centroids(2 * p + 1, 1, pb);
     };
+    if (TMA && tid == 0) {
+        for (int st = 0; st < kStages; st++) mbarrier_init(full + st, 1);
+        mbarrier_init_fence();
+    }
     load_points(slot(g), b, m0);
     load_first_pair(pair, b);
     cp_async_commit();
@@ -288,30 +306,36 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     };
 
     const uint64_t a_desc = make_desc(As + wg * 64 * KW, SBO); // (not PERSIST: one slot)
+    // B descriptors built from 32-bit halves (the k-steps differ in the start address of the low
+    // half only: a 32-bit add per wgmma). Plain layout as make_desc; 128-byte swizzled: SBO =
+    // 1024 (8 rows x 128 bytes), LBO unused, layout type 1 (SWIZZLE_128B) in bits 62-63.
+    constexpr uint32_t B_LBO = SWZ ? 1u << 16 : (128u >> 4) << 16;
+    constexpr uint32_t B_HI = SWZ ? (1024u >> 4) | (1u << 30) : SBO >> 4;
+    const uint32_t bs_addr = shared_addr(Bs);
     auto issue = [&](float (&acc)[NACC], int64_t j) {
-        const T* bt = Bs + stage(j) * BN * KW;
-        const uint64_t b_desc = SWZ ? make_desc_swizzled(bt) : make_desc(bt, SBO);
+        const uint32_t b_lo = ((bs_addr + uint32_t(stage(j)) * uint32_t(BN * KW * sizeof(T))) >> 4) | B_LBO;
         // Descriptor offset (16-byte units) of B's k-step at column kcol.
-        auto b_off = [](int kcol) -> uint64_t {
-            if constexpr (SWZ) return uint64_t((kcol / 64) * BN * 128 + (kcol % 64) * 2) >> 4;
-            else return uint64_t((kcol / 8) * 128) >> 4;
+        auto b_off = [](int kcol) -> uint32_t {
+            if constexpr (SWZ) return uint32_t((kcol / 64) * BN * 128 + (kcol % 64) * 2) >> 4;
+            else return uint32_t((kcol / 8) * 128) >> 4;
         };
+        auto b_desc = [&](int kcol) { return (uint64_t(B_HI) << 32) | (b_lo + b_off(kcol)); };
         wgmma_fence();
 #pragma unroll
         for (int s = 0; s < KSTEPS; s++) {
             const uint64_t off = uint64_t(s * 128 * sizeof(T)) >> 4; // two core matrices per k-step
             const uint64_t lo = uint64_t(LO * sizeof(T)) >> 4;
             if constexpr (AREG) {
-                WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc + b_off(16 * s), s > 0);
+                WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc(16 * s), s > 0);
                 if constexpr (SPLIT) {
-                    WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc + b_off(KW / 2 + 16 * s), 1);
-                    WgmmaRS<T, BN>::mma(acc, afrag[KSTEPS + s], b_desc + b_off(16 * s), 1);
+                    WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc(KW / 2 + 16 * s), 1);
+                    WgmmaRS<T, BN>::mma(acc, afrag[KSTEPS + s], b_desc(16 * s), 1);
                 }
             } else {
-                Wgmma<T, BN>::mma(acc, a_desc + off, b_desc + b_off(16 * s), s > 0);
+                Wgmma<T, BN>::mma(acc, a_desc + off, b_desc(16 * s), s > 0);
                 if constexpr (SPLIT) {
-                    Wgmma<T, BN>::mma(acc, a_desc + off, b_desc + b_off(KW / 2 + 16 * s), 1);
-                    Wgmma<T, BN>::mma(acc, a_desc + off + lo, b_desc + b_off(16 * s), 1);
+                    Wgmma<T, BN>::mma(acc, a_desc + off, b_desc(KW / 2 + 16 * s), 1);
+                    Wgmma<T, BN>::mma(acc, a_desc + off + lo, b_desc(16 * s), 1);
                 }
             }
         }
@@ -418,6 +442,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 cp_async_wait<0>(); // this pair landed
                 fence_proxy_async();
                 __syncthreads(); // ... for every thread; every warpgroup is done with the previous pair
+            }
+            if constexpr (TMA) {
+                tile_landed(j);
+                if (j + 1 < ntiles) tile_landed(j + 1);
             }
             if (j + 1 < ntiles) {
                 issue(acc0, j);
@@ -526,7 +554,12 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     }
     const int64_t blocks = (total + per_block - 1) / per_block;
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-    kernel<<<unsigned(blocks), NWG * 128, smem, stream>>>(a, tiles, per_block, vec);
+    CUtensorMap map{};
+    if constexpr (uses_tma<SPLIT, SWZ, PERSIST>()) // the caller made sure the copy engine takes the centroids
+        if (!make_tile_map(&map, SPLIT ? a.csplit : a.centroids, std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
+                           SPLIT ? 2 * a.dsplit : a.d, BN))
+            throw std::logic_error("faiss-flash: no tensor map for the centroid tiles");
+    kernel<<<unsigned(blocks), NWG * 128, smem, stream>>>(a, tiles, per_block, vec, map);
 }
 
 // The closed set of configurations, variant 0 = the heuristic's choice:
@@ -537,8 +570,19 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
 //   5: as 4 with two warpgroups; 6: as 5, persistent over point tiles with the centroids
 //   resident, for k <= 128 and at least two point tiles per problem (else as 5).
 // KW = padded width of a shared-memory row (d, or 2 * dsplit for split fp32).
+// The swizzled block-per-tile configurations (0, 4, 5) take their centroid tiles through the
+// copy engine. Where it cannot take them (rows not a multiple of 16 bytes) or FLASH_NO_TMA=1,
+// 0 runs as 1 and 4, 5 as 3 (the same products, tiles loaded by ordinary copies).
 template <class T, int KW, bool SPLIT>
 void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
+    const bool persistent = variant == 6 && !SPLIT && a.k <= 128 && a.n > 128;
+    if (uses_tma<SPLIT, true, false>() && !persistent && (variant == 0 || variant >= 4)) {
+        CUtensorMap probe;
+        if (std::getenv("FLASH_NO_TMA") || !make_tile_map(&probe, SPLIT ? a.csplit : a.centroids,
+                                                           std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
+                                                           SPLIT ? 2 * a.dsplit : a.d, 64))
+            variant = variant == 0 || KW == 256 ? 1 : 3;
+    }
     if constexpr (KW == 256) {
         if (variant == 0) launch_config<T, KW, 64, SPLIT, true, true>(a, vec, stream);
         else if (variant == 1) launch_config<T, KW, 64, SPLIT, true>(a, vec, stream);
@@ -549,7 +593,7 @@ void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t strea
         else if (variant == 2) launch_config<T, KW, 128, SPLIT, false>(a, vec, stream);
         else if (variant == 3) launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
         else if (variant == 4) launch_config<T, KW, 64, SPLIT, true, true, 3>(a, vec, stream);
-        else if (variant == 6 && !SPLIT && a.k <= 128 && a.n > 128) // (PERSIST = !SPLIT: no split instantiation)
+        else if (persistent) // (PERSIST = !SPLIT: no split instantiation)
             launch_config<T, KW, 64, SPLIT, true, true, 2, !SPLIT>(a, vec, stream);
         else launch_config<T, KW, 64, SPLIT, true, true, 2>(a, vec, stream);
     }
