@@ -1,9 +1,11 @@
 // FlashAssign on Hopper tensor cores (wgmma.mma_async, sm_90a), fp32 accumulation.
 //
 // A block of NWG warpgroups owns BM = 64 * NWG points of one problem; their tile stays in
-// shared memory (d <= 256). Centroid tiles of BN rows stream through a 4-stage cp.async ring,
-// taken in pairs: both products are issued, the first is folded while the tensor cores work
-// on the second, the next pair loads meanwhile; one barrier per pair. The fold keeps a running
+// shared memory (d <= 256). Centroid tiles of BN rows stream through a 4-stage ring, taken in
+// pairs: both products are issued, the first is folded while the tensor cores work on the
+// second, the next pair loads meanwhile. The swizzled fp16 / bf16 kernels take their tiles
+// from the copy engine (TMA) and hand stages over with mbarriers; the others load with
+// per-thread cp.async behind one block barrier per pair. The fold keeps a running
 // (value, index) minimum per point in registers at two instructions per value (a tile's
 // minimum first, its column searched only when it improves). The kernel is bound by issued
 // instructions as much as by the tensor cores, hence the lean fold and the fixed-offset
@@ -141,7 +143,7 @@ constexpr bool uses_tma() { return SWZ && !PERSIST && !SPLIT; }
 template <class T, int KW, int BN, int NWG, bool PERSIST = false>
 constexpr size_t smem_bytes() {
     return 1024 + sizeof(T) * size_t((PERSIST ? 2 : 1) * NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN +
-           sizeof(uint64_t) * kStages;
+           sizeof(uint64_t) * 2 * kStages;
 }
 
 // AREG: the warpgroup's A operand (its 64 points) is read from shared memory into registers
@@ -175,7 +177,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     T* As = reinterpret_cast<T*>(smem + ((1024 - (sbase & 1023)) & 1023)); // (BM, KW) points, resident
     T* Bs = As + (PERSIST ? 2 : 1) * BM * KW;                          // (kStages, BN, KW) centroids
     float* Ns = reinterpret_cast<float*>(Bs + kStages * BN * KW);      // (kStages, BN) penalties
-    uint64_t* full = reinterpret_cast<uint64_t*>(Ns + kStages * BN);   // (kStages) TMA: tile landed
+    // TMA: per stage, full (the tile and its penalties landed: the copy engine's bytes, one
+    // arrival of thread 0 and one per penalty thread) and empty (every warp is done with it).
+    uint64_t* full = reinterpret_cast<uint64_t*>(Ns + kStages * BN);
+    uint64_t* empty = full + kStages;
 
     const int64_t n = a.n, k = a.k;
     const int64_t width = SPLIT ? 2 * a.dsplit : a.d;
@@ -206,12 +211,27 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         const T* c = c0 + pb * k * width;
         const float* cn = a.cnorm + pb * k;
         T* dst = Bs + st * BN * KW;
-        if constexpr (TMA) { // one thread copies the tile's 64-column atoms; rows past k arrive as zeros
-            if (volatile_tid() == 0) {
+        if constexpr (TMA) {
+            // Threads 0 .. BN - 1 (warpgroup 0) refill the stage once every warp has released
+            // its previous tile: thread 0 copies the tile's 64-column atoms (rows past k arrive
+            // as zeros), each thread one penalty. No block barrier.
+            const int t = volatile_tid();
+            if (t >= BN) return;
+            if (j >= kStages) mbarrier_wait(empty + st, uint32_t(j / kStages - 1) & 1);
+            if (t == 0) {
                 mbarrier_arrive_expect(full + st, uint32_t(BN * KW * sizeof(T)));
 #pragma unroll
                 for (int at = 0; at < KW / 64; at++)
                     tma_load_3d(dst + at * BN * 64, &cmap, full + st, at * 64, int(j * BN), int(pb));
+            }
+            const int64_t col = j * BN + t;
+            float* pen = Ns + st * BN + t;
+            if (col < k && l2) {
+                cp_async4(pen, cn + col);
+                mbarrier_arrive_after_cp_async(full + st);
+            } else {
+                *pen = col < k ? 0.f : INFINITY;
+                mbarrier_arrive(full + st);
             }
         } else if constexpr (SWZ && NT % CPR == 0 && RP % 8 == 0) {
             if (fast_rows && (j + 1) * BN <= k) {
@@ -229,12 +249,14 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         } else {
             load_tile<T, KW, NT>(dst, c, k, width, j * BN, BN, vec);
         }
-        for (int q = tid; q < BN; q += NT) {
-            const int64_t col = j * BN + q;
-            float* pen = Ns + st * BN + q;
-            if (col >= k) *pen = INFINITY;
-            else if (l2) cp_async4(pen, cn + col);
-            else *pen = 0.f;
+        if constexpr (!TMA) {
+            for (int q = tid; q < BN; q += NT) {
+                const int64_t col = j * BN + q;
+                float* pen = Ns + st * BN + q;
+                if (col >= k) *pen = INFINITY;
+                else if (l2) cp_async4(pen, cn + col);
+                else *pen = 0.f;
+            }
         }
     };
 
@@ -258,6 +280,12 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     const int64_t ntiles = (k + BN - 1) / BN;
     // TMA (SWZ, one tile per block): tile j goes to stage j % kStages, its (j / kStages)-th use.
     auto tile_landed = [&](int64_t j) { mbarrier_wait(full + j % kStages, uint32_t(j / kStages) & 1); };
+    auto release = [&](int64_t j) { // this warp's products and fold of tile j are done
+        if constexpr (TMA) {
+            __syncwarp();
+            if (lane == 0) mbarrier_arrive(empty + j % kStages);
+        }
+    };
     // PERSIST: tile t's points go to slot t % 2 and its problem's centroids to stage pair
     // problem % 2 (with at least two tiles per problem, the tiles in flight at once, g to g + 2,
     // span at most two problems). (b1, r1) and (b2, r2): problem and first row of tiles g + 1
@@ -278,9 +306,13 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         if (ntiles > 1) load_centroids(2 * p + 1, 1, pb);
     };
     if (TMA && tid == 0) {
-        for (int st = 0; st < kStages; st++) mbarrier_init(full + st, 1);
+        for (int st = 0; st < kStages; st++) {
+            mbarrier_init(full + st, 1 + BN);
+            mbarrier_init(empty + st, NT / 32);
+        }
         mbarrier_init_fence();
     }
+    if constexpr (TMA) __syncthreads(); // initialised before any thread arrives
     load_points(slot(g), b, m0);
     load_first_pair(pair, b);
     cp_async_commit();
@@ -405,7 +437,9 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // of the first runs while the tensor cores work on the second, and both are retired before
     // the loop's back edge. Each branch issues and retires its own wgmmas: an accumulator in
     // flight across the back edge, or issued on one path only, makes ptxas serialise every
-    // wgmma (C7514). The next pair's centroids load meanwhile into the previous pair's stages.
+    // wgmma (C7514). The next pair's centroids load meanwhile into the previous pair's stages:
+    // behind one block barrier per pair, or (TMA kernels) handed over by the stages' full and
+    // empty mbarriers, so that a warpgroup waits only for the tiles it needs.
     float acc0[NACC], acc1[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; i++) acc0[i] = acc1[i] = 0.f;
@@ -438,14 +472,13 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             cp_async_commit(); // one group per tile, empty or not: the wait above counts on it
         }
         for (int64_t j = 0; j < ntiles; j += 2) {
-            if (j > 0) {
-                cp_async_wait<0>(); // this pair landed
-                fence_proxy_async();
-                __syncthreads(); // ... for every thread; every warpgroup is done with the previous pair
-            }
             if constexpr (TMA) {
                 tile_landed(j);
                 if (j + 1 < ntiles) tile_landed(j + 1);
+            } else if (j > 0) {
+                cp_async_wait<0>(); // this pair landed
+                fence_proxy_async();
+                __syncthreads(); // ... for every thread; every warpgroup is done with the previous pair
             }
             if (j + 1 < ntiles) {
                 issue(acc0, j);
@@ -453,10 +486,12 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 wgmma_wait<1>();
                 fence_operands(acc0);
                 epilogue(acc0, j);
+                release(j);
                 if constexpr (!PERSIST) prefetch(j); // acc0 is dead here: its registers are free
                 wgmma_wait<0>();
                 fence_operands(acc1);
                 epilogue(acc1, j + 1);
+                release(j + 1);
             } else {
                 issue(acc0, j);
                 if constexpr (!PERSIST) prefetch(j);
