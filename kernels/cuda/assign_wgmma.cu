@@ -134,10 +134,9 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64
     }
 }
 
-// Centroid tiles through the copy engine (TMA): the swizzled block-per-tile kernels of fp16 /
-// bf16 input. (Split fp32 keeps per-thread copies: measured faster there.)
+// Centroid tiles through the copy engine (TMA): the swizzled block-per-tile kernels.
 template <bool SPLIT, bool SWZ, bool PERSIST>
-constexpr bool uses_tma() { return SWZ && !PERSIST && !SPLIT; }
+constexpr bool uses_tma() { return SWZ && !PERSIST; }
 
 // PERSIST: two point-tile slots.
 template <class T, int KW, int BN, int NWG, bool PERSIST = false>
