@@ -246,14 +246,30 @@ __device__ double block_sum(double v, double* sh) {
     return r;
 }
 
+// Sum of v[i] for i = i0 + threadIdx.x, then blockDim.x further, ... below i1, in that order,
+// with eight loads in flight (one memory latency per eight values, not per value).
+__device__ double strided_sum(const float* v, int64_t i0, int64_t i1) {
+    constexpr int U = 8;
+    const int64_t step = blockDim.x;
+    double o = 0;
+    int64_t i = i0 + threadIdx.x;
+    for (; i + (U - 1) * step < i1; i += U * step) {
+        float x[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) x[u] = v[i + u * step];
+#pragma unroll
+        for (int u = 0; u < U; u++) o += x[u];
+    }
+    for (; i < i1; i += step) o += v[i];
+    return o;
+}
+
 // Block (chunk, b): sum of kStatsChunk distances of problem b.
 __global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks, double* partial) {
     __shared__ double sh[256];
     const int64_t b = blockIdx.x / nchunks, c = blockIdx.x % nchunks;
     const int64_t i0 = c * kStatsChunk, i1 = min(n, i0 + kStatsChunk);
-    double o = 0;
-    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) o += dist[b * n + i];
-    o = block_sum(o, sh);
+    const double o = block_sum(strided_sum(dist + b * n, i0, i1), sh);
     if (threadIdx.x == 0) partial[b * nchunks + c] = o;
 }
 
@@ -295,9 +311,7 @@ __global__ void iteration_stats_one_chunk(const float* dist, int64_t n, const ui
                                           double* imbalance) {
     __shared__ double sh[256];
     const int64_t b = blockIdx.x;
-    double o = 0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) o += dist[b * n + i];
-    write_stats(block_sum(o, sh), sizes, k, b, sh, obj, imbalance);
+    write_stats(block_sum(strided_sum(dist + b * n, 0, n), sh), sizes, k, b, sh, obj, imbalance);
 }
 
 __global__ void check_finite(const void* x, DType dtype, int64_t count, int* flag) {
