@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 #include <random>
+#include <utility>
 
 #include "faiss_ext/FlashClustering.h"
 #include "kernels/cpu/half_convert.h"
@@ -203,16 +204,19 @@ flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
 
 // The persistent small-k kernel (wgmma variant 6) walks several point tiles per block, loads
 // the next tile during the products and switches problems inside a block: it must give the
-// same bits as the block-per-tile kernel (variant 5), tails and unaligned widths included.
+// same bits as the block-per-tile kernel (variant 5), tails and unaligned widths included,
+// also with problems of a few point tiles (n = 300: three tiles of 128, a block's tiles
+// crossing several problems and their centroid stage pairs).
 TEST(CudaEngine, PersistentSmallKMatchesPerTileKernel) {
     REQUIRE_GPU();
     std::mt19937 rng(77);
     std::normal_distribution<float> val(0.f, 1.f);
+    for (auto [B, n] : {std::pair<int64_t, int64_t>{3, 40037}, {301, 300}})
     for (auto t : {flash::DType::F16, flash::DType::BF16})
         for (int64_t d : {64, 100, 128})
             for (int64_t k : {5, 64, 100, 128}) {
-                const int64_t B = 3, n = 40037;
-                SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d) + " k=" + std::to_string(k));
+                SCOPED_TRACE("B=" + std::to_string(B) + " n=" + std::to_string(n) + " dtype=" + std::to_string(int(t)) +
+                             " d=" + std::to_string(d) + " k=" + std::to_string(k));
                 std::vector<uint16_t> xh(B * n * d);
                 for (auto& v : xh) v = t == flash::DType::F16 ? to_half(val(rng)) : to_bf16(val(rng));
                 std::vector<float> c(B * k * d);
