@@ -3,7 +3,7 @@
 // A block of NWG warpgroups owns BM = 64 * NWG points of one problem; their tile stays in
 // shared memory (d <= 256). Centroid tiles of BN rows stream through a 4-stage ring, taken in
 // pairs: both products are issued, the first is folded while the tensor cores work on the
-// second, the next pair loads meanwhile. The swizzled fp16 / bf16 kernels take their tiles
+// second, the next pair loads meanwhile. The swizzled block-per-tile kernels take their tiles
 // from the copy engine (TMA) and hand stages over with mbarriers; the others load with
 // per-thread cp.async behind one block barrier per pair. The fold keeps a running
 // (value, index) minimum per point in registers at two instructions per value (a tile's
@@ -135,7 +135,7 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64
 }
 
 // Centroid tiles through the copy engine (TMA): the swizzled block-per-tile kernels.
-template <bool SPLIT, bool SWZ, bool PERSIST>
+template <bool SWZ, bool PERSIST>
 constexpr bool uses_tma() { return SWZ && !PERSIST; }
 
 // PERSIST: two point-tile slots.
@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     int64_t b = g / tiles_per_problem, m0 = (g % tiles_per_problem) * BM;
     const bool l2 = a.metric == Metric::L2;
     // Centroid tiles through the copy engine (cmap, see uses_tma).
-    constexpr bool TMA = uses_tma<SPLIT, SWZ, PERSIST>();
+    constexpr bool TMA = uses_tma<SWZ, PERSIST>();
     const float scale = l2 ? -2.f : -1.f;
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
 
@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     };
 
     const int64_t ntiles = (k + BN - 1) / BN;
-    // TMA (SWZ, one tile per block): tile j goes to stage j % kStages, its (j / kStages)-th use.
+    // TMA (one point tile per block): tile j goes to stage j % kStages, its (j / kStages)-th use.
     auto tile_landed = [&](int64_t j) { mbarrier_wait(full + j % kStages, uint32_t(j / kStages) & 1); };
     auto release = [&](int64_t j) { // this warp's products and fold of tile j are done
         if constexpr (TMA) {
@@ -589,7 +589,7 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     const int64_t blocks = (total + per_block - 1) / per_block;
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
     CUtensorMap map{};
-    if constexpr (uses_tma<SPLIT, SWZ, PERSIST>()) // the caller made sure the copy engine takes the centroids
+    if constexpr (uses_tma<SWZ, PERSIST>()) // the caller made sure the copy engine takes the centroids
         if (!make_tile_map(&map, SPLIT ? a.csplit : a.centroids, std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
                            SPLIT ? 2 * a.dsplit : a.d, BN))
             throw std::logic_error("faiss-flash: no tensor map for the centroid tiles");
@@ -610,7 +610,7 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
 template <class T, int KW, bool SPLIT>
 void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
     const bool persistent = variant == 6 && !SPLIT && a.k <= 128 && a.n > 128;
-    if (uses_tma<SPLIT, true, false>() && !persistent && (variant == 0 || variant >= 4)) {
+    if (!persistent && (variant == 0 || variant >= 4)) {
         CUtensorMap probe;
         if (std::getenv("FLASH_NO_TMA") || !make_tile_map(&probe, SPLIT ? a.csplit : a.centroids,
                                                            std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
