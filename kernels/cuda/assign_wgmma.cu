@@ -569,6 +569,17 @@ int sm_count() {
     return sms;
 }
 
+// The centroid rows the assignment kernel reads (the split bf16 copy for fp32 input) and their width.
+const void* centroid_rows(const AssignArgs& a) { return a.dtype == DType::F32 ? a.csplit : a.centroids; }
+int64_t centroid_width(const AssignArgs& a) { return a.dtype == DType::F32 ? 2 * a.dsplit : a.d; }
+
+// Whether the swizzled block-per-tile configurations can take their centroid tiles through
+// the copy engine (and FLASH_NO_TMA is not set).
+bool centroids_via_tma(const AssignArgs& a) {
+    static const bool disabled = std::getenv("FLASH_NO_TMA") != nullptr;
+    return !disabled && tile_map_possible(centroid_rows(a), a.batch, a.k, centroid_width(a));
+}
+
 template <class T, int KW, int BN, bool SPLIT, bool AREG, bool SWZ = false, int NWG = 2, bool PERSIST = false>
 void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     constexpr int BM = NWG * 64;
@@ -589,10 +600,10 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     const int64_t blocks = (total + per_block - 1) / per_block;
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
     CUtensorMap map{};
-    if constexpr (uses_tma<SWZ, PERSIST>()) // the caller made sure the copy engine takes the centroids
-        if (!make_tile_map(&map, SPLIT ? a.csplit : a.centroids, std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
-                           SPLIT ? 2 * a.dsplit : a.d, BN))
-            throw std::logic_error("faiss-flash: no tensor map for the centroid tiles");
+    if constexpr (uses_tma<SWZ, PERSIST>()) // the caller checked centroids_via_tma
+        if (!make_tile_map(&map, centroid_rows(a), std::is_same_v<T, __nv_bfloat16>, a.batch, a.k, centroid_width(a),
+                           BN))
+            throw std::runtime_error("faiss-flash: the driver refused the centroid tensor map");
     kernel<<<unsigned(blocks), NWG * 128, smem, stream>>>(a, tiles, per_block, vec, map);
 }
 
@@ -610,13 +621,8 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
 template <class T, int KW, bool SPLIT>
 void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
     const bool persistent = variant == 6 && !SPLIT && a.k <= 128 && a.n > 128;
-    if (!persistent && (variant == 0 || variant >= 4)) {
-        CUtensorMap probe;
-        if (std::getenv("FLASH_NO_TMA") || !make_tile_map(&probe, SPLIT ? a.csplit : a.centroids,
-                                                           std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
-                                                           SPLIT ? 2 * a.dsplit : a.d, 64))
-            variant = variant == 0 || KW == 256 ? 1 : 3;
-    }
+    if (!persistent && (variant == 0 || variant >= 4) && !centroids_via_tma(a))
+        variant = variant == 0 || KW == 256 ? 1 : 3;
     if constexpr (KW == 256) {
         if (variant == 0) launch_config<T, KW, 64, SPLIT, true, true>(a, vec, stream);
         else if (variant == 1) launch_config<T, KW, 64, SPLIT, true>(a, vec, stream);
