@@ -171,19 +171,23 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     const int variant = niter > 0 ? choose_assign_variant(a, s) : 0;
     clock.mark("prepare");
 
-    // One iteration in two parts; an event between them times the assignment.
+    // One iteration in two parts; an event between them times the assignment. Without post-
+    // processing the update's finish and the split prepare the rows they write (the same
+    // per-row function as the preparation pass, so the same bits): one launch less.
+    const bool prepared_in_update = !opt.spherical && !opt.int_centroids;
+    const CentroidCopies copies = prepared_in_update ? CentroidCopies{x.dtype, lowp.get(), cnorm.get()} : CentroidCopies{};
     auto assign_part = [&] {
-        launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
+        if (!prepared_in_update) launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
         split.prepare(a, cen.get(), s);
         launch_assign(a, variant, s);
     };
     auto update_part = [&](int64_t it) { // it < 0: no phase events (graph capture)
         update.run(xd.ptr, x.dtype, labels.get(), opt.weights ? weights.get() : nullptr, opt.k_frozen, cen.get(),
-                   counts.get(), s);
+                   counts.get(), s, copies);
         if (it >= 0 && phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it], s));
         launch_iteration_stats(dist.get(), B, n, update.sizes(), k, stats_ws.get(), obj_row, imb_row, s);
         if (it >= 0 && phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it + 1], s));
-        launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, split_row, s);
+        launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, split_row, s, copies);
         launch_post_process(cen.get(), B * k, d, opt.spherical, opt.int_centroids, s);
     };
     // Each part is captured once as a CUDA graph and replayed every iteration: two launches

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kernels/cuda/centroid_rows.cuh"
 #include "kernels/cuda/check.cuh"
 
 namespace flash::cuda_engine {
@@ -37,26 +38,9 @@ __global__ void row_norms(const void* x, DType dtype, int64_t rows, int64_t d, f
     if (lane == 0) norms[r] = s;
 }
 
-__global__ void prepare_centroids(const float* c, int64_t rows, int64_t d, DType dtype, void* lowp, float* norms) {
+__global__ void prepare_centroids(const float* c, int64_t rows, CentroidCopies out, int64_t d) {
     const int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-    const int lane = threadIdx.x % 32;
-    if (r >= rows) return;
-    float s = 0.f;
-    for (int64_t j = lane; j < d; j += 32) {
-        float v = c[r * d + j];
-        if (dtype == DType::F16) {
-            const __half h = __float2half_rn(v);
-            static_cast<__half*>(lowp)[r * d + j] = h;
-            v = __half2float(h);
-        } else if (dtype == DType::BF16) {
-            const __nv_bfloat16 h = __float2bfloat16_rn(v);
-            static_cast<__nv_bfloat16*>(lowp)[r * d + j] = h;
-            v = __bfloat162float(h);
-        }
-        s = fmaf(v, v, s);
-    }
-    s = warp_sum(s);
-    if (lane == 0) norms[r] = s;
+    if (r < rows) prepare_centroid_row(c, r, d, out, threadIdx.x % 32);
 }
 
 // FAISS' split rule (flash::split_empty_clusters) for one problem per block, with the same
@@ -114,7 +98,8 @@ __device__ int compact_in_order(bool flag, int64_t v, int64_t* out) {
 }
 
 __global__ void __launch_bounds__(kSplitThreads) split_empty(float* centroids, float* counts, int64_t k, int64_t d,
-                                                             int64_t k_frozen, int64_t n, int* nsplit_out) {
+                                                             int64_t k_frozen, int64_t n, int* nsplit_out,
+                                                             CentroidCopies prepared) {
     const int64_t b = blockIdx.x;
     float* cb = centroids + b * k * d + k_frozen * d;
     float* hb = counts + b * k + k_frozen;
@@ -192,6 +177,10 @@ __global__ void __launch_bounds__(kSplitThreads) split_empty(float* centroids, f
             }
         }
         __syncthreads();
+        if (prepared.norms && threadIdx.x < 32) { // the two changed rows, prepared again
+            prepare_centroid_row(centroids, b * k + k_frozen + ci, d, prepared, threadIdx.x);
+            prepare_centroid_row(centroids, b * k + k_frozen + cj, d, prepared, threadIdx.x);
+        }
         if (threadIdx.x == 0) {
             hb[ci] = hb[cj] / 2;
             hb[cj] -= hb[ci];
@@ -369,13 +358,14 @@ void launch_max_norm(const float* norms, int64_t batch, int64_t k, float* cmax, 
 
 void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, DType dtype, void* lowp, float* norms,
                               cudaStream_t s) {
-    prepare_centroids<<<warp_blocks(rows), 256, 0, s>>>(centroids, rows, d, dtype, lowp, norms);
+    prepare_centroids<<<warp_blocks(rows), 256, 0, s>>>(centroids, rows, CentroidCopies{dtype, lowp, norms}, d);
     FLASH_LAUNCH_CHECK("prepare_centroids");
 }
 
 void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
-                                 int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s) {
-    split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, nsplit_out);
+                                 int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s,
+                                 const CentroidCopies& prepared) {
+    split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, nsplit_out, prepared);
     FLASH_LAUNCH_CHECK("split_empty");
 }
 

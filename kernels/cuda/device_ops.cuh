@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/centroid_rows.cuh"
 #include "kernels/flash_kmeans.h"
 
 namespace flash::cuda_engine {
@@ -18,9 +19,11 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
                               cudaStream_t s);
 
 /// FAISS' empty-cluster split for each problem, on the device (its mt19937 stream included).
-/// counts: (batch, k) weighted sizes; nsplit_out[b] receives the number of splits.
+/// counts: (batch, k) weighted sizes; nsplit_out[b] receives the number of splits. prepared
+/// (norms set): the rows a split changes are prepared again there.
 void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
-                                 int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s);
+                                 int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s,
+                                 const CentroidCopies& prepared = {});
 
 /// spherical: L2-normalise rows; int_centroids: round to nearest.
 void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spherical, bool int_centroids,

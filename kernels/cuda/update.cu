@@ -320,13 +320,14 @@ __global__ void __launch_bounds__(kThreads)
 // Block = one cluster: its pieces added in order (the piece of the chunk it starts in, then
 // the heads of the chunks it continues into). starts[c * stride] = first sorted position of
 // cluster c; each problem holds `rows` positions in `chunks` chunks. ACCUMULATE: add float
-// sums to double accumulators; else write means and sizes.
+// sums to double accumulators; else write means and sizes, and (prepared.norms set) the row
+// as the assignment reads it.
 template <bool ACCUMULATE>
 __global__ void __launch_bounds__(kThreads)
     finish_clusters(int64_t k, int64_t d, int64_t k_frozen, const uint32_t* starts, int64_t stride, int64_t clusters,
                     int64_t rows, int64_t chunks, const float* head, const float* headw, const float* startp,
                     const float* startw, uint32_t* sizes, float* centroids, float* counts, double* sums, double* wsums,
-                    unsigned long long* ucounts) {
+                    unsigned long long* ucounts, CentroidCopies prepared) {
     const int64_t c = blockIdx.x, b = c / k;
     const int64_t s0 = starts[c * stride];
     const int64_t s1 = c + 1 < clusters ? starts[(c + 1) * stride] : clusters / k * rows;
@@ -364,6 +365,12 @@ __global__ void __launch_bounds__(kThreads)
             sums[c * d + j] += double(s);
         else
             centroids[c * d + j] = s * inv;
+    }
+    if constexpr (!ACCUMULATE) {
+        if (prepared.norms) {
+            __syncthreads(); // the row, written by the whole block
+            if (threadIdx.x < 32) prepare_centroid_row(centroids, c, d, prepared, threadIdx.x);
+        }
     }
 }
 
@@ -448,13 +455,13 @@ int64_t SortInverseUpdate::starts_stride(int64_t rows) const {
 }
 
 void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
-                            float* centroids, float* counts, cudaStream_t stream) {
+                            float* centroids, float* counts, cudaStream_t stream, const CentroidCopies& prepared) {
     const int64_t clusters = batch_ * k_;
     sort_and_sum(x, dtype, n_, labels, weights, stream);
     const int64_t stride = starts_stride(n_);
     finish_clusters<false><<<unsigned(clusters), kThreads, 0, stream>>>(
         k_, d_, k_frozen, starts(), stride, clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
-        startw_.get(), sizes_.get(), centroids, counts, nullptr, nullptr, nullptr);
+        startw_.get(), sizes_.get(), centroids, counts, nullptr, nullptr, nullptr, prepared);
     FLASH_LAUNCH_CHECK("finish_clusters");
 }
 
@@ -467,7 +474,7 @@ void SortInverseUpdate::accumulate(const void* x, DType dtype, int64_t rows, con
     const int64_t stride = starts_stride(rows);
     finish_clusters<true><<<unsigned(k_), kThreads, 0, stream>>>(
         k_, d_, 0, starts(), stride, k_, rows, ceil_div(rows, kChunk), head_.get(), headw_.get(), startp_.get(),
-        startw_.get(), nullptr, nullptr, nullptr, sums, wsums, counts);
+        startw_.get(), nullptr, nullptr, nullptr, sums, wsums, counts, CentroidCopies{});
     FLASH_LAUNCH_CHECK("finish_clusters");
 }
 

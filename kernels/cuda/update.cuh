@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/centroid_rows.cuh"
 #include "kernels/cuda/check.cuh"
 #include "kernels/flash_kmeans.h"
 
@@ -31,9 +32,10 @@ class SortInverseUpdate {
 
     /// centroids (batch, k, d) fp32 receive the means of x (batch, n, d) per label; rows of
     /// clusters c < k_frozen are kept. counts (batch, k): weighted cluster sizes (0 = empty,
-    /// its centroid row is zeroed). weights: (batch, n) device or null.
+    /// its centroid row is zeroed). weights: (batch, n) device or null. prepared (norms set):
+    /// each new row is also prepared for the assignment there (no separate preparation pass).
     void run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
-             float* centroids, float* counts, cudaStream_t stream);
+             float* centroids, float* counts, cudaStream_t stream, const CentroidCopies& prepared = {});
 
     /// Sharded / streaming form, one problem (batch 1) of rows <= n points: adds each
     /// cluster's float sum (the same chunked order as run) to sums (k, d), its weight to
