@@ -137,6 +137,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     double* imb_row = obj_row + B;
     int* split_row = reinterpret_cast<int*>(imb_row + B);
     DeviceBuffer<double> stats_ws(stats_workspace_size(B, n), "objective partial sums");
+    FLASH_CUDA_CHECK(cudaMemsetAsync(stats_ws.get(), 0, sizeof(double) * stats_ws.size(), s));
     SortInverseUpdate update(B, n, d, k, s);
     Events ev(2 * size_t(niter) + 1);
     clock.mark("buffers");

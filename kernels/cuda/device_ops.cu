@@ -253,15 +253,6 @@ __device__ double strided_sum(const float* v, int64_t i0, int64_t i1) {
     return o;
 }
 
-// Block (chunk, b): sum of kStatsChunk distances of problem b.
-__global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks, double* partial) {
-    __shared__ double sh[256];
-    const int64_t b = blockIdx.x / nchunks, c = blockIdx.x % nchunks;
-    const int64_t i0 = c * kStatsChunk, i1 = min(n, i0 + kStatsChunk);
-    const double o = block_sum(strided_sum(dist + b * n, i0, i1), sh);
-    if (threadIdx.x == 0) partial[b * nchunks + c] = o;
-}
-
 // Problem b's row of stats from its objective o (every thread holds it) and its cluster sizes.
 __device__ void write_stats(double o, const uint32_t* sizes, int64_t k, int64_t b, double* sh, double* obj,
                             double* imbalance) {
@@ -283,19 +274,34 @@ __device__ void write_stats(double o, const uint32_t* sizes, int64_t k, int64_t 
     }
 }
 
-// Block b: objective from the partials, imbalance from the cluster sizes.
-__global__ void iteration_stats(const double* partial, int64_t nchunks, const uint32_t* sizes, int64_t k,
-                                double* obj, double* imbalance) {
+// Block (chunk, b): sum of kStatsChunk distances of problem b into partial[b * nchunks + c];
+// the last block of problem b to finish (a counter per problem, put back to zero) adds the
+// partials in chunk order and writes the stats row.
+__global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks, double* partial,
+                                   unsigned* finished, const uint32_t* sizes, int64_t k, double* obj,
+                                   double* imbalance) {
     __shared__ double sh[256];
-    const int64_t b = blockIdx.x;
-    double o = 0;
-    for (int64_t c = threadIdx.x; c < nchunks; c += blockDim.x) o += partial[b * nchunks + c];
-    write_stats(block_sum(o, sh), sizes, k, b, sh, obj, imbalance);
+    __shared__ bool last;
+    const int64_t b = blockIdx.x / nchunks, c = blockIdx.x % nchunks;
+    const int64_t i0 = c * kStatsChunk, i1 = min(n, i0 + kStatsChunk);
+    const double o = block_sum(strided_sum(dist + b * n, i0, i1), sh);
+    if (threadIdx.x == 0) {
+        partial[b * nchunks + c] = o;
+        __threadfence();
+        last = atomicAdd(finished + b, 1u) == unsigned(nchunks - 1);
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    double total = 0;
+    for (int64_t q = threadIdx.x; q < nchunks; q += blockDim.x) total += __ldcg(partial + b * nchunks + q);
+    write_stats(block_sum(total, sh), sizes, k, b, sh, obj, imbalance);
+    if (threadIdx.x == 0) finished[b] = 0; // ready for the next launch
 }
 
-// Block b, n <= kStatsChunk: both steps in one launch. The partial is summed exactly as
+// Block b, n <= kStatsChunk: one block, no counter. The partial is summed exactly as
 // objective_partials sums it, and the final tree over [partial, 0, 0, ...] returns it
-// unchanged, as iteration_stats does: the same bits.
+// unchanged, as the last block there does: the same bits.
 __global__ void iteration_stats_one_chunk(const float* dist, int64_t n, const uint32_t* sizes, int64_t k, double* obj,
                                           double* imbalance) {
     __shared__ double sh[256];
@@ -376,7 +382,10 @@ void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spheric
     FLASH_LAUNCH_CHECK("post_process");
 }
 
-int64_t stats_workspace_size(int64_t batch, int64_t n) { return batch * ((n + kStatsChunk - 1) / kStatsChunk); }
+// The partials (batch * nchunks doubles), then one finished-chunk counter per problem.
+int64_t stats_workspace_size(int64_t batch, int64_t n) {
+    return batch * ((n + kStatsChunk - 1) / kStatsChunk) + (batch + 1) / 2;
+}
 
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
                             double* workspace, double* obj, double* imbalance, cudaStream_t s) {
@@ -386,10 +395,10 @@ void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const u
         FLASH_LAUNCH_CHECK("iteration_stats_one_chunk");
         return;
     }
-    objective_partials<<<unsigned(nchunks * batch), 256, 0, s>>>(dist, n, nchunks, workspace);
+    unsigned* finished = reinterpret_cast<unsigned*>(workspace + batch * nchunks);
+    objective_partials<<<unsigned(nchunks * batch), 256, 0, s>>>(dist, n, nchunks, workspace, finished, sizes, k, obj,
+                                                                 imbalance);
     FLASH_LAUNCH_CHECK("objective_partials");
-    iteration_stats<<<unsigned(batch), 256, 0, s>>>(workspace, nchunks, sizes, k, obj, imbalance);
-    FLASH_LAUNCH_CHECK("iteration_stats");
 }
 
 void launch_check_finite(const void* x, DType dtype, int64_t count, int* flag, cudaStream_t s) {

@@ -29,11 +29,13 @@ void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch,
 void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spherical, bool int_centroids,
                          cudaStream_t s);
 
-/// Doubles of workspace launch_iteration_stats needs.
+/// Doubles of workspace launch_iteration_stats needs; zero it once before the first use (the
+/// kernels leave it ready for the next launch).
 int64_t stats_workspace_size(int64_t batch, int64_t n);
 
-/// obj[b] = sum of distances of problem b (double, fixed order, in two passes so that large
-/// n spreads over the chip); imbalance[b] from the cluster sizes (sizes null: the objective only).
+/// obj[b] = sum of distances of problem b (double, fixed order: partial sums of 8192 distances
+/// spread over the chip, added in order by the problem's last block); imbalance[b] from the
+/// cluster sizes (sizes null: the objective only).
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
                             double* workspace, double* obj, double* imbalance, cudaStream_t s);
 

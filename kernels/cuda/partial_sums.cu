@@ -146,6 +146,7 @@ class Shard {
         labels_.allocate(P_, "labels");
         dist_.allocate(P_, "distances");
         stats_ws_.allocate(stats_workspace_size(1, P_), "objective partial sums");
+        FLASH_CUDA_CHECK(cudaMemsetAsync(stats_ws_.get(), 0, sizeof(double) * stats_ws_.size(), s));
         if (opt_.weights) weights_.allocate(flat1_ - flat0_, "weights");
         AssignArgs probe;
         probe.dtype = t_;
