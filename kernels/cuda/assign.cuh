@@ -21,15 +21,18 @@ struct AssignArgs {
     int32_t* labels = nullptr;        // (batch, n) out
     float* distances = nullptr;       // (batch, n) out: squared L2 (clamped at 0) or similarity
 
-    // fp32 on tensor cores (set by the entry when split_fp32_supported()): every fp32 value v
-    // is split into two bf16, hi = bf16(v), lo = bf16(v - hi), stored as rows of 2 * dsplit
-    // bf16 [hi (d, zero-padded to dsplit) | lo (same)]; the products hi.hi + hi.lo + lo.hi are
-    // exact in fp32, so only the dropped lo.lo term, the residuals and the accumulation
-    // round (bounded below 2^-15 ||x|| ||c|| at d <= 128).
-    const void* xsplit = nullptr;     // (batch, n, 2 * dsplit) bf16
-    const void* csplit = nullptr;     // (batch, k, 2 * dsplit) bf16
+    // fp32 on tensor cores (set by the entry when split_fp32_supported()): the values of a
+    // problem are scaled by a power of two (split_scale.cuh: from xmax for the points, cmax for
+    // the centroids) and each scaled v is split into two fp16, hi = fp16(v), lo = fp16(v - hi),
+    // stored as rows of 2 * dsplit fp16 [hi (d, zero-padded to dsplit) | lo (same)]; the
+    // products hi.hi + hi.lo + lo.hi are exact in fp32, so only the dropped lo.lo term, the
+    // residuals (2^-22 relative, plus fp16 underflow) and the accumulation round; the
+    // epilogue undoes the scales (exact powers of two).
+    const void* xsplit = nullptr;     // (batch, n, 2 * dsplit) fp16
+    const void* csplit = nullptr;     // (batch, k, 2 * dsplit) fp16
     int64_t dsplit = 0;
-    const float* cmax = nullptr;      // (batch) max_j ||c_j|| (for the error bound)
+    const float* xmax = nullptr;      // (batch) max |x| of the points (their split scale)
+    const float* cmax = nullptr;      // (batch) max_j ||c_j|| (the centroids' split scale, the error bound)
     // Certificate: a point whose best and second-best values are closer than the error bound
     // of both computations (ours and exact fp32 FMA) is appended to its problem's list and
     // recomputed with fp32 FMA. Null lists = no re-check (Fp32Mode::TF32, opt-in).

@@ -11,8 +11,8 @@
 // instructions as much as by the tensor cores, hence the lean fold and the fixed-offset
 // loads. The n x k matrix never leaves the chip.
 //
-// SPLIT (fp32 input): operands are [hi | lo] bf16 rows (see AssignArgs); each k-step issues
-// hi.hi + hi.lo + lo.hi. The epilogue also keeps the second-best value; points whose gap is
+// SPLIT (fp32 input): operands are scaled [hi | lo] fp16 rows (see AssignArgs); each k-step
+// issues hi.hi + hi.lo + lo.hi. The epilogue also keeps the second-best value; points whose gap is
 // inside the error bound are listed for an exact fp32 FMA re-check (assign_fp32.cu).
 //
 // Shared-memory tiles are K-major without swizzle, as 8 x 8 core matrices of 128 bytes:
@@ -29,6 +29,7 @@
 #include "kernels/cuda/argmin.cuh"
 #include "kernels/cuda/assign.cuh"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/split_scale.cuh"
 #include "kernels/cuda/tma.cuh"
 #include "kernels/cuda/wgmma_ops.cuh"
 
@@ -193,7 +194,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     const bool l2 = a.metric == Metric::L2;
     // Centroid tiles through the copy engine (cmap, see uses_tma).
     constexpr bool TMA = uses_tma<SWZ, PERSIST>();
-    const float scale = l2 ? -2.f : -1.f;
+    // value = penalty + scale * product; SPLIT: the operands' power-of-two scales undone too.
+    const float scale =
+        SPLIT ? ldexpf(l2 ? -2.f : -1.f, -(split_scale_exponent(a.xmax[b]) + split_scale_exponent(a.cmax[b])))
+              : (l2 ? -2.f : -1.f);
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
 
     // Centroid tile j into stage j % kStages, with its penalties: ||c||^2 (L2) or 0 (inner
@@ -529,13 +533,19 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 a.labels[o] = bestr[h].i;
                 a.distances[o] = l2 ? fmaxf(xn[h] + bestr[h].v, 0.f) : -bestr[h].v;
                 if (SPLIT && a.recheck_list) {
-                    // |computed - exact| of one value <= vs * eps * ||x|| * max ||c||, for our
-                    // products (dropped lo.lo and residuals: 4 * 2^-18; accumulation: 2^-21 per
-                    // k16 wgmma step, a generous model of truncating fp32 accumulation) and for
-                    // fp32 FMA (d * 2^-24), both measured against exact arithmetic. A gap of more
-                    // than twice that makes both agree on the argmin.
-                    const float eps = 1.05f * (4.f * 0x1p-18f + float(3 * KSTEPS) * 0x1p-21f + float(a.d) * 0x1p-24f);
-                    const float bound = (l2 ? 2.f : 1.f) * eps * sqrtf(xn[h]) * a.cmax[b] + 1e-30f;
+                    // |computed - exact| of one value <= vs * (eps * ||x|| * max ||c|| + under),
+                    // for our products (dropped lo.lo and residuals of the fp16 split: 4 * 2^-22;
+                    // accumulation: 2^-21 per k16 wgmma step, a generous model of truncating
+                    // fp32 accumulation; under: fp16 underflow, 2^-24 sqrt(d) per operand in
+                    // its scaled units) and for fp32 FMA (d * 2^-24), both measured against
+                    // exact arithmetic. A gap of more than twice that makes both agree on the
+                    // argmin.
+                    const float eps = 1.05f * (4.f * 0x1p-22f + float(3 * KSTEPS) * 0x1p-21f + float(a.d) * 0x1p-24f);
+                    const float xl = sqrtf(xn[h]), cm = a.cmax[b];
+                    const float under = 1.05f * 0x1p-24f * sqrtf(float(a.d)) *
+                                        (xl * ldexpf(1.f, -split_scale_exponent(cm)) +
+                                         cm * ldexpf(1.f, -split_scale_exponent(a.xmax[b])));
+                    const float bound = (l2 ? 2.f : 1.f) * (eps * xl * cm + under) + 1e-30f;
                     if (!(secondr[h] - bestr[h].v > 2.f * bound)) {
                         const uint32_t pos = atomicAdd(a.recheck_count + b, 1u);
                         a.recheck_list[b * n + pos] = uint32_t(row);
@@ -569,7 +579,7 @@ int sm_count() {
     return sms;
 }
 
-// The centroid rows the assignment kernel reads (the split bf16 copy for fp32 input) and their width.
+// The centroid rows the assignment kernel reads (the split fp16 copy for fp32 input) and their width.
 const void* centroid_rows(const AssignArgs& a) { return a.dtype == DType::F32 ? a.csplit : a.centroids; }
 int64_t centroid_width(const AssignArgs& a) { return a.dtype == DType::F32 ? 2 * a.dsplit : a.d; }
 
@@ -669,8 +679,8 @@ int assign_wgmma_variants(const AssignArgs& a) {
 
 void launch_assign_wgmma(const AssignArgs& a, int variant, cudaStream_t stream) {
     if (a.dtype == DType::F32) {
-        if (a.dsplit == 64) launch_width<__nv_bfloat16, 128, true>(a, variant, true, stream);
-        else launch_width<__nv_bfloat16, 256, true>(a, variant, true, stream);
+        if (a.dsplit == 64) launch_width<__half, 128, true>(a, variant, true, stream);
+        else launch_width<__half, 256, true>(a, variant, true, stream);
     } else {
         const bool vec = a.d % 8 == 0 && aligned16(a.x) && aligned16(a.centroids);
         if (a.dtype == DType::F16) launch_typed<__half>(a, variant, vec, stream);

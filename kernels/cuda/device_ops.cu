@@ -3,8 +3,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "kernels/cuda/centroid_rows.cuh"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/split_scale.cuh"
 
 namespace flash::cuda_engine {
 
@@ -326,14 +329,30 @@ void launch_row_norms(const void* x, DType dtype, int64_t rows, int64_t d, float
     FLASH_LAUNCH_CHECK("row_norms");
 }
 
-__global__ void split_fp32(const float* src, int64_t rows, int64_t d, int64_t width, __nv_bfloat16* dst) {
+// Row r of problem r / rows: v scaled by 2^split_scale_exponent(max_abs[problem]) (exact),
+// then [fp16(v) | fp16(v - fp16(v))], each part zero-padded from d to width.
+__global__ void split_fp32(const float* src, int64_t rows, int64_t per_problem, int64_t d, int64_t width,
+                           const float* max_abs, __half* dst) {
     const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (g >= rows * width) return;
     const int64_t r = g / width, j = g % width;
-    const float v = j < d ? src[r * d + j] : 0.f;
-    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    const float v = j < d ? ldexpf(src[r * d + j], split_scale_exponent(max_abs[r / per_problem])) : 0.f;
+    const __half hi = __float2half_rn(v);
     dst[r * 2 * width + j] = hi;
-    dst[r * 2 * width + width + j] = __float2bfloat16_rn(v - __bfloat162float(hi)); // v - hi is exact
+    dst[r * 2 * width + width + j] = __float2half_rn(v - __half2float(hi)); // v - hi is exact in fp32
+}
+
+// out[b] = max |x| over problem b's count values (out zeroed first; non-negative floats order
+// as their bit patterns, so an integer atomicMax is exact and order-free).
+__global__ void max_abs(const float* src, int64_t count, int blocks_per_problem, float* out) {
+    const int64_t b = blockIdx.x / blocks_per_problem;
+    const float* v = src + b * count;
+    float m = 0.f;
+    for (int64_t i = (blockIdx.x % blocks_per_problem) * int64_t(blockDim.x) + threadIdx.x; i < count;
+         i += int64_t(blocks_per_problem) * blockDim.x)
+        m = fmaxf(m, fabsf(v[i]));
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (threadIdx.x % 32 == 0) atomicMax(reinterpret_cast<int*>(out + b), __float_as_int(m));
 }
 
 __global__ void max_norm(const float* norms, int64_t k, float* cmax) {
@@ -350,11 +369,21 @@ __global__ void max_norm(const float* norms, int64_t k, float* cmax) {
     }
 }
 
-void launch_split_fp32(const float* src, int64_t rows, int64_t d, int64_t width, void* dst, cudaStream_t s) {
-    const int64_t total = rows * width;
+void launch_split_fp32(const float* src, int64_t batch, int64_t rows, int64_t d, int64_t width, const float* max_abs,
+                       void* dst, cudaStream_t s) {
+    const int64_t total = batch * rows * width;
     if (total == 0) return;
-    split_fp32<<<unsigned((total + 255) / 256), 256, 0, s>>>(src, rows, d, width, static_cast<__nv_bfloat16*>(dst));
+    split_fp32<<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, width, max_abs,
+                                                             static_cast<__half*>(dst));
     FLASH_LAUNCH_CHECK("split_fp32");
+}
+
+void launch_max_abs(const float* src, int64_t batch, int64_t count, float* out, cudaStream_t s) {
+    FLASH_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float) * batch, s));
+    if (batch * count == 0) return;
+    const int per = int(std::min<int64_t>(64, (count + 255) / 256));
+    max_abs<<<unsigned(batch * per), 256, 0, s>>>(src, count, per, out);
+    FLASH_LAUNCH_CHECK("max_abs");
 }
 
 void launch_max_norm(const float* norms, int64_t batch, int64_t k, float* cmax, cudaStream_t s) {

@@ -39,9 +39,15 @@ int64_t stats_workspace_size(int64_t batch, int64_t n);
 void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
                             double* workspace, double* obj, double* imbalance, cudaStream_t s);
 
-/// Split fp32 rows for the tensor-core fp32 path: dst row r = [bf16(v) | bf16(v - bf16(v))],
-/// each part zero-padded from d to width (dst is (rows, 2 * width) bf16).
-void launch_split_fp32(const float* src, int64_t rows, int64_t d, int64_t width, void* dst, cudaStream_t s);
+/// Split fp32 rows for the tensor-core fp32 path, batch problems of `rows` rows: each value v
+/// of problem b is scaled by 2^split_scale_exponent(max_abs[b]) (max_abs[b] >= every |v| of
+/// the problem), then dst row r = [fp16(v) | fp16(v - fp16(v))], each part zero-padded from d
+/// to width (dst is (batch * rows, 2 * width) fp16).
+void launch_split_fp32(const float* src, int64_t batch, int64_t rows, int64_t d, int64_t width, const float* max_abs,
+                       void* dst, cudaStream_t s);
+
+/// out[b] = max |v| over the count values of problem b (src is (batch, count)).
+void launch_max_abs(const float* src, int64_t batch, int64_t count, float* out, cudaStream_t s);
 
 /// cmax[b] = max_j sqrt(norms[b * k + j]).
 void launch_max_norm(const float* norms, int64_t batch, int64_t k, float* cmax, cudaStream_t s);

@@ -155,8 +155,9 @@ class Shard {
             width_ = split_fp32_width(d);
             xs_.allocate(size_t(P_) * 4 * width_, "split points");
             cs_.allocate(size_t(B * k) * 4 * width_, "split centroids");
+            cmax_.allocate(B, "centroid norm bound");
+            xmax_.allocate(1, "largest point magnitude");
             if (opt_.fp32_mode == Fp32Mode::Exact) {
-                cmax_.allocate(B, "centroid norm bound");
                 recheck_count_.allocate(1, "re-check count");
                 recheck_list_.allocate(P_, "re-check list");
             }
@@ -247,8 +248,8 @@ class Shard {
         FLASH_CUDA_CHECK(cudaMemcpyAsync(cen_.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
         launch_prepare_centroids(cen_.get(), B * k, d, t_, lowp_.get(), cnorm_.get(), s);
         if (width_) {
-            launch_split_fp32(cen_.get(), B * k, d, width_, cs_.get(), s);
-            if (cmax_.get()) launch_max_norm(cnorm_.get(), B, k, cmax_.get(), s);
+            launch_max_norm(cnorm_.get(), B, k, cmax_.get(), s); // the centroids' split scale
+            launch_split_fp32(cen_.get(), B, k, d, width_, cmax_.get(), cs_.get(), s);
         }
         FLASH_CUDA_CHECK(cudaMemsetAsync(sums_.get(), 0, sizeof(double) * B * k * d, s));
         FLASH_CUDA_CHECK(cudaMemsetAsync(wsums_.get(), 0, sizeof(double) * B * k, s));
@@ -293,12 +294,14 @@ class Shard {
             a.labels = labels_.get();
             a.distances = dist_.get();
             if (width_) {
-                launch_split_fp32(static_cast<const float*>(data), p.rows, d, width_, xs_.get(), s);
+                launch_max_abs(static_cast<const float*>(data), 1, p.rows * d, xmax_.get(), s);
+                launch_split_fp32(static_cast<const float*>(data), 1, p.rows, d, width_, xmax_.get(), xs_.get(), s);
                 a.xsplit = xs_.get();
                 a.csplit = cs_.get() + size_t(p.b * k) * 4 * width_;
                 a.dsplit = width_;
-                if (cmax_.get()) {
-                    a.cmax = cmax_.get() + p.b;
+                a.xmax = xmax_.get();
+                a.cmax = cmax_.get() + p.b;
+                if (recheck_count_.get()) {
                     a.recheck_count = recheck_count_.get();
                     a.recheck_list = recheck_list_.get();
                 }
@@ -374,7 +377,7 @@ class Shard {
     double copy_s_ = 0, compute_s_ = 0;
 
     std::unique_ptr<Stream> compute_, copy_;
-    DeviceBuffer<float> cen_, cnorm_, dist_, weights_, xnorm_tmp_, cmax_;
+    DeviceBuffer<float> cen_, cnorm_, dist_, weights_, xnorm_tmp_, cmax_, xmax_;
     DeviceBuffer<unsigned char> lowp_, xs_, cs_;
     DeviceBuffer<double> sums_, wsums_, obj_, stats_ws_;
     DeviceBuffer<unsigned long long> counts_;

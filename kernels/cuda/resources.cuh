@@ -211,7 +211,7 @@ class CapturedGraph {
 // (and `a` untouched) where the path does not apply.
 struct SplitFp32 {
     DeviceBuffer<unsigned char> xs, cs;
-    DeviceBuffer<float> cmax;
+    DeviceBuffer<float> xmax, cmax;
     DeviceBuffer<uint32_t> count, list;
     int64_t width = 0;
 
@@ -220,24 +220,29 @@ struct SplitFp32 {
         width = split_fp32_width(a.d);
         xs.allocate(size_t(a.batch) * a.n * 2 * width * 2, "split points");
         cs.allocate(size_t(a.batch) * a.k * 2 * width * 2, "split centroids");
-        launch_split_fp32(static_cast<const float*>(a.x), a.batch * a.n, a.d, width, xs.get(), s);
+        xmax.allocate(a.batch, "largest point magnitude");
+        cmax.allocate(a.batch, "centroid norm bound");
+        const float* x = static_cast<const float*>(a.x);
+        launch_max_abs(x, a.batch, a.n * a.d, xmax.get(), s);
+        launch_split_fp32(x, a.batch, a.n, a.d, width, xmax.get(), xs.get(), s);
         a.xsplit = xs.get();
         a.csplit = cs.get();
         a.dsplit = width;
+        a.xmax = xmax.get();
+        a.cmax = cmax.get();
         if (recheck) {
-            cmax.allocate(a.batch, "centroid norm bound");
             count.allocate(a.batch, "re-check counts");
             list.allocate(size_t(a.batch) * a.n, "re-check lists");
-            a.cmax = cmax.get();
             a.recheck_count = count.get();
             a.recheck_list = list.get();
         }
     }
-    // After launch_prepare_centroids (which wrote a.cnorm).
+    // After the centroids' norms (a.cnorm) are prepared: their largest norm bounds every value,
+    // so it sets the centroids' split scale (and the certificate's bound).
     void prepare(const AssignArgs& a, const float* centroids, cudaStream_t s) {
         if (!width) return;
-        launch_split_fp32(centroids, a.batch * a.k, a.d, width, cs.get(), s);
-        if (a.cmax) launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
+        launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
+        launch_split_fp32(centroids, a.batch, a.k, a.d, width, cmax.get(), cs.get(), s);
     }
 };
 

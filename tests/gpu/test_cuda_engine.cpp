@@ -5,6 +5,7 @@
 #include <faiss/IndexFlat.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -84,6 +85,49 @@ TEST(CudaEngine, Fp32AssignmentExactOnAdversarialShapes) {
                     expect_optimal(x, c, B, n, d, k, m, lab, dis, 1e-6);
                 }
             }
+}
+
+// The tensor-core fp32 path scales each problem by a power of two before its fp16 split
+// (split_scale.cuh). Magnitudes far from 1 (a problem at 2^40, one at 2^-40, rows spread over
+// 2^-8 .. 2^8 within a problem, centroids at their own scale) must still give the fp32 argmin:
+// every label within fp32 rounding (4e-6) of the double-precision optimum, relative to the
+// problem's own scale.
+TEST(CudaEngine, Fp32SplitExactAcrossMagnitudes) {
+    REQUIRE_GPU();
+    uint64_t seed = 900;
+    for (int64_t d : {64, 128})
+        for (int64_t k : {130, 1000}) {
+            const int64_t B = 2, n = 700;
+            auto x = flash_test::gaussian_mixture(B * n, d, 10, seed++);
+            auto c = flash_test::gaussian_mixture(B * k, d, 10, seed++);
+            for (int64_t b = 0; b < B; b++) {
+                const int e = b == 0 ? 40 : -40;
+                for (int64_t i = 0; i < n; i++)
+                    for (int64_t j = 0; j < d; j++) {
+                        float& v = x[(b * n + i) * d + j];
+                        v = std::ldexp(v, e + 4 * int(i % 5) - 8);
+                    }
+                for (int64_t i = 0; i < k * d; i++) c[b * k * d + i] = std::ldexp(c[b * k * d + i], e);
+            }
+            std::vector<int64_t> lab(B * n);
+            std::vector<float> dis(B * n);
+            flash::assign_nearest(host_points(x.data(), n, d, flash::DType::F32, B), c.data(), k, flash::Metric::L2,
+                                  lab.data(), dis.data(), flash::Backend::CUDA);
+            int64_t bad = 0;
+            for (int64_t b = 0; b < B; b++) {
+                const float* cb = &c[b * k * d];
+                double cmax = 0;
+                for (int64_t j = 0; j < k; j++) cmax = std::max(cmax, dot_d(cb + j * d, cb + j * d, d));
+                for (int64_t i = 0; i < n; i++) {
+                    const float* xi = &x[(b * n + i) * d];
+                    double best = 1e300;
+                    for (int64_t j = 0; j < k; j++) best = std::min(best, l2_d(xi, cb + j * d, d));
+                    const double got = l2_d(xi, cb + lab[b * n + i] * d, d);
+                    if (got - best > 4e-6 * (dot_d(xi, xi, d) + cmax)) bad++; // fp32 rounding of the dot products
+                }
+            }
+            EXPECT_EQ(bad, 0) << "d=" << d << " k=" << k << ": labels off the fp32 argmin";
+        }
 }
 
 uint16_t to_half(float f) {
