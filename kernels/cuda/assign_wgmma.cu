@@ -356,23 +356,30 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         };
         auto b_desc = [&](int kcol) { return (uint64_t(B_HI) << 32) | (b_lo + b_off(kcol)); };
         wgmma_fence();
+        constexpr uint64_t lo = uint64_t(LO * sizeof(T)) >> 4;
+        // Product of k-step s: point part (0 hi, 1 lo) times centroid part (0 hi, 1 lo).
+        auto product = [&](int s, int xpart, int cpart, int accumulate) {
+            const uint64_t bd = b_desc(cpart * (KW / 2) + 16 * s);
+            if constexpr (AREG)
+                WgmmaRS<T, BN>::mma(acc, afrag[xpart * KSTEPS + s], bd, accumulate);
+            else
+                Wgmma<T, BN>::mma(acc, a_desc + (uint64_t(s * 128 * sizeof(T)) >> 4) + xpart * lo, bd, accumulate);
+        };
+        if constexpr (SPLIT) {
+            // The small terms (hi.lo, lo.hi: 2^-11 of the result) first, from zero, then hi.hi:
+            // while the small ones are added the accumulator holds only their magnitude, so their
+            // rounding is 2^-10 of that of a full-size step (the certificate counts KSTEPS + 1
+            // full-size steps instead of 3 * KSTEPS).
 #pragma unroll
-        for (int s = 0; s < KSTEPS; s++) {
-            const uint64_t off = uint64_t(s * 128 * sizeof(T)) >> 4; // two core matrices per k-step
-            const uint64_t lo = uint64_t(LO * sizeof(T)) >> 4;
-            if constexpr (AREG) {
-                WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc(16 * s), s > 0);
-                if constexpr (SPLIT) {
-                    WgmmaRS<T, BN>::mma(acc, afrag[s], b_desc(KW / 2 + 16 * s), 1);
-                    WgmmaRS<T, BN>::mma(acc, afrag[KSTEPS + s], b_desc(16 * s), 1);
-                }
-            } else {
-                Wgmma<T, BN>::mma(acc, a_desc + off, b_desc(16 * s), s > 0);
-                if constexpr (SPLIT) {
-                    Wgmma<T, BN>::mma(acc, a_desc + off, b_desc(KW / 2 + 16 * s), 1);
-                    Wgmma<T, BN>::mma(acc, a_desc + off + lo, b_desc(16 * s), 1);
-                }
+            for (int s = 0; s < KSTEPS; s++) {
+                product(s, 0, 1, s > 0);
+                product(s, 1, 0, 1);
             }
+#pragma unroll
+            for (int s = 0; s < KSTEPS; s++) product(s, 0, 0, 1);
+        } else {
+#pragma unroll
+            for (int s = 0; s < KSTEPS; s++) product(s, 0, 0, s > 0);
         }
         wgmma_commit();
     };
@@ -535,12 +542,14 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 if (SPLIT && a.recheck_list) {
                     // |computed - exact| of one value <= vs * (eps * ||x|| * max ||c|| + under),
                     // for our products (dropped lo.lo and residuals of the fp16 split: 4 * 2^-22;
-                    // accumulation: 2^-21 per k16 wgmma step, a generous model of truncating
-                    // fp32 accumulation; under: fp16 underflow, 2^-24 sqrt(d) per operand in
-                    // its scaled units) and for fp32 FMA (d * 2^-24), both measured against
-                    // exact arithmetic. A gap of more than twice that makes both agree on the
-                    // argmin.
-                    const float eps = 1.05f * (4.f * 0x1p-22f + float(3 * KSTEPS) * 0x1p-21f + float(a.d) * 0x1p-24f);
+                    // accumulation: 2^-21 per full-size k16 wgmma step, a generous model of
+                    // truncating fp32 accumulation, KSTEPS hi.hi steps plus one for all the
+                    // small-term steps issued first; under: fp16 underflow, 2^-24 sqrt(d) per
+                    // operand in its scaled units) and for fp32 FMA (d * 2^-24), both measured
+                    // against exact arithmetic. A gap of more than twice that makes both agree
+                    // on the argmin.
+                    const float eps =
+                        1.05f * (4.f * 0x1p-22f + float(KSTEPS + 1) * 0x1p-21f + float(a.d) * 0x1p-24f);
                     const float xl = sqrtf(xn[h]), cm = a.cmax[b];
                     const float under = 1.05f * 0x1p-24f * sqrtf(float(a.d)) *
                                         (xl * ldexpf(1.f, -split_scale_exponent(cm)) +
