@@ -33,9 +33,9 @@ struct AssignArgs {
     int64_t dsplit = 0;
     const float* xmax = nullptr;      // (batch) max |x| of the points (their split scale)
     const float* cmax = nullptr;      // (batch) max_j ||c_j|| (the centroids' split scale, the error bound)
-    // Certificate: a point whose best and second-best values are closer than the error bound
-    // of both computations (ours and exact fp32 FMA) is appended to its problem's list and
-    // recomputed with fp32 FMA. Null lists = no re-check (Fp32Mode::TF32, opt-in).
+    // Certificate: a point whose best and second-best values are closer than twice the error
+    // bound of our products (outside it our argmin is the exact one) is appended to its
+    // problem's list and recomputed with fp32 FMA. Null lists = no re-check (Fp32Mode::TF32, opt-in).
     uint32_t* recheck_count = nullptr; // (batch), zeroed before the launch
     uint32_t* recheck_list = nullptr;  // (batch, n) point indices within the problem
 };

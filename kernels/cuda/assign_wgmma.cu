@@ -540,16 +540,15 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 a.labels[o] = bestr[h].i;
                 a.distances[o] = l2 ? fmaxf(xn[h] + bestr[h].v, 0.f) : -bestr[h].v;
                 if (SPLIT && a.recheck_list) {
-                    // |computed - exact| of one value <= vs * (eps * ||x|| * max ||c|| + under),
-                    // for our products (dropped lo.lo and residuals of the fp16 split: 4 * 2^-22;
-                    // accumulation: 2^-21 per full-size k16 wgmma step, a generous model of
-                    // truncating fp32 accumulation, KSTEPS hi.hi steps plus one for all the
-                    // small-term steps issued first; under: fp16 underflow, 2^-24 sqrt(d) per
-                    // operand in its scaled units) and for fp32 FMA (d * 2^-24), both measured
-                    // against exact arithmetic. A gap of more than twice that makes both agree
-                    // on the argmin.
-                    const float eps =
-                        1.05f * (4.f * 0x1p-22f + float(KSTEPS + 1) * 0x1p-21f + float(a.d) * 0x1p-24f);
+                    // |computed - exact| of one product <= vs * (eps * ||x|| * max ||c|| + under):
+                    // dropped lo.lo and residuals of the fp16 split, 4 * 2^-22; accumulation,
+                    // 2^-21 per full-size k16 wgmma step (a generous model of truncating fp32
+                    // accumulation), KSTEPS hi.hi steps plus one for all the small-term steps
+                    // issued first; under, fp16 underflow, 2^-24 sqrt(d) per operand in its scaled
+                    // units. A gap of more than twice that makes our argmin the exact one (for the
+                    // fp32 norms, which the re-check shares); inside it, the point is recomputed
+                    // with fp32 FMA, whose own rounding only moves near-ties (as DESIGN.md asks).
+                    const float eps = 1.05f * (4.f * 0x1p-22f + float(KSTEPS + 1) * 0x1p-21f);
                     const float xl = sqrtf(xn[h]), cm = a.cmax[b];
                     const float under = 1.05f * 0x1p-24f * sqrtf(float(a.d)) *
                                         (xl * ldexpf(1.f, -split_scale_exponent(cm)) +
