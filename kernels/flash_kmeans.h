@@ -16,7 +16,9 @@ enum class Backend : int { Auto = 0, CPU = 1, CUDA = 2 };
 
 /// How the CUDA engine evaluates fp32 dot products.
 /// Exact: every assignment is the true fp32 argmin except at near-ties (the default).
-/// TF32: plain TF32 tensor-core products, opt-in, may misassign close points.
+/// TF32: opt-in fast mode: the tensor-core products without the exact re-check of the
+///       uncertain points (on Hopper the scaled fp16 split products, error about 2^-18
+///       ||x|| ||c||, more accurate than TF32's 2^-10), may misassign close points.
 enum class Fp32Mode : int { Exact = 0, TF32 = 1 };
 
 /// Where the CUDA engine keeps host points.
