@@ -216,7 +216,7 @@ print(f"{'config':24s} {'ours iter':>9s} {'TFLOP/s':>8s} {'fk iter':>8s} {'speed
       f"{'speedup':>8s} {'fk fit':>8s} {'speedup':>8s} {'ours call':>9s} {'fk call':>8s} {'speedup':>8s} "
       f"{'dense torch':>11s}")
 for n, r in ours.items():
-    p = peers.get(n, {})
+    p = peers.get(n, peers.get(n.removesuffix("_tf32"), {}))  # our TF32 mode beside the peer's TF32
     fk = float(p.get("flash_kmeans_ms", "nan")); fki = float(p.get("flash_kmeans_iter_ms", "nan"))
     fkb = float(p.get("flash_kmeans_iter_min_ms", "nan")); dt = float(p.get("dense_torch_ms", "nan"))
     fkf = float(p.get("flash_kmeans_iter_fit_ms", "nan"))

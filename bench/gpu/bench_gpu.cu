@@ -25,6 +25,7 @@ struct Config {
     const char* name;
     int64_t B, N, K, d;
     flash::DType dtype;
+    flash::Fp32Mode fp32_mode = flash::Fp32Mode::Exact;
 };
 
 const Config kConfigs[] = {
@@ -34,6 +35,9 @@ const Config kConfigs[] = {
         {"b1_n8M_k1024_fp16", 1, 8 << 20, 1024, 128, flash::DType::F16},
         {"b1_n1M_k1024_fp32", 1, 1 << 20, 1024, 128, flash::DType::F32},
         {"b1_n1M_k16384_fp32", 1, 1 << 20, 16384, 128, flash::DType::F32},
+        // the opt-in TF32-class mode (Fp32Mode::TF32), beside the peer's TF32 on the same configs
+        {"b1_n1M_k1024_fp32_tf32", 1, 1 << 20, 1024, 128, flash::DType::F32, flash::Fp32Mode::TF32},
+        {"b1_n1M_k16384_fp32_tf32", 1, 1 << 20, 16384, 128, flash::DType::F32, flash::Fp32Mode::TF32},
         // latency-bound batched problems (issue 4)
         {"b32_n4096_k64_fp16", 32, 4096, 64, 128, flash::DType::F16},
         {"b8_n16384_k100_fp16", 8, 16384, 100, 128, flash::DType::F16},
@@ -129,6 +133,7 @@ int main(int argc, char** argv) {
         flash::LloydOptions opt;
         opt.k = c.K;
         opt.backend = flash::Backend::CUDA;
+        opt.fp32_mode = c.fp32_mode;
         std::vector<double> iter_ms, call_ms;
         for (int r = 0; r <= repeats; r++) {
             auto cen = c0;

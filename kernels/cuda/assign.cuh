@@ -38,6 +38,10 @@ struct AssignArgs {
     // problem's list and recomputed with fp32 FMA. Null lists = no re-check (Fp32Mode::TF32, opt-in).
     uint32_t* recheck_count = nullptr; // (batch), zeroed before the launch
     uint32_t* recheck_list = nullptr;  // (batch, n) point indices within the problem
+
+    // Fp32Mode::TF32 (HalfFp32 in resources.cuh): the fp16 problem assigned in this one's place
+    // (host pointer; the fp32 distances are recomputed afterwards). Null: not that mode.
+    const AssignArgs* half_view = nullptr;
 };
 
 /// Tensor-core path (mma.sync m16n8k16) for fp16 / bf16 inputs, any GPU of sm_80 or later.

@@ -90,11 +90,17 @@ int heuristic_variant(const AssignArgs& a) {
 // Variants are numbered wgmma configurations first, then the portable ones (mma.sync for
 // fp16 / bf16, plain fp32 FMA for fp32).
 int assign_variants(const AssignArgs& a) {
+    if (a.half_view) return assign_variants(*a.half_view);
     const int w = wgmma_supported(a) ? assign_wgmma_variants(a) : 0;
     return w + (a.dtype == DType::F32 ? 1 : assign_mma_variants(a));
 }
 
 void launch_assign(const AssignArgs& a, int variant, cudaStream_t stream) {
+    if (a.half_view) { // Fp32Mode::TF32: the scaled fp16 problem, then fp32 distances
+        launch_assign(*a.half_view, variant, stream);
+        launch_exact_distances(a, stream);
+        return;
+    }
     const int w = wgmma_supported(a) ? assign_wgmma_variants(a) : 0;
     if (a.dtype == DType::F32) {
         if (variant < w && a.xsplit) {
@@ -114,6 +120,7 @@ void launch_assign(const AssignArgs& a, int variant, cudaStream_t stream) {
 }
 
 int choose_assign_variant(const AssignArgs& a, cudaStream_t s) {
+    if (a.half_view) return choose_assign_variant(*a.half_view, s);
     const int count = assign_variants(a);
     if (const char* forced = std::getenv("FLASH_ASSIGN_VARIANT")) return std::min(std::max(0, std::atoi(forced)), count - 1);
     const char* tune = std::getenv("FLASH_AUTOTUNE");

@@ -161,13 +161,15 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     a.labels = labels.get();
     a.distances = dist.get();
 
-    SplitFp32 split(a, opt.fp32_mode == Fp32Mode::Exact, s);
+    HalfFp32 half(a, opt.fp32_mode == Fp32Mode::TF32, s);
+    SplitFp32 split(a, true, s); // exact fp32 (not in TF32 mode: a.half_view)
 
     // FLASH_CUDA_PHASE_TIMES=1: events between the phases, a breakdown on stderr at the end.
     Events pev(phases ? 3 * size_t(niter) : 0);
     if (niter > 0) { // the autotuner times real launches: give it prepared centroids
         launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
         split.prepare(a, cen.get(), s);
+        half.prepare(a, cen.get(), s);
     }
     const int variant = niter > 0 ? choose_assign_variant(a, s) : 0;
     clock.mark("prepare");
@@ -180,6 +182,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     auto assign_part = [&] {
         if (!prepared_in_update) launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
         split.prepare(a, cen.get(), s);
+        half.prepare(a, cen.get(), s);
         launch_assign(a, variant, s);
     };
     auto update_part = [&](int64_t it) { // it < 0: no phase events (graph capture)

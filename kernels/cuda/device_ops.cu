@@ -342,6 +342,24 @@ __global__ void split_fp32(const float* src, int64_t rows, int64_t per_problem, 
     dst[r * 2 * width + width + j] = __float2half_rn(v - __half2float(hi)); // v - hi is exact in fp32
 }
 
+// Row r of problem r / rows: fp16(v * 2^split_scale_exponent(max_abs[problem])), d per row.
+__global__ void scale_to_half(const float* src, int64_t rows, int64_t per_problem, int64_t d, const float* max_abs,
+                              __half* dst) {
+    const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (g >= rows * d) return;
+    dst[g] = __float2half_rn(ldexpf(src[g], split_scale_exponent(max_abs[g / d / per_problem])));
+}
+
+// out[b * k + j] = norms[b * k + j] * 2^(e(xmax[b]) + e(cmax[b])): the penalties in the units of
+// the scaled products.
+__global__ void scaled_norms(const float* norms, int64_t batch, int64_t k, const float* xmax, const float* cmax,
+                             float* out) {
+    const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+    if (g >= batch * k) return;
+    const int64_t b = g / k;
+    out[g] = ldexpf(norms[g], split_scale_exponent(xmax[b]) + split_scale_exponent(cmax[b]));
+}
+
 // out[b] = max |x| over problem b's count values (out zeroed first; non-negative floats order
 // as their bit patterns, so an integer atomicMax is exact and order-free).
 __global__ void max_abs(const float* src, int64_t count, int blocks_per_problem, float* out) {
@@ -376,6 +394,22 @@ void launch_split_fp32(const float* src, int64_t batch, int64_t rows, int64_t d,
     split_fp32<<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, width, max_abs,
                                                              static_cast<__half*>(dst));
     FLASH_LAUNCH_CHECK("split_fp32");
+}
+
+void launch_scale_to_half(const float* src, int64_t batch, int64_t rows, int64_t d, const float* max_abs, void* dst,
+                          cudaStream_t s) {
+    const int64_t total = batch * rows * d;
+    if (total == 0) return;
+    scale_to_half<<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, max_abs,
+                                                                static_cast<__half*>(dst));
+    FLASH_LAUNCH_CHECK("scale_to_half");
+}
+
+void launch_scaled_norms(const float* norms, int64_t batch, int64_t k, const float* xmax, const float* cmax, float* out,
+                         cudaStream_t s) {
+    if (batch * k == 0) return;
+    scaled_norms<<<unsigned((batch * k + 255) / 256), 256, 0, s>>>(norms, batch, k, xmax, cmax, out);
+    FLASH_LAUNCH_CHECK("scaled_norms");
 }
 
 void launch_max_abs(const float* src, int64_t batch, int64_t count, float* out, cudaStream_t s) {

@@ -46,6 +46,14 @@ void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const u
 void launch_split_fp32(const float* src, int64_t batch, int64_t rows, int64_t d, int64_t width, const float* max_abs,
                        void* dst, cudaStream_t s);
 
+/// dst (batch * rows, d) fp16 = src values of problem b scaled by 2^split_scale_exponent(max_abs[b]).
+void launch_scale_to_half(const float* src, int64_t batch, int64_t rows, int64_t d, const float* max_abs, void* dst,
+                          cudaStream_t s);
+
+/// out (batch, k) = norms scaled by 2^(split_scale_exponent(xmax[b]) + split_scale_exponent(cmax[b])).
+void launch_scaled_norms(const float* norms, int64_t batch, int64_t k, const float* xmax, const float* cmax, float* out,
+                         cudaStream_t s);
+
 /// out[b] = max |v| over the count values of problem b (src is (batch, count)).
 void launch_max_abs(const float* src, int64_t batch, int64_t count, float* out, cudaStream_t s);
 

@@ -216,7 +216,7 @@ struct SplitFp32 {
     int64_t width = 0;
 
     SplitFp32(AssignArgs& a, bool recheck, cudaStream_t s) {
-        if (a.dtype != DType::F32 || !wgmma_supported(a)) return;
+        if (a.dtype != DType::F32 || a.half_view || !wgmma_supported(a)) return;
         width = split_fp32_width(a.d);
         xs.allocate(size_t(a.batch) * a.n * 2 * width * 2, "split points");
         cs.allocate(size_t(a.batch) * a.k * 2 * width * 2, "split centroids");
@@ -243,6 +243,45 @@ struct SplitFp32 {
         if (!width) return;
         launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
         launch_split_fp32(centroids, a.batch, a.k, a.d, width, cmax.get(), cs.get(), s);
+    }
+};
+
+// Fp32Mode::TF32: the points and centroids as fp16 copies scaled by a power of two per problem
+// (split_scale.cuh: 11-bit significands, TF32's, with the range handled by the scale), assigned
+// by the fp16 kernels in the fp32 problem's place (AssignArgs::half_view). The penalties are the
+// fp32 norms scaled by the same factor as the products, so the argmin is that of
+// ||c||^2 - 2 x.c on the rounded values, at fp16 tensor-core speed (one product where the exact
+// mode runs three); the reported distances are recomputed in fp32 afterwards.
+struct HalfFp32 {
+    DeviceBuffer<unsigned char> xh, ch;
+    DeviceBuffer<float> xmax, cmax, cn;
+    AssignArgs view;
+    bool active = false;
+
+    HalfFp32(AssignArgs& a, bool enabled, cudaStream_t s) {
+        if (!enabled || a.dtype != DType::F32) return;
+        xh.allocate(size_t(a.batch) * a.n * a.d * 2, "fp16 points (TF32 mode)");
+        ch.allocate(size_t(a.batch) * a.k * a.d * 2, "fp16 centroids (TF32 mode)");
+        xmax.allocate(a.batch, "largest point magnitude");
+        cmax.allocate(a.batch, "centroid norm bound");
+        cn.allocate(size_t(a.batch) * a.k, "scaled centroid norms");
+        const float* x = static_cast<const float*>(a.x);
+        launch_max_abs(x, a.batch, a.n * a.d, xmax.get(), s);
+        launch_scale_to_half(x, a.batch, a.n, a.d, xmax.get(), xh.get(), s);
+        view = a;
+        view.dtype = DType::F16;
+        view.x = xh.get();
+        view.centroids = ch.get();
+        view.cnorm = cn.get();
+        a.half_view = &view;
+        active = true;
+    }
+    // After the centroids' fp32 norms (a.cnorm) are prepared.
+    void prepare(const AssignArgs& a, const float* centroids, cudaStream_t s) {
+        if (!active) return;
+        launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
+        launch_scale_to_half(centroids, a.batch, a.k, a.d, cmax.get(), ch.get(), s);
+        launch_scaled_norms(a.cnorm, a.batch, a.k, xmax.get(), cmax.get(), cn.get(), s);
     }
 };
 

@@ -344,6 +344,45 @@ TEST(CudaEngine, LloydMatchesCpuEngine) {
     }
 }
 
+// Fp32Mode::TF32 (opt-in): scaled fp16 copies and one fp16 product, TF32-class accuracy. One
+// iteration from the same start: the objective (fp32 distances of the labels it chose) within
+// 2e-4 of the exact mode's and never more than float rounding below it; the same bits run to
+// run; problems at 2^30 and 2^-30 (the scales), L2 and inner product.
+TEST(CudaEngine, Fp32Tf32ModeCloseToExact) {
+    REQUIRE_GPU();
+    const int64_t B = 2, n = 20000, d = 128, k = 100;
+    auto x = flash_test::gaussian_mixture(B * n, d, 40, 71);
+    for (int64_t i = n * d; i < B * n * d; i++) x[i] = std::ldexp(x[i], -30);
+    for (int64_t i = 0; i < n * d; i++) x[i] = std::ldexp(x[i], 30);
+    std::vector<float> c0(B * k * d);
+    for (int64_t b = 0; b < B; b++) std::memcpy(&c0[b * k * d], &x[(b * n + 11) * d], sizeof(float) * k * d);
+    for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
+        auto run = [&](flash::Fp32Mode mode) {
+            auto c = c0;
+            auto o = options(k, 1, flash::Backend::CUDA);
+            o.metric = m;
+            o.fp32_mode = mode;
+            const auto st = flash::run_lloyd(host_points(x.data(), n, d, flash::DType::F32, B), c.data(), o);
+            return std::make_pair(st, c);
+        };
+        const auto [se, ce] = run(flash::Fp32Mode::Exact);
+        const auto [s1, c1] = run(flash::Fp32Mode::TF32);
+        const auto [s2, c2] = run(flash::Fp32Mode::TF32);
+        EXPECT_EQ(c1, c2) << "TF32 mode run to run";
+        for (int64_t b = 0; b < B; b++) {
+            const double oe = se[b][0].obj, ot = s1[b][0].obj;
+            EXPECT_EQ(ot, s2[b][0].obj);
+            if (m == flash::Metric::L2) {
+                EXPECT_LE(ot, oe * (1 + 2e-4)) << "problem " << b;
+                EXPECT_GE(ot, oe * (1 - 1e-6)) << "problem " << b;
+            } else { // similarities: larger is better
+                EXPECT_GE(ot, oe - 2e-4 * std::fabs(oe)) << "problem " << b;
+                EXPECT_LE(ot, oe + 1e-6 * std::fabs(oe)) << "problem " << b;
+            }
+        }
+    }
+}
+
 TEST(CudaEngine, RunsAreBitIdenticalAndBatchesEqualSeparateRuns) {
     REQUIRE_GPU();
     const int64_t B = 3, n = 5000, d = 64, k = 50;
