@@ -122,6 +122,8 @@ void apply_placement(const py::dict& p, Options& o) {
         } else if (key == "max_gpu_memory") o.device_memory_limit = v.cast<int64_t>();
         else if (key == "transfer_dtype") o.transfer_dtype = dtype_of(v.cast<std::string>());
         else if (key == "piece_rows") o.stream_piece_rows = v.cast<int64_t>();
+        else if (key == "fp32_mode")
+            o.fp32_mode = v.cast<std::string>() == "tf32" ? flash::Fp32Mode::TF32 : flash::Fp32Mode::Exact;
         else throw std::invalid_argument("unknown placement option '" + key + "'");
     }
 }

@@ -26,15 +26,21 @@ def _positive_int(v, name, expected):
     return int(v)
 
 
-def parse_placement(devices=None, streaming="auto", max_gpu_memory=None, transfer_dtype=None, piece_rows=None):
-    """Several GPUs and data larger than the GPU (flash::LloydOptions), validated -> dict.
+def parse_placement(devices=None, streaming="auto", max_gpu_memory=None, transfer_dtype=None, piece_rows=None,
+                    fp32_mode="exact"):
+    """Several GPUs, data larger than the GPU and the fp32 mode (flash::LloydOptions), validated -> dict.
 
     devices: list of CUDA ordinals to shard the points over (a device may repeat); None: one.
     streaming: 'auto' (stream what does not fit), 'off' (must fit), 'force' (stream everything).
     max_gpu_memory: cap in bytes per device. transfer_dtype: 'float16' / 'bfloat16' to send
-    float32 points at half the bytes. piece_rows: rows per streamed piece.
+    float32 points at half the bytes. piece_rows: rows per streamed piece. fp32_mode: 'exact'
+    (float32 points on the GPU: the exact fp32 argmin except near-ties) or 'tf32' (opt-in:
+    TF32-class products, about twice as fast, may misassign close points).
     """
     out = {}
+    if fp32_mode not in ("exact", "tf32"):
+        raise ValueError(f"fp32_mode: expected 'exact' or 'tf32', got {fp32_mode!r}")
+    out["fp32_mode"] = fp32_mode
     if devices is not None:
         if isinstance(devices, (int, np.integer)) or isinstance(devices, str) or \
                 not all(isinstance(v, (int, np.integer)) and v >= 0 for v in devices) or len(devices) == 0:

@@ -18,7 +18,8 @@ def initial_rows(n, k, seed, batch):
 
 
 def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_centroids=None, weights=None,
-                 device="auto", devices=None, streaming="auto", max_gpu_memory=None, transfer_dtype=None):
+                 device="auto", devices=None, streaming="auto", max_gpu_memory=None, transfer_dtype=None,
+                 fp32_mode="exact"):
     """Clusters each of the B problems of x into k clusters.
 
     x: (B, N, d) or (N, d); numpy float32/float16, or torch float32/float16/bfloat16 on the CPU
@@ -32,7 +33,8 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     Host data on the CUDA engine may be larger than the GPU or spread over several: devices
     (list of CUDA ordinals, sharded in order), streaming ('auto': stream what does not fit,
     'off', 'force'), max_gpu_memory (bytes per device), transfer_dtype ('float16' / 'bfloat16':
-    float32 points sent at half the bytes).
+    float32 points sent at half the bytes). fp32_mode: 'exact' (default) or 'tf32' (opt-in,
+    TF32-class float32 products on the GPU, about twice as fast).
     """
     if metric not in ("l2", "ip"):
         raise ValueError(f"metric: expected 'l2' or 'ip', got {metric!r}")
@@ -43,7 +45,7 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     if not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
     backend, cuda_device = parse_device(device)
-    placement = parse_placement(devices, streaming, max_gpu_memory, transfer_dtype)
+    placement = parse_placement(devices, streaming, max_gpu_memory, transfer_dtype, fp32_mode=fp32_mode)
     ptr, dtype, b, n, d, data_device = describe(x, "x")
     squeeze = (x.dim() if is_torch(x) else x.ndim) == 2
     if data_device >= 0:

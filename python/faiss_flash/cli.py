@@ -3,7 +3,7 @@
   flash-kmeans data.fvecs -k 1024 [--niter 25] [--seed 1234] [--metric l2|ip]
                [--device auto|cpu|cuda|cuda:N] [-o centroids.npy|.fvecs]
                [--devices 0,1] [--streaming auto|off|force] [--max-gpu-memory GB]
-               [--transfer-dtype float16|bfloat16]
+               [--transfer-dtype float16|bfloat16] [--fp32-mode exact|tf32]
                [--ivf-index out.faissindex] [--compare] [--verbose]
 """
 import argparse
@@ -30,6 +30,8 @@ def main(argv=None):
     ap.add_argument("--max-gpu-memory", type=float, help="GB of GPU memory to use per device")
     ap.add_argument("--transfer-dtype", choices=["float32", "float16", "bfloat16"],
                     help="send the float32 points to the GPU as this type")
+    ap.add_argument("--fp32-mode", choices=["exact", "tf32"], default="exact",
+                    help="float32 products on the GPU: exact (default) or TF32-class (faster)")
     ap.add_argument("-o", "--output")
     ap.add_argument("--ivf-index", help="also write a trained IVF-Flat index with nlist = k")
     ap.add_argument("--compare", action="store_true", help="also run stock faiss.Kmeans and compare")
@@ -57,7 +59,7 @@ def main(argv=None):
     verbose = (args.verbose or long_run) and not args.quiet
     params = dict(niter=args.niter, seed=args.seed, verbose=verbose, spherical=args.metric == "ip",
                   max_points_per_centroid=args.max_points_per_centroid)
-    placement = dict(streaming=args.streaming, transfer_dtype=args.transfer_dtype)
+    placement = dict(streaming=args.streaming, transfer_dtype=args.transfer_dtype, fp32_mode=args.fp32_mode)
     try:
         if args.devices:
             placement["devices"] = [int(v) for v in args.devices.split(",")]

@@ -5,7 +5,7 @@ from . import _faiss_flash
 from ._arrays import parse_device, parse_placement
 from ._faiss import faiss
 
-_PLACEMENT = ("devices", "streaming", "max_gpu_memory", "transfer_dtype", "piece_rows")
+_PLACEMENT = ("devices", "streaming", "max_gpu_memory", "transfer_dtype", "piece_rows", "fp32_mode")
 
 # faiss.ClusteringParameters fields, handed to the C++ FlashClustering at train time.
 _CP_FIELDS = ("niter", "nredo", "verbose", "spherical", "int_centroids", "update_index", "frozen_centroids",

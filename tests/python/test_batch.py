@@ -109,6 +109,8 @@ def test_no_copy_of_contiguous_input(rs):
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, transfer_dtype="int8"), ValueError,
      "transfer_dtype"),
     (lambda: faiss_flash.Kmeans(4, 2, streaming="sometimes"), ValueError, "streaming"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, fp32_mode="fast"), ValueError, "fp32_mode"),
+    (lambda: faiss_flash.Kmeans(4, 2, fp32_mode="TF32"), ValueError, "fp32_mode"),
 ])
 def test_bad_arguments(bad, exc, word):
     with pytest.raises(exc, match=word):
@@ -135,7 +137,7 @@ def test_placement_options_ignored_on_the_cpu_engine(rs):
     x = gaussian(rs, 3000, 16)
     ref = faiss_flash.batch_kmeans(x, 8, niter=4, device="cpu")
     r = faiss_flash.batch_kmeans(x, 8, niter=4, device="cpu", devices=[0, 0], streaming="force",
-                                 max_gpu_memory=1 << 30, transfer_dtype="float16")
+                                 max_gpu_memory=1 << 30, transfer_dtype="float16", fp32_mode="tf32")
     assert np.array_equal(r.centroids, ref.centroids)
 
 

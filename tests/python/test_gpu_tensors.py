@@ -77,6 +77,17 @@ def test_sharded_and_streamed_runs_match_one_gpu(rs):
         assert np.array_equal(r.centroids, half.centroids), streaming
 
 
+def test_tf32_mode_close_to_exact(rs):
+    # fp32_mode='tf32' (opt-in): TF32-class products; the objective stays within 1e-3 of the
+    # exact mode's from the same start, and the same bits run to run.
+    x = cuda_batch(rs, 2, 20000, 64, torch.float32)
+    exact = faiss_flash.batch_kmeans(x, 50, niter=5)
+    fast = faiss_flash.batch_kmeans(x, 50, niter=5, fp32_mode="tf32")
+    again = faiss_flash.batch_kmeans(x, 50, niter=5, fp32_mode="tf32")
+    assert torch.equal(fast.centroids, again.centroids)
+    assert torch.allclose(fast.obj, exact.obj, rtol=1e-3), (fast.obj, exact.obj)
+
+
 def test_bad_cuda_inputs_raise(rs):
     x = cuda_batch(rs, 2, 1000, 16, torch.float32)
     with pytest.raises(ValueError, match="contiguous"):
