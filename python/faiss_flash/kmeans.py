@@ -21,7 +21,9 @@ class Kmeans:
     Extra keywords: device ('auto', 'cpu', 'cuda', 'cuda:N'), checkpoint_path and
     checkpoint_every (resumable training), and for several GPUs or data larger than the GPU:
     devices (list of CUDA ordinals to shard over), streaming ('auto', 'off', 'force'),
-    max_gpu_memory (bytes per device), transfer_dtype ('float16' / 'bfloat16'), piece_rows. `gpu=` is accepted as FAISS does: a true value
+    max_gpu_memory (bytes per device), transfer_dtype ('float16' / 'bfloat16'), piece_rows;
+    fp32_mode ('exact', the default, or 'tf32': opt-in TF32-class float32 products on the GPU,
+    about twice as fast, may misassign close points). `gpu=` is accepted as FAISS does: a true value
     selects device='auto' (the CUDA engine when a GPU is visible). `progressive_dim_steps`
     (progressive-dimension clustering) is delegated to faiss.Kmeans.
     """
