@@ -17,9 +17,7 @@ enum class Backend : int { Auto = 0, CPU = 1, CUDA = 2 };
 /// How the CUDA engine evaluates fp32 dot products.
 /// Exact: every assignment is the true fp32 argmin except at near-ties (the default).
 /// TF32: opt-in fast mode, TF32-class products without the exact re-check: scaled fp16
-///       copies and one fp16 product (11-bit significands, TF32's) on the single-device
-///       engine; with several devices or streamed data, the split products. May misassign
-///       close points.
+///       copies and one fp16 product (11-bit significands, TF32's). May misassign close points.
 enum class Fp32Mode : int { Exact = 0, TF32 = 1 };
 
 /// Where the CUDA engine keeps host points.

@@ -151,7 +151,14 @@ class Shard {
         AssignArgs probe;
         probe.dtype = t_;
         probe.d = d;
-        if (t_ == DType::F32 && wgmma_supported(probe)) {
+        if (t_ == DType::F32 && opt_.fp32_mode == Fp32Mode::TF32) { // as HalfFp32 (resources.cuh), per piece
+            half_ = true;
+            xh_.allocate(size_t(P_) * d * 2, "fp16 points (TF32 mode)");
+            ch_.allocate(size_t(B * k) * d * 2, "fp16 centroids (TF32 mode)");
+            cn_.allocate(B * k, "scaled centroid norms");
+            cmax_.allocate(B, "centroid norm bound");
+            xmax_.allocate(1, "largest point magnitude");
+        } else if (t_ == DType::F32 && wgmma_supported(probe)) {
             width_ = split_fp32_width(d);
             xs_.allocate(size_t(P_) * 4 * width_, "split points");
             cs_.allocate(size_t(B * k) * 4 * width_, "split centroids");
@@ -163,9 +170,10 @@ class Shard {
             }
         }
         update_ = std::make_unique<SortInverseUpdate>(1, P_, d, k, s);
-        const size_t fixed = size_t(B * k) * (d * 4 + 4 + (t_ != DType::F32 ? d * 2 : 0) + d * 8 + 16 +
-                                              (width_ ? 4 * width_ + 4 : 0)) +
-                             size_t(P_) * (12 + (width_ ? 4 * width_ + 4 : 0)) + size_t(stats_workspace_size(1, P_)) * 8 +
+        const size_t fp32_cluster = width_ ? 4 * width_ + 4 : (half_ ? 2 * d + 8 : 0);
+        const size_t fp32_row = width_ ? 4 * width_ + 4 : (half_ ? 2 * d : 0);
+        const size_t fixed = size_t(B * k) * (d * 4 + 4 + (t_ != DType::F32 ? d * 2 : 0) + d * 8 + 16 + fp32_cluster) +
+                             size_t(P_) * (12 + fp32_row) + size_t(stats_workspace_size(1, P_)) * 8 +
                              (opt_.weights ? size_t(flat1_ - flat0_) * 4 : 0) + update_bytes(P_, k, d);
         host_sums_.allocate(size_t(B * k * d) * 8, "cluster sums (host)");
         host_wsums_.allocate(size_t(B * k) * 8, "cluster weights (host)");
@@ -247,10 +255,9 @@ class Shard {
         cudaStream_t s = compute_->get(), cs = copy_->get();
         FLASH_CUDA_CHECK(cudaMemcpyAsync(cen_.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
         launch_prepare_centroids(cen_.get(), B * k, d, t_, lowp_.get(), cnorm_.get(), s);
-        if (width_) {
-            launch_max_norm(cnorm_.get(), B, k, cmax_.get(), s); // the centroids' split scale
-            launch_split_fp32(cen_.get(), B, k, d, width_, cmax_.get(), cs_.get(), s);
-        }
+        if (width_ || half_) launch_max_norm(cnorm_.get(), B, k, cmax_.get(), s); // the centroids' scale
+        if (width_) launch_split_fp32(cen_.get(), B, k, d, width_, cmax_.get(), cs_.get(), s);
+        if (half_) launch_scale_to_half(cen_.get(), B, k, d, cmax_.get(), ch_.get(), s);
         FLASH_CUDA_CHECK(cudaMemsetAsync(sums_.get(), 0, sizeof(double) * B * k * d, s));
         FLASH_CUDA_CHECK(cudaMemsetAsync(wsums_.get(), 0, sizeof(double) * B * k, s));
         FLASH_CUDA_CHECK(cudaMemsetAsync(counts_.get(), 0, sizeof(unsigned long long) * B * k, s));
@@ -305,6 +312,19 @@ class Shard {
                     a.recheck_count = recheck_count_.get();
                     a.recheck_list = recheck_list_.get();
                 }
+            }
+            AssignArgs view; // TF32 mode: this piece as scaled fp16 (HalfFp32's view, per piece)
+            if (half_) {
+                const float* xf = static_cast<const float*>(data);
+                launch_max_abs(xf, 1, p.rows * d, xmax_.get(), s);
+                launch_scale_to_half(xf, 1, p.rows, d, xmax_.get(), xh_.get(), s);
+                launch_scaled_norms(cnorm_.get() + p.b * k, 1, k, xmax_.get(), cmax_.get() + p.b, cn_.get(), s);
+                view = a;
+                view.dtype = DType::F16;
+                view.x = xh_.get();
+                view.centroids = ch_.get() + size_t(p.b * k * d) * 2;
+                view.cnorm = cn_.get();
+                a.half_view = &view;
             }
             if (variant_ < 0) variant_ = choose_assign_variant(a, s);
             launch_assign(a, variant_, s);
@@ -374,11 +394,12 @@ class Shard {
     bool direct_ = false;
     int variant_ = -1;
     int64_t width_ = 0;
+    bool half_ = false; // Fp32Mode::TF32: pieces assigned as scaled fp16 (xh_, ch_, cn_)
     double copy_s_ = 0, compute_s_ = 0;
 
     std::unique_ptr<Stream> compute_, copy_;
-    DeviceBuffer<float> cen_, cnorm_, dist_, weights_, xnorm_tmp_, cmax_, xmax_;
-    DeviceBuffer<unsigned char> lowp_, xs_, cs_;
+    DeviceBuffer<float> cen_, cnorm_, dist_, weights_, xnorm_tmp_, cmax_, xmax_, cn_;
+    DeviceBuffer<unsigned char> lowp_, xs_, cs_, xh_, ch_;
     DeviceBuffer<double> sums_, wsums_, obj_, stats_ws_;
     DeviceBuffer<unsigned long long> counts_;
     DeviceBuffer<int32_t> labels_;

@@ -123,6 +123,21 @@ TEST(Sharded, EveryPlacementGivesTheSameBitsOnIntegerData) {
         EXPECT_EQ(r.placement.shards, flash::cuda_engine::device_count());
     }
     {
+        // TF32 mode: integer points are exact in the scaled fp16 copies whatever a piece's scale,
+        // and the scales are powers of two, so every placement picks the same labels.
+        SCOPED_TRACE("TF32 mode: in memory, streamed, three shards");
+        auto o = opt;
+        o.stream_piece_rows = 0;
+        o.fp32_mode = flash::Fp32Mode::TF32;
+        const Result tf32 = run(pts, init, o);
+        o.stream_piece_rows = 4096;
+        o.streaming = flash::Streaming::Force;
+        expect_same_run(tf32, run(pts, init, o), 1e-12);
+        o.streaming = flash::Streaming::Auto;
+        o.cuda_devices = {0, 0, 0};
+        expect_same_run(tf32, run(pts, init, o), 1e-12);
+    }
+    {
         SCOPED_TRACE("pageable data staged instead of pinned");
         auto o = opt;
         o.streaming = flash::Streaming::Force;
