@@ -35,7 +35,8 @@ struct AssignArgs {
     const float* cmax = nullptr;      // (batch) max_j ||c_j|| (the centroids' split scale, the error bound)
     // Certificate: a point whose best and second-best values are closer than twice the error
     // bound of our products (outside it our argmin is the exact one) is appended to its
-    // problem's list and recomputed with fp32 FMA. Null lists = no re-check (Fp32Mode::TF32, opt-in).
+    // problem's list and recomputed with fp32 FMA. Set wherever xsplit is (Fp32Mode::TF32 does
+    // not use the split: see half_view).
     uint32_t* recheck_count = nullptr; // (batch), zeroed before the launch
     uint32_t* recheck_list = nullptr;  // (batch, n) point indices within the problem
 

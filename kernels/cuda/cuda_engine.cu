@@ -162,7 +162,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     a.distances = dist.get();
 
     HalfFp32 half(a, opt.fp32_mode == Fp32Mode::TF32, s);
-    SplitFp32 split(a, true, s); // exact fp32 (not in TF32 mode: a.half_view)
+    SplitFp32 split(a, s); // exact fp32 (not in TF32 mode: a.half_view)
 
     // FLASH_CUDA_PHASE_TIMES=1: events between the phases, a breakdown on stderr at the end.
     Events pev(phases ? 3 * size_t(niter) : 0);
@@ -309,7 +309,7 @@ void assign_nearest(const Points& x, const float* centroids, int64_t k, Metric m
     a.k = k;
     a.labels = lab.get();
     a.distances = dist.get();
-    SplitFp32 split(a, true, s);
+    SplitFp32 split(a, s);
     split.prepare(a, cen.get(), s);
     launch_assign(a, choose_assign_variant(a, s), s);
     std::vector<int32_t> l32(B * n);

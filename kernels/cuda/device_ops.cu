@@ -329,25 +329,20 @@ void launch_row_norms(const void* x, DType dtype, int64_t rows, int64_t d, float
     FLASH_LAUNCH_CHECK("row_norms");
 }
 
-// Row r of problem r / rows: v scaled by 2^split_scale_exponent(max_abs[problem]) (exact),
-// then [fp16(v) | fp16(v - fp16(v))], each part zero-padded from d to width.
-__global__ void split_fp32(const float* src, int64_t rows, int64_t per_problem, int64_t d, int64_t width,
-                           const float* max_abs, __half* dst) {
+// Row r of problem r / per_problem: v scaled by 2^split_scale_exponent(max_abs[problem])
+// (exact), then fp16(v) in the row's first width columns and, LO, fp16(v - fp16(v)) in the next
+// width; columns past d are zero.
+template <bool LO>
+__global__ void split_to_half(const float* src, int64_t rows, int64_t per_problem, int64_t d, int64_t width,
+                              const float* max_abs, __half* dst) {
     const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (g >= rows * width) return;
     const int64_t r = g / width, j = g % width;
     const float v = j < d ? ldexpf(src[r * d + j], split_scale_exponent(max_abs[r / per_problem])) : 0.f;
     const __half hi = __float2half_rn(v);
-    dst[r * 2 * width + j] = hi;
-    dst[r * 2 * width + width + j] = __float2half_rn(v - __half2float(hi)); // v - hi is exact in fp32
-}
-
-// Row r of problem r / rows: fp16(v * 2^split_scale_exponent(max_abs[problem])), d per row.
-__global__ void scale_to_half(const float* src, int64_t rows, int64_t per_problem, int64_t d, const float* max_abs,
-                              __half* dst) {
-    const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-    if (g >= rows * d) return;
-    dst[g] = __float2half_rn(ldexpf(src[g], split_scale_exponent(max_abs[g / d / per_problem])));
+    __half* row = dst + r * (LO ? 2 : 1) * width;
+    row[j] = hi;
+    if constexpr (LO) row[width + j] = __float2half_rn(v - __half2float(hi)); // v - hi is exact in fp32
 }
 
 // out[b * k + j] = norms[b * k + j] * 2^(e(xmax[b]) + e(cmax[b])): the penalties in the units of
@@ -391,18 +386,18 @@ void launch_split_fp32(const float* src, int64_t batch, int64_t rows, int64_t d,
                        void* dst, cudaStream_t s) {
     const int64_t total = batch * rows * width;
     if (total == 0) return;
-    split_fp32<<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, width, max_abs,
-                                                             static_cast<__half*>(dst));
-    FLASH_LAUNCH_CHECK("split_fp32");
+    split_to_half<true><<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, width, max_abs,
+                                                                      static_cast<__half*>(dst));
+    FLASH_LAUNCH_CHECK("split_to_half");
 }
 
 void launch_scale_to_half(const float* src, int64_t batch, int64_t rows, int64_t d, const float* max_abs, void* dst,
                           cudaStream_t s) {
     const int64_t total = batch * rows * d;
     if (total == 0) return;
-    scale_to_half<<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, max_abs,
-                                                                static_cast<__half*>(dst));
-    FLASH_LAUNCH_CHECK("scale_to_half");
+    split_to_half<false><<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, d, max_abs,
+                                                                       static_cast<__half*>(dst));
+    FLASH_LAUNCH_CHECK("split_to_half");
 }
 
 void launch_scaled_norms(const float* norms, int64_t batch, int64_t k, const float* xmax, const float* cmax, float* out,

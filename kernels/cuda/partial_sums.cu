@@ -164,10 +164,8 @@ class Shard {
             cs_.allocate(size_t(B * k) * 4 * width_, "split centroids");
             cmax_.allocate(B, "centroid norm bound");
             xmax_.allocate(1, "largest point magnitude");
-            if (opt_.fp32_mode == Fp32Mode::Exact) {
-                recheck_count_.allocate(1, "re-check count");
-                recheck_list_.allocate(P_, "re-check list");
-            }
+            recheck_count_.allocate(1, "re-check count");
+            recheck_list_.allocate(P_, "re-check list");
         }
         update_ = std::make_unique<SortInverseUpdate>(1, P_, d, k, s);
         const size_t fp32_cluster = width_ ? 4 * width_ + 4 : (half_ ? 2 * d + 8 : 0);
@@ -308,10 +306,8 @@ class Shard {
                 a.dsplit = width_;
                 a.xmax = xmax_.get();
                 a.cmax = cmax_.get() + p.b;
-                if (recheck_count_.get()) {
-                    a.recheck_count = recheck_count_.get();
-                    a.recheck_list = recheck_list_.get();
-                }
+                a.recheck_count = recheck_count_.get();
+                a.recheck_list = recheck_list_.get();
             }
             AssignArgs view; // TF32 mode: this piece as scaled fp16 (HalfFp32's view, per piece)
             if (half_) {
@@ -319,11 +315,7 @@ class Shard {
                 launch_max_abs(xf, 1, p.rows * d, xmax_.get(), s);
                 launch_scale_to_half(xf, 1, p.rows, d, xmax_.get(), xh_.get(), s);
                 launch_scaled_norms(cnorm_.get() + p.b * k, 1, k, xmax_.get(), cmax_.get() + p.b, cn_.get(), s);
-                view = a;
-                view.dtype = DType::F16;
-                view.x = xh_.get();
-                view.centroids = ch_.get() + size_t(p.b * k * d) * 2;
-                view.cnorm = cn_.get();
+                view = half_view_of(a, xh_.get(), ch_.get() + size_t(p.b * k * d) * 2, cn_.get());
                 a.half_view = &view;
             }
             if (variant_ < 0) variant_ = choose_assign_variant(a, s);

@@ -206,7 +206,7 @@ class CapturedGraph {
     cudaGraphExec_t exec_ = nullptr;
 };
 
-// Buffers of the tensor-core fp32 path (AssignArgs::xsplit): the points split once, the
+// Buffers of the exact tensor-core fp32 path (AssignArgs::xsplit): the points split once, the
 // centroids split before each assignment, and the certificate's re-check lists. Left empty
 // (and `a` untouched) where the path does not apply.
 struct SplitFp32 {
@@ -215,7 +215,7 @@ struct SplitFp32 {
     DeviceBuffer<uint32_t> count, list;
     int64_t width = 0;
 
-    SplitFp32(AssignArgs& a, bool recheck, cudaStream_t s) {
+    SplitFp32(AssignArgs& a, cudaStream_t s) {
         if (a.dtype != DType::F32 || a.half_view || !wgmma_supported(a)) return;
         width = split_fp32_width(a.d);
         xs.allocate(size_t(a.batch) * a.n * 2 * width * 2, "split points");
@@ -230,12 +230,10 @@ struct SplitFp32 {
         a.dsplit = width;
         a.xmax = xmax.get();
         a.cmax = cmax.get();
-        if (recheck) {
-            count.allocate(a.batch, "re-check counts");
-            list.allocate(size_t(a.batch) * a.n, "re-check lists");
-            a.recheck_count = count.get();
-            a.recheck_list = list.get();
-        }
+        count.allocate(a.batch, "re-check counts");
+        list.allocate(size_t(a.batch) * a.n, "re-check lists");
+        a.recheck_count = count.get();
+        a.recheck_list = list.get();
     }
     // After the centroids' norms (a.cnorm) are prepared: their largest norm bounds every value,
     // so it sets the centroids' split scale (and the certificate's bound).
@@ -252,11 +250,21 @@ struct SplitFp32 {
 // fp32 norms scaled by the same factor as the products, so the argmin is that of
 // ||c||^2 - 2 x.c on the rounded values, at fp16 tensor-core speed (one product where the exact
 // mode runs three); the reported distances are recomputed in fp32 afterwards.
+/// The fp16 stand-in for fp32 problem(s) a: the scaled copies xh (points) and ch (centroids)
+/// and the penalties cn scaled alike, in place of a's own (labels and distances are a's).
+inline AssignArgs half_view_of(const AssignArgs& a, const void* xh, const void* ch, const float* cn) {
+    AssignArgs v = a;
+    v.dtype = DType::F16;
+    v.x = xh;
+    v.centroids = ch;
+    v.cnorm = cn;
+    return v;
+}
+
 struct HalfFp32 {
     DeviceBuffer<unsigned char> xh, ch;
     DeviceBuffer<float> xmax, cmax, cn;
     AssignArgs view;
-    bool active = false;
 
     HalfFp32(AssignArgs& a, bool enabled, cudaStream_t s) {
         if (!enabled || a.dtype != DType::F32) return;
@@ -268,17 +276,12 @@ struct HalfFp32 {
         const float* x = static_cast<const float*>(a.x);
         launch_max_abs(x, a.batch, a.n * a.d, xmax.get(), s);
         launch_scale_to_half(x, a.batch, a.n, a.d, xmax.get(), xh.get(), s);
-        view = a;
-        view.dtype = DType::F16;
-        view.x = xh.get();
-        view.centroids = ch.get();
-        view.cnorm = cn.get();
+        view = half_view_of(a, xh.get(), ch.get(), cn.get());
         a.half_view = &view;
-        active = true;
     }
     // After the centroids' fp32 norms (a.cnorm) are prepared.
     void prepare(const AssignArgs& a, const float* centroids, cudaStream_t s) {
-        if (!active) return;
+        if (!xh.get()) return; // not TF32 mode
         launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
         launch_scale_to_half(centroids, a.batch, a.k, a.d, cmax.get(), ch.get(), s);
         launch_scaled_norms(a.cnorm, a.batch, a.k, xmax.get(), cmax.get(), cn.get(), s);
