@@ -69,11 +69,13 @@ scale() {
   free -g | head -2
   status=0
   for n in ${SCALE_N:-32000000 200000000}; do
-    for t in ${SCALE_TYPES:-f32 f16 f32:f16}; do # f32:f16 = fp32 host points converted once to fp16 (transfer_dtype)
-      dt=${t%%:*} tr=${t#*:}; [ "$tr" = "$t" ] && tr= ; tag=${t/:/_to_}
-      "$bin/bench_scale" --n "$n" --dtype $dt ${tr:+--transfer $tr} --k ${SCALE_K:-4096,16384} --niter ${SCALE_NITER:-3} \
+    # f32:f16 = fp32 host points converted once to fp16 (transfer_dtype); f32:tf32 = fp32 in TF32 mode
+    for t in ${SCALE_TYPES:-f32 f16 f32:f16 f32:tf32}; do
+      dt=${t%%:*} tr=${t#*:}; [ "$tr" = "$t" ] && tr= ; tag=${t/:/_to_}; mode=
+      [ "$tr" = tf32 ] && mode=tf32 tr= tag=f32_tf32
+      "$bin/bench_scale" --n "$n" --dtype $dt ${tr:+--transfer $tr} ${mode:+--fp32-mode $mode} --k ${SCALE_K:-4096,16384} --niter ${SCALE_NITER:-3} \
         --devices 0 --streaming ${SCALE_MODES:-auto} --csv "$out/scale_${n}_$tag.csv" 2>&1 | tee "$out/scale_${n}_$tag.log" || status=1
-      if [ -z "$tr" ] && [ -d .peers/flash_kmeans ]; then
+      if [ -z "$tr" ] && [ -z "$mode" ] && [ -d .peers/flash_kmeans ]; then
         python3 bench/peers/run_peers_large.py --flash-kmeans-path .peers --n "$n" --dtype $t --k ${PEER_K:-4096,16384} \
           --devices 0 --csv "$out/peer_scale_${n}_$t.csv" 2>&1 | tee "$out/peer_scale_${n}_$t.log" || status=1
       fi

@@ -2,7 +2,7 @@
 // data set per process, every combination of --k, --devices and --streaming timed on it.
 //   bench_scale --n 32000000 [--d 128] [--dtype f32|f16] [--k 4096,16384] [--niter 3]
 //               [--devices "0;0,1"] [--streaming auto,force] [--transfer f16] [--pinned]
-//               [--csv out.csv]
+//               [--fp32-mode exact|tf32] [--csv out.csv]
 // Points: kernels/synthetic_points.h (256 centres plus noise), generated on all cores.
 // Reported per run:
 //   iter_ms    median wall time between consecutive iterations (the first one excluded)
@@ -44,7 +44,7 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
     int64_t n = 1 << 20, d = 128;
-    std::string dtype_s = "f32", ks = "4096", devs = "0", modes = "auto", transfer, csv;
+    std::string dtype_s = "f32", ks = "4096", devs = "0", modes = "auto", transfer, fp32_mode = "exact", csv;
     int niter = 3;
     bool pinned = false;
     for (int i = 1; i < argc; i++) {
@@ -65,13 +65,20 @@ int main(int argc, char** argv) {
         else if (a == "--streaming") modes = value();
         else if (a == "--transfer") transfer = value();
         else if (a == "--pinned") pinned = true;
+        else if (a == "--fp32-mode") fp32_mode = value();
         else if (a == "--csv") csv = value();
         else {
             std::fprintf(stderr, "unknown argument %s\n", a.c_str());
             return 2;
         }
     }
+    if (fp32_mode != "exact" && fp32_mode != "tf32") {
+        std::fprintf(stderr, "--fp32-mode must be exact or tf32, not %s\n", fp32_mode.c_str());
+        return 2;
+    }
     const flash::DType dtype = dtype_s == "f16" ? flash::DType::F16 : flash::DType::F32;
+    // fp32 in TF32 mode reported as f32-tf32 (exact fp32 is plain f32)
+    const std::string label = dtype_s + (dtype == flash::DType::F32 && fp32_mode == "tf32" ? "-tf32" : "");
     const size_t bytes = size_t(n) * d * (dtype == flash::DType::F16 ? 2 : 4);
     const auto g0 = std::chrono::steady_clock::now();
     std::unique_ptr<char[]> data(new char[bytes]); // untouched until generated, in parallel
@@ -84,7 +91,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
     std::printf("device: %s; N=%lld d=%lld %s host points (%.1f GB, %s), generated in %.1f s\n", prop.name,
-                (long long)n, (long long)d, dtype_s.c_str(), bytes / 1e9, pinned ? "pinned" : "pageable", gen_s);
+                (long long)n, (long long)d, label.c_str(), bytes / 1e9, pinned ? "pinned" : "pageable", gen_s);
     std::printf("%-8s %-8s %-6s %-7s %9s %8s %9s %10s %8s %8s %9s %9s\n", "K", "devices", "mode", "xfer", "iter_ms",
                 "setup_s", "copy_ms", "compute_ms", "max/iter", "resident", "GB/iter", "TFLOP/s");
     FILE* out = csv.empty() ? nullptr : std::fopen(csv.c_str(), "w");
@@ -107,6 +114,7 @@ int main(int argc, char** argv) {
                                                 : (mode == "off" ? flash::Streaming::Off : flash::Streaming::Auto);
                 if (transfer == "f16") opt.transfer_dtype = flash::DType::F16;
                 if (transfer == "bf16") opt.transfer_dtype = flash::DType::BF16;
+                if (fp32_mode == "tf32") opt.fp32_mode = flash::Fp32Mode::TF32;
                 flash::Placement pl;
                 opt.placement = &pl;
                 flash::Points x;
@@ -139,7 +147,7 @@ int main(int argc, char** argv) {
                 std::fflush(stdout);
                 if (out)
                     std::fprintf(out, "%lld,%lld,%s,%lld,%s,%s,%s,%d,%.3f,%.3f,%.3f,%.3f,%lld,%.3f,%.2f\n", (long long)n,
-                                 (long long)d, dtype_s.c_str(), (long long)k, dl.c_str(), mode.c_str(),
+                                 (long long)d, label.c_str(), (long long)k, dl.c_str(), mode.c_str(),
                                  transfer.empty() ? "-" : transfer.c_str(), int(pinned), 1e3 * iter_s,
                                  call_s - niter * iter_s, 1e3 * pl.copy_s, 1e3 * pl.compute_s, (long long)resident,
                                  pl.streamed_bytes / 1e9, tflops);

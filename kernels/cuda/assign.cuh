@@ -39,6 +39,9 @@ struct AssignArgs {
     // not use the split: see half_view).
     uint32_t* recheck_count = nullptr; // (batch), zeroed before the launch
     uint32_t* recheck_list = nullptr;  // (batch, n) point indices within the problem
+    // (batch, n) the re-check's merged (value, index) key per list entry: all ones between
+    // launches (set so at allocation, reset by the re-check after use).
+    unsigned long long* recheck_best = nullptr;
 
     // Fp32Mode::TF32 (HalfFp32 in resources.cuh): the fp16 problem assigned in this one's place
     // (host pointer; the fp32 distances are recomputed afterwards). Null: not that mode.
@@ -54,9 +57,10 @@ bool wgmma_supported(const AssignArgs& a);
 int assign_wgmma_variants(const AssignArgs& a);
 void launch_assign_wgmma(const AssignArgs& a, int variant, cudaStream_t stream);
 
-/// fp32 inputs with fp32 FMA products (exact fp32 arithmetic). With a.recheck_list, only
-/// the listed points are recomputed (the certificate's uncertain points).
+/// fp32 inputs with fp32 FMA products (exact fp32 arithmetic).
 void launch_assign_fp32(const AssignArgs& a, cudaStream_t stream);
+/// The same products for the points on a.recheck_list only (the certificate's uncertain
+/// points): their labels and distances are overwritten.
 void launch_assign_fp32_recheck(const AssignArgs& a, cudaStream_t stream);
 
 /// Recomputes a.distances of fp32 points for their labels with fp32 FMA dot products.

@@ -5,7 +5,9 @@
 // BK = 8 slices (k-major, so each thread reads 8 consecutive points / centroids as two float4);
 // every thread accumulates an 8 x 8 block of dot products in registers (each one a sequential
 // FMA chain over the dimensions), then folds it into a running (value, index) minimum per
-// point. The n x k matrix never leaves the chip.
+// point. The n x k matrix never leaves the chip. The same tiles re-check the points the split
+// path's certificate lists (recheck_fp32_kernel), with the centroids cut into chunks.
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/argmin.cuh"
@@ -45,18 +47,32 @@ struct Slice {
     }
 };
 
-// GATHER: the block's points are entries m0 .. m0 + BM of its problem's re-check list.
+// (value, index) as one 64-bit key whose unsigned order is before()'s: the value's bits mapped to
+// an order-preserving unsigned integer above, the index below. The minimum of keys is the same
+// whatever order they arrive in, so the re-check's partial results merge deterministically.
+__device__ __forceinline__ unsigned long long order_key(float v, int i) {
+    const uint32_t u = __float_as_uint(v);
+    const uint32_t o = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return (static_cast<unsigned long long>(o) << 32) | uint32_t(i);
+}
+__device__ __forceinline__ Best from_key(unsigned long long key) {
+    const uint32_t o = uint32_t(key >> 32);
+    return {__uint_as_float((o & 0x80000000u) ? (o & 0x7FFFFFFFu) : ~o), int(uint32_t(key))};
+}
+
+// Centroid tiles [t0, t1) against BM points: rows m0 .. m0 + BM of problem b, or (GATHER) entries
+// m0 .. m0 + BM of its re-check list. Not GATHER: labels and distances written. GATHER: each
+// point's best key merged into a.recheck_best at its list entry (other blocks cover the other
+// centroid chunks; finish_recheck turns the merged keys into labels and distances).
 template <bool GATHER>
-__global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int64_t tiles_per_problem) {
+__device__ __forceinline__ void assign_fp32_tile(const AssignArgs& a, int64_t b, int64_t m0, int64_t t0, int64_t t1,
+                                                 int64_t count) {
     __shared__ __align__(16) float As[2][BK][BM + 4];
     __shared__ __align__(16) float Bs[2][BK][BN + 4];
     __shared__ int64_t rows[BM];
 
-    const int64_t b = blockIdx.x / tiles_per_problem;
-    const int64_t m0 = (blockIdx.x % tiles_per_problem) * BM;
     if (GATHER) {
-        const int64_t count = a.recheck_count[b];
-        if (m0 >= count) return; // uniform over the block
+        __syncthreads(); // the previous unit's threads are done with the tiles and rows
         if (threadIdx.x < BM)
             rows[threadIdx.x] = m0 + threadIdx.x < count ? int64_t(a.recheck_list[b * a.n + m0 + threadIdx.x]) : -1;
         __syncthreads();
@@ -74,11 +90,11 @@ __global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int6
     for (int i = 0; i < TM; i++) best[i] = best_init();
 
     // Steps run over (centroid tile, k-slice) pairs; slice s + 1 is fetched while s is used.
-    const int64_t nk = (d + BK - 1) / BK, steps = nk * ((k + BN - 1) / BN);
+    const int64_t nk = (d + BK - 1) / BK, steps = nk * (t1 - t0);
     Slice<BM> sa;
     Slice<BN> sb;
     sa.fetch(x, n, d, m0, 0, rp);
-    sb.fetch(c, k, d, 0, 0, nullptr);
+    sb.fetch(c, k, d, t0 * BN, 0, nullptr);
     sa.store(As[0]);
     sb.store(Bs[0]);
     __syncthreads();
@@ -88,7 +104,7 @@ __global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int6
         if (s + 1 < steps) {
             const int64_t k1 = ((s + 1) % nk) * BK;
             sa.fetch(x, n, d, m0, k1, rp);
-            sb.fetch(c, k, d, ((s + 1) / nk) * BN, k1, nullptr);
+            sb.fetch(c, k, d, (t0 + (s + 1) / nk) * BN, k1, nullptr);
         }
 #pragma unroll
         for (int kk = 0; kk < BK; kk++) {
@@ -104,7 +120,7 @@ __global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int6
                 for (int j = 0; j < TN; j++) acc[i][j] = fmaf(ar[i], br[j], acc[i][j]);
         }
         if (s % nk == nk - 1) { // last slice of a centroid tile: fold it into the minimum
-            const int64_t n0 = (s / nk) * BN;
+            const int64_t n0 = (t0 + s / nk) * BN;
 #pragma unroll
             for (int j = 0; j < TN; j++) {
                 const int64_t col = n0 + tx * TN + j;
@@ -131,18 +147,59 @@ __global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int6
 #pragma unroll
     for (int i = 0; i < TM; i++) {
         const Best r = merge_lanes<16>(best[i]);
-        const int64_t row = GATHER ? rows[ty * TM + i] : m0 + ty * TM + i;
-        if (tx == 0 && row >= 0 && row < n) {
-            const int64_t o = b * n + row;
+        if (tx != 0) continue;
+        if constexpr (GATHER) {
+            if (m0 + ty * TM + i < count) atomicMin(a.recheck_best + b * n + m0 + ty * TM + i, order_key(r.v, r.i));
+        } else if (m0 + ty * TM + i < n) {
+            const int64_t o = b * n + m0 + ty * TM + i;
             a.labels[o] = r.i;
             a.distances[o] = l2 ? fmaxf(a.xnorm[o] + r.v, 0.f) : -r.v;
         }
     }
 }
 
-// One warp per point: the distance to its assigned centroid in fp32 FMA arithmetic (the
-// split-fp32 products are only accurate to about 2^-16 of ||x|| ||c||, which cancellation
-// in ||x||^2 + ||c||^2 - 2 x.c would expose in the reported distance and the objective).
+__global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int64_t tiles_per_problem) {
+    const int64_t b = blockIdx.x / tiles_per_problem;
+    assign_fp32_tile<false>(a, b, (blockIdx.x % tiles_per_problem) * BM, 0, (a.k + BN - 1) / BN, 0);
+}
+
+// The certificate's re-check: units (problem, list tile, centroid chunk) taken in turn by a grid
+// sized to the chip (the list lengths are only known on the device); a problem's units past its
+// list are skipped. Splitting the centroids into chunks keeps every SM busy when few points are
+// listed, and two blocks per SM (128 registers; ptxas spills a few bytes outside the inner loop)
+// hide more latency than one (H100, N=1M K=1024, 1.3% of the points listed: 246 -> 155 us).
+__global__ void __launch_bounds__(THREADS, 2) recheck_fp32_kernel(AssignArgs a, int64_t tiles_per_problem,
+                                                               int64_t chunks, int64_t tiles_per_chunk) {
+    const int64_t ntiles = (a.k + BN - 1) / BN, units = a.batch * tiles_per_problem * chunks;
+    for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+        const int64_t b = u / (tiles_per_problem * chunks), m0 = ((u / chunks) % tiles_per_problem) * BM;
+        const int64_t count = a.recheck_count[b];
+        if (m0 >= count) continue; // uniform over the block
+        const int64_t t0 = (u % chunks) * tiles_per_chunk;
+        assign_fp32_tile<true>(a, b, m0, t0, min(t0 + tiles_per_chunk, ntiles), count);
+    }
+}
+
+// The merged keys of the listed points become their labels and distances; each key is reset
+// for the next re-check (a.recheck_best is all ones between launches).
+__global__ void finish_recheck(AssignArgs a) {
+    const int64_t total = a.batch * a.n;
+    for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t b = e / a.n, i = e % a.n;
+        if (i >= int64_t(a.recheck_count[b])) continue;
+        const Best r = from_key(a.recheck_best[e]);
+        a.recheck_best[e] = ~0ull;
+        const int64_t o = b * a.n + a.recheck_list[e];
+        a.labels[o] = r.i;
+        a.distances[o] = a.metric == Metric::L2 ? fmaxf(a.xnorm[o] + r.v, 0.f) : -r.v;
+    }
+}
+
+// One warp per point: the distance to its assigned centroid in fp32 FMA arithmetic. The
+// tensor-core products are accurate to about 2^-17 (exact split) or 2^-10 (TF32 mode) of
+// ||x|| ||c||, with a bias from the tensor cores' truncating accumulation, which cancellation in
+// ||x||^2 + ||c||^2 - 2 x.c would expose in the reported distance and the objective. (Measured:
+// 16-byte loads, and four points per warp with all their loads in flight, were no faster.)
 __global__ void exact_distances(AssignArgs a) {
     const int64_t g = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
@@ -171,18 +228,27 @@ void launch_assign_fp32(const AssignArgs& a, cudaStream_t stream) {
     const int64_t tiles = (a.n + BM - 1) / BM;
     const int64_t blocks = tiles * a.batch;
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-    assign_fp32_kernel<false><<<unsigned(blocks), THREADS, 0, stream>>>(a, tiles);
+    assign_fp32_kernel<<<unsigned(blocks), THREADS, 0, stream>>>(a, tiles);
     FLASH_LAUNCH_CHECK("assign_fp32_kernel");
 }
 
-// Sized for every point; blocks past their problem's list length return at once (the
-// length is only known on the device, and reading it would cost a host sync).
 void launch_assign_fp32_recheck(const AssignArgs& a, cudaStream_t stream) {
-    const int64_t tiles = (a.n + BM - 1) / BM;
-    const int64_t blocks = tiles * a.batch;
-    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-    assign_fp32_kernel<true><<<unsigned(blocks), THREADS, 0, stream>>>(a, tiles);
-    FLASH_LAUNCH_CHECK("assign_fp32_recheck");
+    static const int grid = [] {
+        int dev = 0, sms = 0, per_sm = 0;
+        FLASH_CUDA_CHECK(cudaGetDevice(&dev));
+        FLASH_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        FLASH_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, recheck_fp32_kernel, THREADS, 0));
+        return sms * std::max(per_sm, 1);
+    }();
+    const int64_t tiles = (a.n + BM - 1) / BM, ntiles = (a.k + BN - 1) / BN;
+    const int64_t chunks = std::min<int64_t>(ntiles, 16), per_chunk = (ntiles + chunks - 1) / chunks;
+    const int64_t units = a.batch * tiles * ((ntiles + per_chunk - 1) / per_chunk);
+    recheck_fp32_kernel<<<unsigned(std::min<int64_t>(units, grid)), THREADS, 0, stream>>>(
+        a, tiles, (ntiles + per_chunk - 1) / per_chunk, per_chunk);
+    FLASH_LAUNCH_CHECK("recheck_fp32_kernel");
+    const int64_t total = a.batch * a.n;
+    finish_recheck<<<unsigned(std::min<int64_t>((total + 255) / 256, 4 * int64_t(grid))), 256, 0, stream>>>(a);
+    FLASH_LAUNCH_CHECK("finish_recheck");
 }
 
 } // namespace flash::cuda_engine

@@ -178,7 +178,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     T* Bs = As + (PERSIST ? 2 : 1) * BM * KW;                          // (kStages, BN, KW) centroids
     float* Ns = reinterpret_cast<float*>(Bs + kStages * BN * KW);      // (kStages, BN) penalties
     // TMA: per stage, full (the tile and its penalties landed: the copy engine's bytes, one
-    // arrival of thread 0 and one per penalty thread) and empty (every warp is done with it).
+    // arrival of thread 0 and one per penalty thread) and empty (every thread is done with it).
     uint64_t* full = reinterpret_cast<uint64_t*>(Ns + kStages * BN);
     uint64_t* empty = full + kStages;
 
@@ -283,11 +283,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     const int64_t ntiles = (k + BN - 1) / BN;
     // TMA (one point tile per block): tile j goes to stage j % kStages, its (j / kStages)-th use.
     auto tile_landed = [&](int64_t j) { mbarrier_wait(full + j % kStages, uint32_t(j / kStages) & 1); };
-    auto release = [&](int64_t j) { // this warp's products and fold of tile j are done
-        if constexpr (TMA) {
-            __syncwarp();
-            if (lane == 0) mbarrier_arrive(empty + j % kStages);
-        }
+    auto release = [&](int64_t j) { // this thread's products and fold of tile j are done
+        // Every thread arrives (not one lane per warp after __syncwarp): the same ordering, but
+        // each thread's own release, which compute-sanitizer's racecheck can follow.
+        if constexpr (TMA) mbarrier_arrive(empty + j % kStages);
     };
     // PERSIST: tile t's points go to slot t % 2 and its problem's centroids to stage pair
     // problem % 2 (with at least two tiles per problem, the tiles in flight at once, g to g + 2,
@@ -311,7 +310,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     if (TMA && tid == 0) {
         for (int st = 0; st < kStages; st++) {
             mbarrier_init(full + st, 1 + BN);
-            mbarrier_init(empty + st, NT / 32);
+            mbarrier_init(empty + st, NT);
         }
         mbarrier_init_fence();
     }

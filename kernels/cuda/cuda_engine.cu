@@ -103,9 +103,9 @@ bool fits_in_memory(const Points& x, int64_t k, int device) {
     probe.dtype = x.dtype;
     probe.d = x.d;
     const int64_t width = x.dtype == DType::F32 && wgmma_supported(probe) ? split_fp32_width(x.d) : 0;
-    // points, split fp32 copy, labels / distances / norms / weights / re-check list, the
-    // update's sort and chunk sums; centroids and their copies.
-    const double need = rows * (double(x.d) * double(dtype_size(x.dtype)) + 4.0 * double(width) + 20) +
+    // points, split fp32 copy and its re-check keys, labels / distances / norms / weights /
+    // re-check list, the update's sort and chunk sums; centroids and their copies.
+    const double need = rows * (double(x.d) * double(dtype_size(x.dtype)) + 4.0 * double(width) + (width ? 8 : 0) + 20) +
                         double(SortInverseUpdate::bytes(x.batch, x.n, x.d, k)) +
                         double(x.batch) * double(k) * double(x.d) * 24;
     const double margin = std::max(512.0 * (1 << 20), double(free_b) / 32);

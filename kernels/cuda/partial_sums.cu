@@ -166,10 +166,12 @@ class Shard {
             xmax_.allocate(1, "largest point magnitude");
             recheck_count_.allocate(1, "re-check count");
             recheck_list_.allocate(P_, "re-check list");
+            recheck_best_.allocate(P_, "re-check keys");
+            FLASH_CUDA_CHECK(cudaMemsetAsync(recheck_best_.get(), 0xFF, sizeof(unsigned long long) * P_, s));
         }
         update_ = std::make_unique<SortInverseUpdate>(1, P_, d, k, s);
         const size_t fp32_cluster = width_ ? 4 * width_ + 4 : (half_ ? 2 * d + 8 : 0);
-        const size_t fp32_row = width_ ? 4 * width_ + 4 : (half_ ? 2 * d : 0);
+        const size_t fp32_row = width_ ? 4 * width_ + 12 : (half_ ? 2 * d : 0);
         const size_t fixed = size_t(B * k) * (d * 4 + 4 + (t_ != DType::F32 ? d * 2 : 0) + d * 8 + 16 + fp32_cluster) +
                              size_t(P_) * (12 + fp32_row) + size_t(stats_workspace_size(1, P_)) * 8 +
                              (opt_.weights ? size_t(flat1_ - flat0_) * 4 : 0) + update_bytes(P_, k, d);
@@ -308,6 +310,7 @@ class Shard {
                 a.cmax = cmax_.get() + p.b;
                 a.recheck_count = recheck_count_.get();
                 a.recheck_list = recheck_list_.get();
+                a.recheck_best = recheck_best_.get();
             }
             AssignArgs view; // TF32 mode: this piece as scaled fp16 (HalfFp32's view, per piece)
             if (half_) {
@@ -396,6 +399,7 @@ class Shard {
     DeviceBuffer<unsigned long long> counts_;
     DeviceBuffer<int32_t> labels_;
     DeviceBuffer<uint32_t> recheck_count_, recheck_list_;
+    DeviceBuffer<unsigned long long> recheck_best_;
     std::unique_ptr<SortInverseUpdate> update_;
     std::vector<std::unique_ptr<DeviceBuffer<unsigned char>>> data_;
     std::vector<std::unique_ptr<DeviceBuffer<float>>> norms_;

@@ -213,6 +213,7 @@ struct SplitFp32 {
     DeviceBuffer<unsigned char> xs, cs;
     DeviceBuffer<float> xmax, cmax;
     DeviceBuffer<uint32_t> count, list;
+    DeviceBuffer<unsigned long long> best;
     int64_t width = 0;
 
     SplitFp32(AssignArgs& a, cudaStream_t s) {
@@ -232,8 +233,11 @@ struct SplitFp32 {
         a.cmax = cmax.get();
         count.allocate(a.batch, "re-check counts");
         list.allocate(size_t(a.batch) * a.n, "re-check lists");
+        best.allocate(size_t(a.batch) * a.n, "re-check keys");
+        FLASH_CUDA_CHECK(cudaMemsetAsync(best.get(), 0xFF, sizeof(unsigned long long) * a.batch * a.n, s));
         a.recheck_count = count.get();
         a.recheck_list = list.get();
+        a.recheck_best = best.get();
     }
     // After the centroids' norms (a.cnorm) are prepared: their largest norm bounds every value,
     // so it sets the centroids' split scale (and the certificate's bound).
