@@ -100,10 +100,59 @@ __device__ int compact_in_order(bool flag, int64_t v, int64_t* out) {
     return total;
 }
 
+// Deterministic sums in double: fixed assignment of elements to threads, fixed tree order.
+__device__ double block_sum(double v, double* sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    const double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// FAISS' imbalance factor of problem b, k * sum(size^2) / sum(size)^2, for thread 0 (sh: 64
+// doubles). Integer sizes: the sums are exact, the same in any order; warp shuffles and one
+// shared-memory round (the split kernel's 1024 threads would take ten with block_sum).
+__device__ double imbalance_factor(const uint32_t* sizes, int64_t k, int64_t b, double* sh) {
+    double h1 = 0, h2 = 0;
+    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
+        const double h = sizes[b * k + c];
+        h1 += h;
+        h2 += h * h;
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (int off = 16; off > 0; off >>= 1) {
+        h1 += __shfl_xor_sync(0xffffffffu, h1, off);
+        h2 += __shfl_xor_sync(0xffffffffu, h2, off);
+    }
+    if (lane == 0) sh[warp] = h1, sh[32 + warp] = h2;
+    __syncthreads();
+    if (warp == 0) {
+        h1 = lane < warps ? sh[lane] : 0.0;
+        h2 = lane < warps ? sh[32 + lane] : 0.0;
+        for (int off = 16; off > 0; off >>= 1) {
+            h1 += __shfl_xor_sync(0xffffffffu, h1, off);
+            h2 += __shfl_xor_sync(0xffffffffu, h2, off);
+        }
+    }
+    return h2 * double(k) / (h1 * h1);
+}
+
+// Also the imbalance factor of the problem (sizes, imbalance: both or neither), which the
+// iteration's stats row needs once the update has the sizes.
 __global__ void __launch_bounds__(kSplitThreads) split_empty(float* centroids, float* counts, int64_t k, int64_t d,
                                                              int64_t k_frozen, int64_t n, int* nsplit_out,
+                                                             const uint32_t* sizes, double* imbalance,
                                                              CentroidCopies prepared) {
     const int64_t b = blockIdx.x;
+    if (sizes) {
+        __shared__ double sh[64];
+        const double f = imbalance_factor(sizes, k, b, sh);
+        if (threadIdx.x == 0) imbalance[b] = f;
+    }
     float* cb = centroids + b * k * d + k_frozen * d;
     float* hb = counts + b * k + k_frozen;
     const int64_t kk = k - k_frozen;
@@ -225,18 +274,6 @@ __global__ void post_process(float* c, int64_t rows, int64_t d, bool spherical, 
         for (int64_t j = lane; j < d; j += 32) row[j] = roundf(row[j]);
 }
 
-// Deterministic sums in double: fixed assignment of elements to threads, fixed tree order.
-__device__ double block_sum(double v, double* sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-        __syncthreads();
-    }
-    const double r = sh[0];
-    __syncthreads();
-    return r;
-}
 
 // Sum of v[i] for i = i0 + threadIdx.x, then blockDim.x further, ... below i1, in that order,
 // with eight loads in flight (one memory latency per eight values, not per value).
@@ -256,33 +293,11 @@ __device__ double strided_sum(const float* v, int64_t i0, int64_t i1) {
     return o;
 }
 
-// Problem b's row of stats from its objective o (every thread holds it) and its cluster sizes.
-__device__ void write_stats(double o, const uint32_t* sizes, int64_t k, int64_t b, double* sh, double* obj,
-                            double* imbalance) {
-    if (!sizes) { // objective only
-        if (threadIdx.x == 0) obj[b] = o;
-        return;
-    }
-    double h1 = 0, h2 = 0;
-    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
-        const double h = sizes[b * k + c];
-        h1 += h;
-        h2 += h * h;
-    }
-    h1 = block_sum(h1, sh);
-    h2 = block_sum(h2, sh);
-    if (threadIdx.x == 0) {
-        obj[b] = o;
-        imbalance[b] = h2 * double(k) / (h1 * h1);
-    }
-}
-
 // Block (chunk, b): sum of kStatsChunk distances of problem b into partial[b * nchunks + c];
 // the last block of problem b to finish (a counter per problem, put back to zero) adds the
 // partials in chunk order and writes the stats row.
 __global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks, double* partial,
-                                   unsigned* finished, const uint32_t* sizes, int64_t k, double* obj,
-                                   double* imbalance) {
+                                   unsigned* finished, double* obj) {
     __shared__ double sh[256];
     __shared__ bool last;
     const int64_t b = blockIdx.x / nchunks, c = blockIdx.x % nchunks;
@@ -298,18 +313,21 @@ __global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks
     __threadfence();
     double total = 0;
     for (int64_t q = threadIdx.x; q < nchunks; q += blockDim.x) total += __ldcg(partial + b * nchunks + q);
-    write_stats(block_sum(total, sh), sizes, k, b, sh, obj, imbalance);
-    if (threadIdx.x == 0) finished[b] = 0; // ready for the next launch
+    total = block_sum(total, sh);
+    if (threadIdx.x == 0) {
+        obj[b] = total;
+        finished[b] = 0; // ready for the next launch
+    }
 }
 
 // Block b, n <= kStatsChunk: one block, no counter. The partial is summed exactly as
 // objective_partials sums it, and the final tree over [partial, 0, 0, ...] returns it
 // unchanged, as the last block there does: the same bits.
-__global__ void iteration_stats_one_chunk(const float* dist, int64_t n, const uint32_t* sizes, int64_t k, double* obj,
-                                          double* imbalance) {
+__global__ void objective_one_chunk(const float* dist, int64_t n, double* obj) {
     __shared__ double sh[256];
     const int64_t b = blockIdx.x;
-    write_stats(block_sum(strided_sum(dist + b * n, 0, n), sh), sizes, k, b, sh, obj, imbalance);
+    const double o = block_sum(strided_sum(dist + b * n, 0, n), sh);
+    if (threadIdx.x == 0) obj[b] = o;
 }
 
 __global__ void check_finite(const void* x, DType dtype, int64_t count, int* flag) {
@@ -427,9 +445,10 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
 }
 
 void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
-                                 int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s,
-                                 const CentroidCopies& prepared) {
-    split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, nsplit_out, prepared);
+                                 int64_t k_frozen, int64_t n, int* nsplit_out, const uint32_t* sizes,
+                                 double* imbalance, cudaStream_t s, const CentroidCopies& prepared) {
+    split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, nsplit_out, sizes,
+                                                          imbalance, prepared);
     FLASH_LAUNCH_CHECK("split_empty");
 }
 
@@ -445,17 +464,15 @@ int64_t stats_workspace_size(int64_t batch, int64_t n) {
     return batch * ((n + kStatsChunk - 1) / kStatsChunk) + (batch + 1) / 2;
 }
 
-void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
-                            double* workspace, double* obj, double* imbalance, cudaStream_t s) {
+void launch_objective(const float* dist, int64_t batch, int64_t n, double* workspace, double* obj, cudaStream_t s) {
     const int64_t nchunks = (n + kStatsChunk - 1) / kStatsChunk;
     if (nchunks == 1) {
-        iteration_stats_one_chunk<<<unsigned(batch), 256, 0, s>>>(dist, n, sizes, k, obj, imbalance);
-        FLASH_LAUNCH_CHECK("iteration_stats_one_chunk");
+        objective_one_chunk<<<unsigned(batch), 256, 0, s>>>(dist, n, obj);
+        FLASH_LAUNCH_CHECK("objective_one_chunk");
         return;
     }
     unsigned* finished = reinterpret_cast<unsigned*>(workspace + batch * nchunks);
-    objective_partials<<<unsigned(nchunks * batch), 256, 0, s>>>(dist, n, nchunks, workspace, finished, sizes, k, obj,
-                                                                 imbalance);
+    objective_partials<<<unsigned(nchunks * batch), 256, 0, s>>>(dist, n, nchunks, workspace, finished, obj);
     FLASH_LAUNCH_CHECK("objective_partials");
 }
 

@@ -19,25 +19,25 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
                               cudaStream_t s);
 
 /// FAISS' empty-cluster split for each problem, on the device (its mt19937 stream included).
-/// counts: (batch, k) weighted sizes; nsplit_out[b] receives the number of splits. prepared
-/// (norms set): the rows a split changes are prepared again there.
+/// counts: (batch, k) weighted sizes; nsplit_out[b] receives the number of splits. sizes
+/// (batch, k) and imbalance (batch), both or neither: imbalance[b] = FAISS' imbalance factor of
+/// the sizes (before the split, as FAISS reports it). prepared (norms set): the rows a split
+/// changes are prepared again there.
 void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
-                                 int64_t k_frozen, int64_t n, int* nsplit_out, cudaStream_t s,
-                                 const CentroidCopies& prepared = {});
+                                 int64_t k_frozen, int64_t n, int* nsplit_out, const uint32_t* sizes,
+                                 double* imbalance, cudaStream_t s, const CentroidCopies& prepared = {});
 
 /// spherical: L2-normalise rows; int_centroids: round to nearest.
 void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spherical, bool int_centroids,
                          cudaStream_t s);
 
-/// Doubles of workspace launch_iteration_stats needs; zero it once before the first use (the
+/// Doubles of workspace launch_objective needs; zero it once before the first use (the
 /// kernels leave it ready for the next launch).
 int64_t stats_workspace_size(int64_t batch, int64_t n);
 
 /// obj[b] = sum of distances of problem b (double, fixed order: partial sums of 8192 distances
-/// spread over the chip, added in order by the problem's last block); imbalance[b] from the
-/// cluster sizes (sizes null: the objective only).
-void launch_iteration_stats(const float* dist, int64_t batch, int64_t n, const uint32_t* sizes, int64_t k,
-                            double* workspace, double* obj, double* imbalance, cudaStream_t s);
+/// spread over the chip, added in order by the problem's last block).
+void launch_objective(const float* dist, int64_t batch, int64_t n, double* workspace, double* obj, cudaStream_t s);
 
 /// Split fp32 rows for the tensor-core fp32 path, batch problems of `rows` rows: each value v
 /// of problem b is scaled by 2^split_scale_exponent(max_abs[b]) (max_abs[b] >= every |v| of

@@ -326,7 +326,7 @@ class Shard {
             const int64_t flat = p.b * x_.n + p.row0;
             update_->accumulate(data, t_, p.rows, labels_.get(), opt_.weights ? weights_.get() + (flat - flat0_) : nullptr,
                                 sums_.get() + p.b * k * d, wsums_.get() + p.b * k, counts_.get() + p.b * k, s);
-            launch_iteration_stats(dist_.get(), 1, p.rows, nullptr, k, stats_ws_.get(), obj_.get() + i, nullptr, s);
+            launch_objective(dist_.get(), 1, p.rows, stats_ws_.get(), obj_.get() + i, s);
             FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i + 3], s));
             if (slot >= 0) FLASH_CUDA_CHECK(cudaEventRecord((*slot_free_)[slot], s));
         }
