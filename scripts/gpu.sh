@@ -16,7 +16,8 @@
 #   scripts/gpu.sh python  # only the Python GPU tests (needs python3 with torch, pybind11, pytest)
 #   scripts/gpu.sh multi   # several GPUs (issue 6): sharded tests on every visible GPU, 1 vs all
 #                          # GPUs at N = 200M K = 16384 (host and resident), MPI one rank per GPU.
-# Logs and CSVs go to $OUT (or ./gpu-out), also packed as logs.tar.gz.
+# Logs and CSVs go to $OUT (or ./gpu-out) as logs.tar.gz, with device.txt and the benchmark's
+# CSVs and plot beside it.
 #
 # For the peers, put the flash-kmeans Python package (svg-project/flash-kmeans, not part of
 # this repository) in .peers/flash_kmeans; without it only our numbers are measured.
@@ -56,11 +57,21 @@ unpack() { # -> $work with bin/ and lib/; LD_LIBRARY_PATH set
   tar -C "$work" -xJf .gpu/pack.tar.xz
   export LD_LIBRARY_PATH="$work/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   bin=$work/bin
-  out=${OUT:-$root/gpu-out}
-  mkdir -p "$out"
+  dest=${OUT:-$root/gpu-out}
+  out=$work/logs # every log and CSV here; at exit (pack_logs) they go to $dest packed
+  mkdir -p "$out" "$dest"
+  trap pack_logs EXIT
 }
 
-pack_logs() { tar -C "$out" -czf /tmp/flash-logs.tar.gz --exclude=logs.tar.gz . && mv /tmp/flash-logs.tar.gz "$out/logs.tar.gz" || true; }
+# $dest gets logs.tar.gz (everything) and, unpacked, only the few files a reader wants first: the
+# device tool brings back a limited number of files from $OUT (it once left the tarball behind).
+pack_logs() {
+  tar -C "$out" -czf "$dest/logs.tar.gz" . || true
+  for f in device.txt ours.csv ours_tuned.csv peers.csv gpu_time_per_iter.png; do
+    [ -f "$out/$f" ] && cp "$out/$f" "$dest/"
+  done
+  return 0
+}
 
 # Issue 5: host-resident points, resident where they fit, streamed where they do not.
 scale() {
@@ -81,7 +92,6 @@ scale() {
       fi
     done
   done
-  pack_logs
   return $status
 }
 
@@ -133,7 +143,6 @@ print(f"MPI: 1 rank vs one rank per GPU: final objective {objs[0]:.6g} vs {objs[
 sys.exit(0 if rel < 1e-4 else 1)
 PY
   fi
-  pack_logs
   return $status
 }
 
@@ -228,7 +237,6 @@ for n, r in ours.items():
           f"{fkf:8.3f} {fkf / o:7.2f}x {oc:9.3f} {fk:8.3f} {fk / oc:7.2f}x {dt:11.3f}")
 PY
   fi
-  pack_logs
   return $status
 }
 
