@@ -191,7 +191,19 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     // iteration's critical path.
     Stream side;
     Events fork(2);
+    // An exception inside an eager update_part: the frees on s still wait for the objective. (Not
+    // after a capture: an event recorded inside one cannot be waited on outside it, and captured
+    // work that never launched needs no wait.)
+    struct JoinOnExit {
+        cudaStream_t s;
+        cudaEvent_t e;
+        bool eager = false;
+        ~JoinOnExit() {
+            if (eager) (void)cudaStreamWaitEvent(s, e, 0);
+        }
+    } join_on_exit{s, fork[1]};
     auto update_part = [&](int64_t it) { // it < 0: no phase events (graph capture)
+        join_on_exit.eager = it >= 0;
         FLASH_CUDA_CHECK(cudaEventRecord(fork[0], s));
         FLASH_CUDA_CHECK(cudaStreamWaitEvent(side.get(), fork[0], 0));
         launch_objective(dist.get(), B, n, stats_ws.get(), obj_row, side.get());

@@ -100,19 +100,6 @@ __device__ int compact_in_order(bool flag, int64_t v, int64_t* out) {
     return total;
 }
 
-// Deterministic sums in double: fixed assignment of elements to threads, fixed tree order.
-__device__ double block_sum(double v, double* sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-        __syncthreads();
-    }
-    const double r = sh[0];
-    __syncthreads();
-    return r;
-}
-
 // FAISS' imbalance factor of problem b, k * sum(size^2) / sum(size)^2, for thread 0 (sh: 64
 // doubles). Integer sizes: the sums are exact, the same in any order; warp shuffles and one
 // shared-memory round (the split kernel's 1024 threads would take ten with block_sum).
@@ -274,6 +261,18 @@ __global__ void post_process(float* c, int64_t rows, int64_t d, bool spherical, 
         for (int64_t j = lane; j < d; j += 32) row[j] = roundf(row[j]);
 }
 
+// Deterministic sums in double: fixed assignment of elements to threads, fixed tree order.
+__device__ double block_sum(double v, double* sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+        __syncthreads();
+    }
+    const double r = sh[0];
+    __syncthreads();
+    return r;
+}
 
 // Sum of v[i] for i = i0 + threadIdx.x, then blockDim.x further, ... below i1, in that order,
 // with eight loads in flight (one memory latency per eight values, not per value).
@@ -295,7 +294,7 @@ __device__ double strided_sum(const float* v, int64_t i0, int64_t i1) {
 
 // Block (chunk, b): sum of kStatsChunk distances of problem b into partial[b * nchunks + c];
 // the last block of problem b to finish (a counter per problem, put back to zero) adds the
-// partials in chunk order and writes the stats row.
+// partials in chunk order and writes the objective.
 __global__ void objective_partials(const float* dist, int64_t n, int64_t nchunks, double* partial,
                                    unsigned* finished, double* obj) {
     __shared__ double sh[256];
