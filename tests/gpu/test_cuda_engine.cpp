@@ -187,6 +187,32 @@ TEST(CudaEngine, TiesGoToLowestIndex) {
     }
 }
 
+// The exact (double precision) argmin of every point, ties to the lowest index, and its
+// distance (L2) or similarity (inner product) as fp32; returns how many points have a tie for
+// the optimum.
+int64_t exact_argmin(const std::vector<float>& x, const std::vector<float>& c, int64_t B, int64_t n, int64_t d,
+                     int64_t k, flash::Metric m, std::vector<int64_t>& want, std::vector<float>& want_d) {
+    want.assign(B * n, -1);
+    want_d.assign(B * n, 0.f);
+    int64_t tied = 0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < n; i++) {
+            const float* xi = &x[(b * n + i) * d];
+            double best = 0;
+            int64_t arg = -1, at_best = 0;
+            for (int64_t j = 0; j < k; j++) {
+                const float* cj = &c[(b * k + j) * d];
+                const double v = m == flash::Metric::L2 ? l2_d(xi, cj, d) : -dot_d(xi, cj, d);
+                if (arg < 0 || v < best) best = v, arg = j, at_best = 1;
+                else if (v == best) at_best++;
+            }
+            tied += at_best > 1;
+            want[b * n + i] = arg;
+            want_d[b * n + i] = float(m == flash::Metric::L2 ? best : -best);
+        }
+    return tied;
+}
+
 // Small integers make every product and sum exact in fp32, so every kernel configuration
 // (wgmma, mma.sync, split-fp32 with its certificate and FMA re-check, plain FMA) must return
 // the exact labels and distances, ties (plentiful here) going to the lowest index.
@@ -205,21 +231,9 @@ TEST(CudaEngine, AllKernelVariantsExactOnIntegerData) {
                 for (size_t i = 0; i < x.size(); i++) xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
                 const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
                 for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
-                    std::vector<int64_t> want(B * n);
-                    std::vector<float> want_d(B * n);
-                    for (int64_t b = 0; b < B; b++)
-                        for (int64_t i = 0; i < n; i++) {
-                            const float* xi = &x[(b * n + i) * d];
-                            double best = 0;
-                            int64_t arg = -1;
-                            for (int64_t j = 0; j < k; j++) {
-                                const float* cj = &c[(b * k + j) * d];
-                                const double v = m == flash::Metric::L2 ? l2_d(xi, cj, d) : -dot_d(xi, cj, d);
-                                if (arg < 0 || v < best) best = v, arg = j;
-                            }
-                            want[b * n + i] = arg;
-                            want_d[b * n + i] = float(m == flash::Metric::L2 ? best : -best);
-                        }
+                    std::vector<int64_t> want;
+                    std::vector<float> want_d;
+                    exact_argmin(x, c, B, n, d, k, m, want, want_d);
                     for (int variant = 0; variant < 12; variant++) { // clamped to the last one
                         SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d) + " k=" +
                                      std::to_string(k) + " metric=" + std::to_string(int(m)) +
@@ -236,6 +250,49 @@ TEST(CudaEngine, AllKernelVariantsExactOnIntegerData) {
                     }
                 }
             }
+}
+
+// The certificate's re-check with many centroids: k = 2500 (20 tiles of 128) is cut into 10
+// chunks of two tiles, merged by atomicMin of (value, index) keys. Every centroid is one of
+// 1250 integer bases, each base twice at random places; every point is a base plus a small
+// offset, so its nearest base is unique and its two copies tie exactly: every point is
+// flagged, and the exact answer is the lower copy's index, which lies in any chunk. Exact
+// labels and distances, in both metrics, for problems of two batch sizes.
+TEST(CudaEngine, Fp32RecheckOverCentroidChunks) {
+    REQUIRE_GPU();
+    const int64_t n = 700, d = 128, k = 2500, nb = k / 2;
+    std::mt19937 rng(77);
+    std::uniform_int_distribution<int> val(-8, 8), off(-1, 1), pick(0, int(nb) - 1);
+    for (int64_t B : {1, 3}) {
+        std::vector<float> x(B * n * d), c(B * k * d);
+        for (int64_t b = 0; b < B; b++) {
+            std::vector<float> base(nb * d);
+            for (auto& v : base) v = float(val(rng));
+            std::vector<int64_t> slot(k);
+            for (int64_t j = 0; j < k; j++) slot[j] = j / 2; // each base twice ...
+            std::shuffle(slot.begin(), slot.end(), rng);     // ... at random places
+            for (int64_t j = 0; j < k; j++)
+                std::copy(&base[slot[j] * d], &base[slot[j] * d] + d, &c[(b * k + j) * d]);
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t q = pick(rng);
+                for (int64_t t = 0; t < d; t++) x[(b * n + i) * d + t] = base[q * d + t] + float(off(rng) * (t % 5 == 0));
+            }
+        }
+        for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
+            SCOPED_TRACE("B=" + std::to_string(B) + " metric=" + std::to_string(int(m)));
+            std::vector<int64_t> want;
+            std::vector<float> want_d;
+            const int64_t tied = exact_argmin(x, c, B, n, d, k, m, want, want_d);
+            ASSERT_GT(tied, B * n / 2) << "the data should put most points on exact ties";
+            std::vector<int64_t> lab(B * n);
+            std::vector<float> dis(B * n);
+            flash::assign_nearest(host_points(x.data(), n, d, flash::DType::F32, B), c.data(), k, m, lab.data(),
+                                  dis.data(), flash::Backend::CUDA);
+            int64_t bad = 0;
+            for (int64_t i = 0; i < B * n; i++) bad += lab[i] != want[i] || dis[i] != want_d[i];
+            EXPECT_EQ(bad, 0);
+        }
+    }
 }
 
 flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
