@@ -12,7 +12,7 @@
 #   scripts/gpu.sh scale   # host data larger than the GPU (issue 5): bench_scale on N = 32M and
 #                          # 200M (SCALE_N), d = 128, fp32 and fp16, K = 4096 and 16384, beside
 #                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host;
-#                          # SCALE_TYPES="f16" for a subset of f32, f16, f32:f16.
+#                          # SCALE_TYPES="f16" for a subset of f32, f16, f32:f16, f32:tf32.
 #   scripts/gpu.sh python  # only the Python GPU tests (needs python3 with torch, pybind11, pytest)
 #   scripts/gpu.sh multi   # several GPUs (issue 6): sharded tests on every visible GPU, 1 vs all
 #                          # GPUs at N = 200M K = 16384 (host and resident), MPI one rank per GPU.

@@ -60,7 +60,8 @@ void launch_assign_wgmma(const AssignArgs& a, int variant, cudaStream_t stream);
 /// fp32 inputs with fp32 FMA products (exact fp32 arithmetic).
 void launch_assign_fp32(const AssignArgs& a, cudaStream_t stream);
 /// The same products for the points on a.recheck_list only (the certificate's uncertain
-/// points): their labels and distances are overwritten.
+/// points): their labels are overwritten. The split path's distances (these points' and the
+/// others') come from launch_exact_distances, which launch_assign runs after it.
 void launch_assign_fp32_recheck(const AssignArgs& a, cudaStream_t stream);
 
 /// Recomputes a.distances of fp32 points for their labels with fp32 FMA dot products.

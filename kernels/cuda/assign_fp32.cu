@@ -20,7 +20,6 @@ namespace {
 
 constexpr int TM = 8, TN = 8, BM = 16 * TM, BN = 16 * TN, BK = 8, THREADS = 256;
 
-// ROWS x BK slice of a row-major (nrows, d) fp32 matrix at (r0, k0), stored k-major.
 // The ROWS x BK slice of a row-major (nrows, d) fp32 matrix at (r0, k0), PER elements per
 // thread: fetched into registers first (so the next slice's loads overlap this slice's
 // products), then stored k-major into shared memory. rows: when not null, slice row r is
@@ -55,15 +54,11 @@ __device__ __forceinline__ unsigned long long order_key(float v, int i) {
     const uint32_t o = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
     return (static_cast<unsigned long long>(o) << 32) | uint32_t(i);
 }
-__device__ __forceinline__ Best from_key(unsigned long long key) {
-    const uint32_t o = uint32_t(key >> 32);
-    return {__uint_as_float((o & 0x80000000u) ? (o & 0x7FFFFFFFu) : ~o), int(uint32_t(key))};
-}
 
 // Centroid tiles [t0, t1) against BM points: rows m0 .. m0 + BM of problem b, or (GATHER) entries
 // m0 .. m0 + BM of its re-check list. Not GATHER: labels and distances written. GATHER: each
 // point's best key merged into a.recheck_best at its list entry (other blocks cover the other
-// centroid chunks; finish_recheck turns the merged keys into labels and distances).
+// centroid chunks; finish_recheck turns the merged keys into labels).
 template <bool GATHER>
 __device__ __forceinline__ void assign_fp32_tile(const AssignArgs& a, int64_t b, int64_t m0, int64_t t0, int64_t t1,
                                                  int64_t count) {
@@ -180,18 +175,16 @@ __global__ void __launch_bounds__(THREADS, 2) recheck_fp32_kernel(AssignArgs a, 
     }
 }
 
-// The merged keys of the listed points become their labels and distances; each key is reset
-// for the next re-check (a.recheck_best is all ones between launches).
+// The merged keys of the listed points become their labels (their distances come from the fp32
+// pass that follows in launch_assign); each key is reset for the next re-check
+// (a.recheck_best is all ones between launches).
 __global__ void finish_recheck(AssignArgs a) {
     const int64_t total = a.batch * a.n;
     for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
         const int64_t b = e / a.n, i = e % a.n;
         if (i >= int64_t(a.recheck_count[b])) continue;
-        const Best r = from_key(a.recheck_best[e]);
+        a.labels[b * a.n + a.recheck_list[e]] = int(uint32_t(a.recheck_best[e])); // the key's index half
         a.recheck_best[e] = ~0ull;
-        const int64_t o = b * a.n + a.recheck_list[e];
-        a.labels[o] = r.i;
-        a.distances[o] = a.metric == Metric::L2 ? fmaxf(a.xnorm[o] + r.v, 0.f) : -r.v;
     }
 }
 

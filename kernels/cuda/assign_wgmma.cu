@@ -3,8 +3,8 @@
 // A block of NWG warpgroups owns BM = 64 * NWG points of one problem; their tile stays in
 // shared memory (d <= 256). Centroid tiles of BN rows stream through a 4-stage ring, taken in
 // pairs: both products are issued, the next pair's loads go out, and the first product is
-// folded while the tensor cores work on the second. The swizzled block-per-tile kernels take their tiles
-// from the copy engine (TMA) and hand stages over with mbarriers; the others load with
+// folded while the tensor cores work on the second. The swizzled block-per-tile kernels take
+// their tiles from the copy engine (TMA) and hand stages over with mbarriers; the others load with
 // per-thread cp.async behind one block barrier per pair. The fold keeps a running
 // (value, index) minimum per point in registers at two instructions per value (a tile's
 // minimum first, its column searched only when it improves). The kernel is bound by issued
@@ -542,7 +542,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 const int64_t o = b * n + row;
                 if constexpr (!PERSIST) xn[h] = xnorm_of(h);
                 a.labels[o] = bestr[h].i;
-                a.distances[o] = l2 ? fmaxf(xn[h] + bestr[h].v, 0.f) : -bestr[h].v;
+                // SPLIT: no distance here; launch_assign's fp32 pass writes every point's.
+                if constexpr (!SPLIT) a.distances[o] = l2 ? fmaxf(xn[h] + bestr[h].v, 0.f) : -bestr[h].v;
                 if (SPLIT && a.recheck_list) {
                     // |computed - exact| of one product <= vs * (eps * ||x|| * max ||c|| + under):
                     // dropped lo.lo and residuals of the fp16 split, 4 * 2^-22; accumulation,
