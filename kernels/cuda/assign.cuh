@@ -10,6 +10,9 @@
 
 namespace flash::cuda_engine {
 
+/// Slots per point of AssignArgs::candidates: a count and up to kCandidateSlots - 1 indices.
+constexpr int kCandidateSlots = 8;
+
 struct AssignArgs {
     const void* x = nullptr;          // (batch, n, d) of dtype
     const void* centroids = nullptr;  // (batch, k, d): fp32 for DType::F32, else dtype-rounded copy
@@ -42,6 +45,15 @@ struct AssignArgs {
     // (batch, n) the re-check's merged (value, index) key per list entry: all ones between
     // launches (set so at allocation, reset by the re-check after use).
     unsigned long long* recheck_best = nullptr;
+    // The filter (set beside xsplit unless FLASH_EXACT_FILTER=0), in place of the three
+    // products: one product of the hi parts (TF32 mode's cost) bounds each value's error from
+    // the operands' measured rounding residuals, and keeps per point every centroid within twice
+    // that bound of its smallest value: the exact nearest is among them. resolve_candidates
+    // then picks it with fp32 FMA dot products (and writes the distance). A point with more
+    // candidates than its slots hold goes on the re-check list (fp32 FMA over all centroids).
+    const float* xres = nullptr;      // (batch, n) ||x - hi 2^-e|| per point (unscaled units)
+    const float* cres = nullptr;      // (batch) max_j ||c_j - hi_j 2^-e||
+    uint32_t* candidates = nullptr;   // (batch, n, kCandidateSlots): count (~0u: re-checked), indices
 
     // Fp32Mode::TF32 (HalfFp32 in resources.cuh): the fp16 problem assigned in this one's place
     // (host pointer; the fp32 distances are recomputed afterwards). Null: not that mode.
@@ -66,6 +78,10 @@ void launch_assign_fp32_recheck(const AssignArgs& a, cudaStream_t stream);
 
 /// Recomputes a.distances of fp32 points for their labels with fp32 FMA dot products.
 void launch_exact_distances(const AssignArgs& a, cudaStream_t stream);
+
+/// After the filter (and the re-check of the points it sent there): each point's label, the
+/// candidate with the smallest fp32 FMA value (ties to the lowest index), and its distance.
+void launch_resolve_candidates(const AssignArgs& a, cudaStream_t stream);
 
 /// Padded width of the split fp32 rows for dimension d (0 when the split path does not apply).
 int64_t split_fp32_width(int64_t d);

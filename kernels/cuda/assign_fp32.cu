@@ -209,7 +209,53 @@ __global__ void exact_distances(AssignArgs a) {
         a.distances[g] = a.metric == Metric::L2 ? fmaxf(a.xnorm[g] + (a.cnorm[b * a.k + l] - 2.f * s), 0.f) : s;
 }
 
+// One warp per point: its candidates' values in fp32 FMA arithmetic (||c||^2 - 2 x.c, or -x.c;
+// the dot products in exact_distances' order, so the distance has the same bits), the smallest
+// (ties to the lowest index) its label, with its distance. A point the filter sent to the
+// re-check (count ~0u) already has its label: its distance only. d <= 128 (the split path's).
+__global__ void resolve_candidates(AssignArgs a) {
+    const int64_t g = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (g >= a.batch * a.n) return;
+    const int64_t b = g / a.n, d = a.d, k = a.k;
+    const bool l2 = a.metric == Metric::L2;
+    const uint32_t* slot = a.candidates + g * kCandidateSlots;
+    const uint32_t count = slot[0];
+    const float* x = static_cast<const float*>(a.x) + g * d;
+    const float* cen = static_cast<const float*>(a.centroids) + b * k * d;
+    constexpr int U = 4; // d <= 32 U
+    float xv[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) xv[u] = lane + 32 * u < d ? x[lane + 32 * u] : 0.f;
+    const int m = count == ~0u ? 1 : int(count);
+    float best = INFINITY, best_dot = 0.f;
+    int64_t best_l = INT64_MAX;
+    for (int q = 0; q < m; q++) {
+        const int64_t l = count == ~0u ? int64_t(a.labels[g]) : int64_t(slot[1 + q]);
+        if (l < 0 || l >= k) continue; // (never: the filter keeps real columns only)
+        const float* c = cen + l * d;
+        float s = 0.f;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (lane + 32 * u < d) s = fmaf(xv[u], c[lane + 32 * u], s);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        const float v = l2 ? a.cnorm[b * k + l] - 2.f * s : -s;
+        if (v < best || (v == best && l < best_l) || best_l == INT64_MAX) best = v, best_dot = s, best_l = l;
+    }
+    if (lane == 0) {
+        a.labels[g] = int32_t(best_l);
+        a.distances[g] = l2 ? fmaxf(a.xnorm[g] + (a.cnorm[b * k + best_l] - 2.f * best_dot), 0.f) : best_dot;
+    }
+}
+
 } // namespace
+
+void launch_resolve_candidates(const AssignArgs& a, cudaStream_t stream) {
+    const int64_t warps = a.batch * a.n;
+    resolve_candidates<<<unsigned((warps + 7) / 8), 256, 0, stream>>>(a);
+    FLASH_LAUNCH_CHECK("resolve_candidates");
+}
 
 void launch_exact_distances(const AssignArgs& a, cudaStream_t stream) {
     const int64_t warps = a.batch * a.n;

@@ -11,9 +11,10 @@
 // instructions as much as by the tensor cores, hence the lean fold and the fixed-offset
 // loads. The n x k matrix never leaves the chip.
 //
-// SPLIT (fp32 input): operands are scaled [hi | lo] fp16 rows (see AssignArgs); each k-step
-// issues hi.hi + hi.lo + lo.hi. The epilogue also keeps the second-best value; points whose gap is
-// inside the error bound are listed for an exact fp32 FMA re-check (assign_fp32.cu).
+// fp32 input (see Pass and AssignArgs): operands are scaled [hi | lo] fp16 rows. The filter
+// multiplies the hi parts only; the split pass issues hi.hi + hi.lo + lo.hi per k-step. Both
+// keep the second-best value: points whose gap is inside the pass's error bound are listed, by
+// the filter for the split pass, by the split pass for an fp32 FMA re-check (assign_fp32.cu).
 //
 // Shared-memory tiles are K-major without swizzle, as 8 x 8 core matrices of 128 bytes:
 // element (r, c) of an R x KW tile lives at ((r / 8) * (KW / 8) + c / 8) * 64 + (r % 8) * 8 + c % 8.
@@ -38,6 +39,12 @@ namespace flash::cuda_engine {
 namespace {
 
 constexpr int kStages = 4; // centroid tiles: the pair in use and the next pair in flight
+
+// What a launch multiplies. Plain: fp16 / bf16 rows, one product. Filter (fp32 input): the hi
+// parts of the split rows only, one product, keeping every centroid that may be the exact
+// nearest as a candidate (AssignArgs::candidates). Split: hi.hi + hi.lo + lo.hi, with a
+// certificate that lists the points it cannot decide for the fp32 FMA re-check.
+enum class Pass { Plain, Filter, Split };
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -92,8 +99,8 @@ __device__ __forceinline__ uint64_t make_desc(const void* p, uint32_t sbo) {
 // 8-row group, 16-byte chunk c of row r sits at chunk c ^ (r % 8), so the 8 rows of a core
 // matrix hit different banks. Needs 1024-byte aligned tiles.
 template <class T, int KW, int NT>
-__device__ __forceinline__ void load_tile_swizzled(T* s, const T* g, int64_t nrows, int64_t width, int64_t r0,
-                                                   int rows, bool vec) {
+__device__ __forceinline__ void load_tile_swizzled(T* s, const T* g, int64_t nrows, int64_t width, int64_t ld,
+                                                   int64_t r0, int rows, bool vec) {
     constexpr int CPR = KW / 8; // 16-byte chunks per row
     const int chunks = rows * CPR;
     for (int q = threadIdx.x; q < chunks; q += NT) {
@@ -103,10 +110,10 @@ __device__ __forceinline__ void load_tile_swizzled(T* s, const T* g, int64_t nro
         if (gr >= nrows || col >= width) {
             *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
         } else if (vec && col + 8 <= width) {
-            cp_async16(dst, g + gr * width + col);
+            cp_async16(dst, g + gr * ld + col);
         } else {
             unsigned short* d16 = reinterpret_cast<unsigned short*>(dst);
-            const unsigned short* g16 = reinterpret_cast<const unsigned short*>(g + gr * width);
+            const unsigned short* g16 = reinterpret_cast<const unsigned short*>(g + gr * ld);
 #pragma unroll
             for (int e = 0; e < 8; e++) d16[e] = col + e < width ? g16[col + e] : 0;
         }
@@ -114,8 +121,8 @@ __device__ __forceinline__ void load_tile_swizzled(T* s, const T* g, int64_t nro
 }
 
 template <class T, int KW, int NT>
-__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64_t width, int64_t r0, int rows,
-                                          bool vec) {
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64_t width, int64_t ld, int64_t r0,
+                                          int rows, bool vec) {
     const int chunks = rows * (KW / 8);
     for (int q = threadIdx.x; q < chunks; q += NT) {
         const int r8 = q % 8, kc = (q / 8) % (KW / 8), rg = q / (8 * (KW / 8));
@@ -125,10 +132,10 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64
         if (gr >= nrows || col >= width) {
             *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
         } else if (vec && col + 8 <= width) {
-            cp_async16(dst, g + gr * width + col);
+            cp_async16(dst, g + gr * ld + col);
         } else {
             unsigned short* d16 = reinterpret_cast<unsigned short*>(dst);
-            const unsigned short* g16 = reinterpret_cast<const unsigned short*>(g + gr * width);
+            const unsigned short* g16 = reinterpret_cast<const unsigned short*>(g + gr * ld);
 #pragma unroll
             for (int e = 0; e < 8; e++) d16[e] = col + e < width ? g16[col + e] : 0;
         }
@@ -160,11 +167,14 @@ constexpr int min_blocks() { return !PERSIST && BN == 64 && NWG == 2 && KW <= 12
 // tile's slot is free once its fragments are in registers); a problem's centroids stay in one
 // stage pair. For small k, where a block's work is one or two products, this hides the load
 // latency that a block per tile pays in full.
-template <class T, int KW, int BN, int NWG, bool SPLIT, bool AREG, bool SWZ, bool PERSIST = false>
+template <class T, int KW, int BN, int NWG, Pass P, bool AREG, bool SWZ, bool PERSIST = false>
 __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()))
     assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, int64_t tiles_per_block, bool vec,
                         const __grid_constant__ CUtensorMap cmap) {
     static_assert(!PERSIST || AREG, "PERSIST reloads the point tile while the products read the registers");
+    static_assert(!PERSIST || P == Pass::Plain, "the persistent kernel has no certificate");
+    static_assert(P != Pass::Filter || AREG, "the filter keeps its candidates in the point tile's space");
+    constexpr bool SPLIT = P == Pass::Split, FILTER = P == Pass::Filter, SCALED = P != Pass::Plain;
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); // built for sm_90a only; the host never launches it elsewhere
 #else
@@ -183,9 +193,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     uint64_t* empty = full + kStages;
 
     const int64_t n = a.n, k = a.k;
-    const int64_t width = SPLIT ? 2 * a.dsplit : a.d;
-    const T* x0 = static_cast<const T*>(SPLIT ? a.xsplit : a.x);
-    const T* c0 = static_cast<const T*>(SPLIT ? a.csplit : a.centroids);
+    // Columns read per row (the filter: the hi half of the split rows) and the row stride.
+    const int64_t width = SPLIT ? 2 * a.dsplit : (FILTER ? a.dsplit : a.d), ld = SCALED ? 2 * a.dsplit : a.d;
+    const T* x0 = static_cast<const T*>(SCALED ? a.xsplit : a.x);
+    const T* c0 = static_cast<const T*>(SCALED ? a.csplit : a.centroids);
     // Point tiles [g, g_end) of this block, tile g = (problem b, rows from m0).
     int64_t g = int64_t(blockIdx.x) * tiles_per_block;
     const int64_t g_end = min(g + tiles_per_block, a.batch * tiles_per_problem);
@@ -196,7 +207,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     constexpr bool TMA = uses_tma<SWZ, PERSIST>();
     // value = penalty + scale * product; SPLIT: the operands' power-of-two scales undone too.
     const float scale =
-        SPLIT ? ldexpf(l2 ? -2.f : -1.f, -(split_scale_exponent(a.xmax[b]) + split_scale_exponent(a.cmax[b])))
+        SCALED ? ldexpf(l2 ? -2.f : -1.f, -(split_scale_exponent(a.xmax[b]) + split_scale_exponent(a.cmax[b])))
               : (l2 ? -2.f : -1.f);
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
 
@@ -211,7 +222,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     const bool fast_rows = vec && width == KW;
     // Tile j of problem pb into stage st.
     auto load_centroids = [&](int st, int64_t j, int64_t pb) {
-        const T* c = c0 + pb * k * width;
+        const T* c = c0 + pb * k * ld;
         const float* cn = a.cnorm + pb * k;
         T* dst = Bs + st * BN * KW;
         if constexpr (TMA) {
@@ -240,17 +251,17 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             if (fast_rows && (j + 1) * BN <= k) {
                 const int t = volatile_tid(), r0 = t / CPR, ch = t % CPR;
                 T* to = dst + (ch / 8) * BN * 64 + r0 * 64 + ((ch % 8) ^ (r0 % 8)) * 8;
-                const T* src = c + (j * BN + r0) * KW + ch * 8;
+                const T* src = c + (j * BN + r0) * ld + ch * 8;
 #pragma unroll
                 for (int u = 0; u < (BN + RP - 1) / RP; u++)
-                    if (BN % RP == 0 || r0 + u * RP < BN) cp_async16(to + u * RP * 64, src + u * RP * KW);
+                    if (BN % RP == 0 || r0 + u * RP < BN) cp_async16(to + u * RP * 64, src + u * RP * ld);
             } else {
-                load_tile_swizzled<T, KW, NT>(dst, c, k, width, j * BN, BN, vec);
+                load_tile_swizzled<T, KW, NT>(dst, c, k, width, ld, j * BN, BN, vec);
             }
         } else if constexpr (SWZ) {
-            load_tile_swizzled<T, KW, NT>(dst, c, k, width, j * BN, BN, vec);
+            load_tile_swizzled<T, KW, NT>(dst, c, k, width, ld, j * BN, BN, vec);
         } else {
-            load_tile<T, KW, NT>(dst, c, k, width, j * BN, BN, vec);
+            load_tile<T, KW, NT>(dst, c, k, width, ld, j * BN, BN, vec);
         }
         if constexpr (!TMA) {
             for (int q = tid; q < BN; q += NT) {
@@ -263,21 +274,22 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         }
     };
 
-    // The point tile from row r0 of problem pb. A whole tile of KW-wide rows takes the fast
-    // path: in the core-matrix layout chunk q of the tile lands at element 8 q, and a thread's
-    // chunks are NT apart in both the tile and global memory.
+    // The point tile from row r0 of problem pb. A whole tile of KW-wide rows takes the fast path:
+    // in the core-matrix layout chunk q of the tile lands at element 8 q, and a thread's chunks
+    // are NT / CPR rows apart in global memory.
     auto load_points = [&](T* dst, int64_t pb, int64_t r0) {
-        const T* x = x0 + pb * n * width;
+        const T* x = x0 + pb * n * ld;
         if constexpr ((8 * CPR) <= NT && NT % (8 * CPR) == 0) {
             if (fast_rows && r0 + BM <= n) {
                 const int t = volatile_tid();
-                const T* src = x + (r0 + (t / (8 * CPR)) * 8 + t % 8) * KW + ((t / 8) % CPR) * 8;
+                const T* src = x + (r0 + (t / (8 * CPR)) * 8 + t % 8) * ld + ((t / 8) % CPR) * 8;
 #pragma unroll
-                for (int u = 0; u < BM * CPR / NT; u++) cp_async16(dst + (t + u * NT) * 8, src + u * NT * 8);
+                for (int u = 0; u < BM * CPR / NT; u++)
+                    cp_async16(dst + (t + u * NT) * 8, src + u * (NT / CPR) * ld);
                 return;
             }
         }
-        load_tile<T, KW, NT>(dst, x, n, width, r0, BM, vec);
+        load_tile<T, KW, NT>(dst, x, n, width, ld, r0, BM, vec);
     };
 
     const int64_t ntiles = (k + BN - 1) / BN;
@@ -388,45 +400,125 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     Best best[2] = {best_init(), best_init()};
     float second[2] = {FLT_MAX, FLT_MAX};
 
-    // The fold of one tile costs two instructions per value (FFMA, FMNMX; SPLIT: two more for
-    // the second-smallest): the tile's minimum per row first, in four independent chains, and
-    // only when it beats the running minimum (rarely, after the first tiles) a second pass
-    // that finds its first column. Columns reach a thread in increasing order and a tile
+    // FILTER: a point's candidates are the centroids whose value is within margin (twice the
+    // bound on each value's error, built from the measured rounding residuals) of its smallest
+    // value; the exact nearest is among them. The running minimum is the row's (shared by the
+    // quad's four lanes each tile); each thread keeps its columns within margin of it (a
+    // superset of the final candidates) in up to ML slots per row, in the point tile's space
+    // (dead once the fragments are in registers), dropping those out of reach when the slots
+    // fill up, and remembers the smallest value it had no slot for: a row for which that one
+    // is still within reach at the end goes to the full fp32 re-check. Two more slot pairs per
+    // thread hold the rows' margins and those smallest lost values.
+    constexpr int ML = FILTER ? ((BM * KW * int(sizeof(T))) / (NT * 8) - 2) / 2 : 1;
+    float2* const slots = reinterpret_cast<float2*>(As);
+    auto cand_slot = [&](int q, int h) -> float2& { return slots[(q * 2 + h) * NT + tid]; };
+    auto margins = [&]() -> float2& { return slots[2 * ML * NT + tid]; };
+    auto lost = [&]() -> float2& { return slots[(2 * ML + 1) * NT + tid]; };
+    int cnt[2] = {0, 0};
+
+    // The fold of one tile costs two instructions per value (FFMA, FMNMX): the tile's minimum per
+    // row first, in four independent chains, and only when it beats the running minimum (rarely,
+    // after the first tiles) a second pass that finds its first column (SPLIT: and a third for
+    // the tile's second-smallest value). Columns reach a thread in increasing order and a tile
     // replaces the minimum only when strictly smaller, so ties go to the lowest index.
+    //
+    // FILTER folds at five instructions per value instead: each value carries its column within
+    // the thread's BN / 4 in its low mantissa bits (moving it by at most 2^-19 of itself, which
+    // the margin covers), and two chains per row keep the smallest and second-smallest. A tile
+    // whose smallest comes within margin of the running minimum gives that one candidate,
+    // column included, with no second pass; only when its second-smallest does too (two of the
+    // thread's columns within reach in one tile, rare) is the tile searched for all of them.
+    // (A search on every tile within reach, at small k nearly every tile for some row of the
+    // warp, cost more than these three extra instructions per value.)
     auto epilogue = [&](float (&acc)[NACC], int64_t j) {
         const float* ns = Ns + stage(j) * BN + (lane % 4) * 2;
         auto value = [&](int i, int h, int e, float2 p) { return fmaf(scale, acc[4 * i + 2 * h + e], e ? p.y : p.x); };
-        constexpr int CH = 4;
-        float m1[2][CH], m2[2][CH];
+        auto each_value = [&](auto&& f) { // f(i, h, e, p): column 8 i + e of row h, p the pair's penalties
 #pragma unroll
-        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < BN / 8; i++) {
+                const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
 #pragma unroll
-            for (int q = 0; q < CH; q++) m1[h][q] = m2[h][q] = INFINITY;
+                for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int i = 0; i < BN / 8; i++) {
-            const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+                    for (int e = 0; e < 2; e++) f(i, h, e, p);
+            }
+        };
+        if constexpr (FILTER) {
+            constexpr int IDX = BN / 4 - 1; // the column bits (BN / 4 a power of two)
+            auto tagged = [&](int i, int h, int e, float2 p) {
+                return __int_as_float((__float_as_int(value(i, h, e, p)) & ~IDX) | (2 * i + e));
+            };
+            constexpr int CF = 2;
+            float m1[2][CF], m2[2][CF];
 #pragma unroll
-            for (int h = 0; h < 2; h++)
+            for (int q = 0; q < 2 * CF; q++) m1[q / CF][q % CF] = m2[q / CF][q % CF] = INFINITY;
+            each_value([&](int i, int h, int e, float2 p) {
+                const float v = tagged(i, h, e, p);
+                const int q = (2 * i + e) % CF;
+                m2[h][q] = fminf(m2[h][q], fmaxf(m1[h][q], v));
+                m1[h][q] = fminf(m1[h][q], v);
+            });
+            const int col0 = int(j * BN) + (lane % 4) * 2; // column of (i, e) = col0 + 8 i + e
+            auto column = [&](float v) { const int t = __float_as_int(v) & IDX; return col0 + (t / 2) * 8 + t % 2; };
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float v = value(i, h, e, p);
-                    const int q = (2 * i + e) % CH;
-                    if constexpr (SPLIT) m2[h][q] = fminf(m2[h][q], fmaxf(m1[h][q], v));
-                    m1[h][q] = fminf(m1[h][q], v);
+            for (int h = 0; h < 2; h++) {
+                const float t1 = fminf(m1[h][0], m1[h][1]);
+                const float t2 = fminf(fmaxf(m1[h][0], m1[h][1]), fminf(m2[h][0], m2[h][1]));
+                float row_min = fminf(t1, __shfl_xor_sync(0xffffffffu, t1, 1));
+                row_min = fminf(row_min, __shfl_xor_sync(0xffffffffu, row_min, 2));
+                best[h].v = fminf(best[h].v, row_min);
+                const float margin = h ? margins().y : margins().x, thr = best[h].v + margin;
+                if (!(t1 <= thr) || !(t1 < INFINITY)) continue; // nothing within reach (the usual case)
+                if (cnt[h] > ML - 2) { // room for the usual one or two: drop those out of reach
+                    int w = 0;
+#pragma unroll
+                    for (int q = 0; q < ML; q++)
+                        if (q < cnt[h]) {
+                            const float2 c = cand_slot(q, h);
+                            if (c.x <= thr) cand_slot(w++, h) = c;
+                        }
+                    cnt[h] = w;
                 }
+                auto keep = [&](float v) {
+                    if (cnt[h] < ML) {
+                        cand_slot(cnt[h]++, h) = make_float2(v, __int_as_float(column(v)));
+                    } else {
+                        float& l = h ? lost().y : lost().x;
+                        l = fminf(l, v);
+                    }
+                };
+                if (!(t2 <= thr)) {
+                    keep(t1);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < BN / 8; i++) {
+                        const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const float v = tagged(i, h, e, p);
+                            if (v <= thr) keep(v);
+                        }
+                    }
+                }
+            }
+            return;
         }
+        constexpr int CH = 4;
+        float m1[2][CH];
+#pragma unroll
+        for (int q = 0; q < 2 * CH; q++) m1[q / CH][q % CH] = INFINITY;
+        each_value([&](int i, int h, int e, float2 p) {
+            m1[h][(2 * i + e) % CH] = fminf(m1[h][(2 * i + e) % CH], value(i, h, e, p));
+        });
 #pragma unroll
         for (int h = 0; h < 2; h++) {
 #pragma unroll
             for (int w = CH / 2; w > 0; w /= 2)
 #pragma unroll
-                for (int q = 0; q < w; q++) {
-                    if constexpr (SPLIT) m2[h][q] = fminf(fmaxf(m1[h][q], m1[h][q + w]), fminf(m2[h][q], m2[h][q + w]));
-                    m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
-                }
+                for (int q = 0; q < w; q++) m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
             const float t1 = m1[h][0];
+            const int col0 = int(j * BN) + (lane % 4) * 2; // column of (i, e) = col0 + 8 i + e
             if (t1 < best[h].v) {
-                if constexpr (SPLIT) second[h] = fminf(m2[h][0], best[h].v);
                 int col = BN;
 #pragma unroll
                 for (int i = BN / 8 - 1; i >= 0; i--) {
@@ -435,7 +527,21 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                     for (int e = 1; e >= 0; e--)
                         if (value(i, h, e, p) == t1) col = i * 8 + e;
                 }
-                best[h] = {t1, int(j * BN) + (lane % 4) * 2 + col};
+                if constexpr (SPLIT) {
+                    // The tile holds the new best: the second-smallest is the old best or the
+                    // tile's smallest value outside that column (found here, on this rare path,
+                    // so that the fold stays at two instructions per value).
+                    float t2 = best[h].v;
+#pragma unroll
+                    for (int i = 0; i < BN / 8; i++) {
+                        const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                            if (i * 8 + e != col) t2 = fminf(t2, value(i, h, e, p));
+                    }
+                    second[h] = fminf(second[h], t2);
+                }
+                best[h] = {t1, col0 + col};
             } else if constexpr (SPLIT) {
                 second[h] = fminf(second[h], t1);
             }
@@ -469,7 +575,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         // latency hidden behind the products (a block-per-tile kernel reads it at the end: two
         // registers fewer in the loop).
         auto row_of = [&](int h) { return m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h; };
-        auto xnorm_of = [&](int h) { return row_of(h) < n ? a.xnorm[b * n + row_of(h)] : 0.f; };
+        auto xnorm_of = [&](int h) { return row_of(h) < n ? a.xnorm[b * n + row_of(h)] : 0.f; }; // (PERSIST)
         float xn[2] = {0.f, 0.f};
         if constexpr (PERSIST) {
             xn[0] = xnorm_of(0), xn[1] = xnorm_of(1);
@@ -479,6 +585,28 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 if (b2 != b1) load_first_pair(int(b2 % 2), b2);
             }
             cp_async_commit(); // one group per tile, empty or not: the wait above counts on it
+        }
+        if constexpr (FILTER) {
+            // Each value's error: the product is xh.ch with x = xh + xr and c = ch + cr (xr, cr
+            // the rounding residuals measured when the rows were split), x.c - xh.ch = xr.c +
+            // xh.cr, so |error| <= ||xr|| ||c|| + ||xh|| max ||cr|| with ||xh|| <= ||x|| + ||xr||
+            // (1% over for the norms' own rounding); the accumulation as in the split pass,
+            // 2^-21 of ||xh|| ||ch|| per k16 step, over KSTEPS + 1; and the epilogue FMA's rounding
+            // of the value itself, 2^-24 of at most max ||c||^2 + 2 ||x|| max ||c||. Plus the column
+            // tags' 2^-19 on each side of a comparison.
+            float margin[2] = {0.f, 0.f};
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                if (row_of(h) < n) {
+                    const int64_t o = b * n + row_of(h);
+                    const float xl = sqrtf(a.xnorm[o]), cm = a.cmax[b], xr = a.xres[o], cr = a.cres[b];
+                    const float xh = xl + xr, ch = cm + cr, vmax = ch * ch + 2.f * xh * ch;
+                    const float prod = 1.01f * (xr * cm + xh * cr) + 1.05f * float(KSTEPS + 1) * 0x1p-21f * xh * ch;
+                    margin[h] = 2.f * ((l2 ? 2.f : 1.f) * prod + 0x1p-23f * vmax) + 0x1p-17f * vmax + 1e-30f;
+                }
+            __syncthreads(); // every warp has its fragments: the point tile's space holds candidates
+            margins() = make_float2(margin[0], margin[1]);
+            lost() = make_float2(INFINITY, INFINITY);
         }
         for (int64_t j = 0; j < ntiles; j += 2) {
             if constexpr (TMA) {
@@ -538,13 +666,50 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 merge_pair(bestr[h], secondr[h], ov, oi, os);
             }
             const int64_t row = row_of(h);
-            if (lane % 4 == 0 && row < n) {
+            if constexpr (FILTER) {
+                // The candidates within margin of the row's minimum, gathered from the quad's
+                // four lanes into the point's slots (a count, then the indices); none, too many
+                // or a lane out of slots: the point goes to the fp32 re-check instead.
+                const float thr = bestr[h].v + (h ? margins().y : margins().x);
+                const int have = cnt[h];
+                int kept = 0;
+#pragma unroll
+                for (int q = 0; q < ML; q++) kept += q < have && cand_slot(q, h).x <= thr;
+                int before_me = kept, over = (h ? lost().y : lost().x) <= thr;
+#pragma unroll
+                for (int off = 1; off < 4; off <<= 1) {
+                    const int o = __shfl_up_sync(0xffffffffu, before_me, off, 4);
+                    if (lane % 4 >= off) before_me += o;
+                    over |= __shfl_xor_sync(0xffffffffu, over, off);
+                }
+                const int total = __shfl_sync(0xffffffffu, before_me, 3, 4);
+                before_me -= kept;
+                if (row < n) {
+                    const int64_t o = b * n + row;
+                    uint32_t* slot_out = a.candidates + o * kCandidateSlots;
+                    if (over || total == 0 || total >= kCandidateSlots) {
+                        if (lane % 4 == 0) {
+                            slot_out[0] = ~0u;
+                            const uint32_t pos = atomicAdd(a.recheck_count + b, 1u);
+                            a.recheck_list[b * n + pos] = uint32_t(row);
+                        }
+                    } else {
+                        if (lane % 4 == 0) slot_out[0] = uint32_t(total);
+#pragma unroll
+                        for (int q = 0; q < ML; q++)
+                            if (q < have) {
+                                const float2 c = cand_slot(q, h);
+                                if (c.x <= thr) slot_out[1 + before_me++] = __float_as_uint(c.y);
+                            }
+                    }
+                }
+            } else if (lane % 4 == 0 && row < n) {
                 const int64_t o = b * n + row;
-                if constexpr (!PERSIST) xn[h] = xnorm_of(h);
+                if constexpr (!PERSIST) xn[h] = a.xnorm[o];
                 a.labels[o] = bestr[h].i;
                 // SPLIT: no distance here; launch_assign's fp32 pass writes every point's.
                 if constexpr (!SPLIT) a.distances[o] = l2 ? fmaxf(xn[h] + bestr[h].v, 0.f) : -bestr[h].v;
-                if (SPLIT && a.recheck_list) {
+                if constexpr (SPLIT) {
                     // |computed - exact| of one product <= vs * (eps * ||x|| * max ||c|| + under):
                     // dropped lo.lo and residuals of the fp16 split, 4 * 2^-22; accumulation,
                     // 2^-21 per full-size k16 wgmma step (a generous model of truncating fp32
@@ -592,23 +757,27 @@ int sm_count() {
     return sms;
 }
 
-// The centroid rows the assignment kernel reads (the split fp16 copy for fp32 input) and their width.
+// The centroid rows a pass reads (the split fp16 copy for fp32 input), the columns it reads
+// (the filter: the hi half) and the row stride.
 const void* centroid_rows(const AssignArgs& a) { return a.dtype == DType::F32 ? a.csplit : a.centroids; }
-int64_t centroid_width(const AssignArgs& a) { return a.dtype == DType::F32 ? 2 * a.dsplit : a.d; }
+int64_t centroid_width(const AssignArgs& a, Pass p) {
+    return p == Pass::Plain ? a.d : (p == Pass::Filter ? a.dsplit : 2 * a.dsplit);
+}
+int64_t centroid_stride(const AssignArgs& a, Pass p) { return p == Pass::Plain ? a.d : 2 * a.dsplit; }
 
 // Whether the swizzled block-per-tile configurations can take their centroid tiles through
 // the copy engine (and FLASH_NO_TMA is not set).
-bool centroids_via_tma(const AssignArgs& a) {
+bool centroids_via_tma(const AssignArgs& a, Pass p) {
     static const bool disabled = std::getenv("FLASH_NO_TMA") != nullptr;
-    return !disabled && tile_map_possible(centroid_rows(a), a.batch, a.k, centroid_width(a));
+    return !disabled && tile_map_possible(centroid_rows(a), a.batch, a.k, centroid_width(a, p), centroid_stride(a, p));
 }
 
-template <class T, int KW, int BN, bool SPLIT, bool AREG, bool SWZ = false, int NWG = 2, bool PERSIST = false>
+template <class T, int KW, int BN, Pass P, bool AREG, bool SWZ = false, int NWG = 2, bool PERSIST = false>
 void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     constexpr int BM = NWG * 64;
     constexpr size_t smem = smem_bytes<T, KW, BN, NWG, PERSIST>();
     static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
-    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, SPLIT, AREG, SWZ, PERSIST>;
+    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, P, AREG, SWZ, PERSIST>;
     set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
     const int64_t tiles = (a.n + BM - 1) / BM;
     const int64_t total = tiles * a.batch;
@@ -624,8 +793,8 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
     CUtensorMap map{};
     if constexpr (uses_tma<SWZ, PERSIST>()) // the caller checked centroids_via_tma
-        if (!make_tile_map(&map, centroid_rows(a), std::is_same_v<T, __nv_bfloat16>, a.batch, a.k, centroid_width(a),
-                           BN))
+        if (!make_tile_map(&map, centroid_rows(a), std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
+                           centroid_width(a, P), centroid_stride(a, P), BN))
             throw std::runtime_error("faiss-flash: the driver refused the centroid tensor map");
     kernel<<<unsigned(blocks), NWG * 128, smem, stream>>>(a, tiles, per_block, vec, map);
 }
@@ -641,32 +810,40 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
 // The swizzled block-per-tile configurations (0, 4, 5) take their centroid tiles through the
 // copy engine. Where it cannot take them (rows not a multiple of 16 bytes) or FLASH_NO_TMA=1,
 // 0 runs as 1 and 4, 5 as 3 (the same products, tiles loaded by ordinary copies).
-template <class T, int KW, bool SPLIT>
+template <class T, int KW, Pass P>
 void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
-    const bool persistent = variant == 6 && !SPLIT && a.k <= 128 && a.n > 128;
-    if (!persistent && (variant == 0 || variant >= 4) && !centroids_via_tma(a))
+    const bool persistent = variant == 6 && P == Pass::Plain && a.k <= 128 && a.n > 128;
+    if (!persistent && (variant == 0 || variant >= 4) && !centroids_via_tma(a, P))
         variant = variant == 0 || KW == 256 ? 1 : 3;
     if constexpr (KW == 256) {
-        if (variant == 0) launch_config<T, KW, 64, SPLIT, true, true>(a, vec, stream);
-        else if (variant == 1) launch_config<T, KW, 64, SPLIT, true>(a, vec, stream);
-        else launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
+        if (variant == 0) launch_config<T, KW, 64, P, true, true>(a, vec, stream);
+        else if (variant == 1) launch_config<T, KW, 64, P, true>(a, vec, stream);
+        else launch_config<T, KW, 64, P, false>(a, vec, stream);
     } else {
-        if (variant == 0) launch_config<T, KW, 128, SPLIT, true, true>(a, vec, stream);
-        else if (variant == 1) launch_config<T, KW, 128, SPLIT, true>(a, vec, stream);
-        else if (variant == 2) launch_config<T, KW, 128, SPLIT, false>(a, vec, stream);
-        else if (variant == 3) launch_config<T, KW, 64, SPLIT, false>(a, vec, stream);
-        else if (variant == 4) launch_config<T, KW, 64, SPLIT, true, true, 3>(a, vec, stream);
-        else if (persistent) // (PERSIST = !SPLIT: no split instantiation)
-            launch_config<T, KW, 64, SPLIT, true, true, 2, !SPLIT>(a, vec, stream);
-        else launch_config<T, KW, 64, SPLIT, true, true, 2>(a, vec, stream);
+        if (variant == 0) launch_config<T, KW, 128, P, true, true>(a, vec, stream);
+        else if (variant == 1) launch_config<T, KW, 128, P, true>(a, vec, stream);
+        else if (variant == 2) launch_config<T, KW, 128, P, false>(a, vec, stream);
+        else if (variant == 3) launch_config<T, KW, 64, P, false>(a, vec, stream);
+        else if (variant == 4) launch_config<T, KW, 64, P, true, true, 3>(a, vec, stream);
+        else if (persistent) // (PERSIST only for Plain: no other instantiation)
+            launch_config<T, KW, 64, P, true, true, 2, P == Pass::Plain>(a, vec, stream);
+        else launch_config<T, KW, 64, P, true, true, 2>(a, vec, stream);
     }
 }
 
 template <class T>
 void launch_typed(const AssignArgs& a, int variant, bool vec, cudaStream_t stream) {
-    if (a.d <= 64) launch_width<T, 64, false>(a, variant, vec, stream);
-    else if (a.d <= 128) launch_width<T, 128, false>(a, variant, vec, stream);
-    else launch_width<T, 256, false>(a, variant, vec, stream);
+    if (a.d <= 64) launch_width<T, 64, Pass::Plain>(a, variant, vec, stream);
+    else if (a.d <= 128) launch_width<T, 128, Pass::Plain>(a, variant, vec, stream);
+    else launch_width<T, 256, Pass::Plain>(a, variant, vec, stream);
+}
+
+// The filter pass in variant 5's configuration, the one that wins for fp16 rows of its width
+// (without the copy engine: the same tiles in the plain layout).
+template <int KW>
+void launch_filter(const AssignArgs& a, cudaStream_t stream) {
+    if (centroids_via_tma(a, Pass::Filter)) launch_config<__half, KW, 64, Pass::Filter, true, true, 2>(a, true, stream);
+    else launch_config<__half, KW, 64, Pass::Filter, true>(a, true, stream);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -686,14 +863,23 @@ bool wgmma_supported(const AssignArgs& a) {
 }
 
 int assign_wgmma_variants(const AssignArgs& a) {
+    if (a.dtype == DType::F32 && a.candidates) return 1; // the filter has one configuration
     const int64_t kw = a.dtype == DType::F32 ? 2 * split_fp32_width(a.d) : (a.d <= 64 ? 64 : a.d <= 128 ? 128 : 256);
     return kw == 256 ? 3 : (a.dtype == DType::F32 ? 6 : 7);
 }
 
 void launch_assign_wgmma(const AssignArgs& a, int variant, cudaStream_t stream) {
     if (a.dtype == DType::F32) {
-        if (a.dsplit == 64) launch_width<__half, 128, true>(a, variant, true, stream);
-        else launch_width<__half, 256, true>(a, variant, true, stream);
+        // The filter where a.candidates is set (one configuration), else the split products in
+        // the chosen one.
+        if (a.candidates) {
+            if (a.dsplit == 64) launch_filter<64>(a, stream);
+            else launch_filter<128>(a, stream);
+        } else if (a.dsplit == 64) {
+            launch_width<__half, 128, Pass::Split>(a, variant, true, stream);
+        } else {
+            launch_width<__half, 256, Pass::Split>(a, variant, true, stream);
+        }
     } else {
         const bool vec = a.d % 8 == 0 && aligned16(a.x) && aligned16(a.centroids);
         if (a.dtype == DType::F16) launch_typed<__half>(a, variant, vec, stream);

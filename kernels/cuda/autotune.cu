@@ -103,12 +103,13 @@ void launch_assign(const AssignArgs& a, int variant, cudaStream_t stream) {
     }
     const int w = wgmma_supported(a) ? assign_wgmma_variants(a) : 0;
     if (a.dtype == DType::F32) {
-        if (variant < w && a.xsplit) {
+        if (variant < w && a.xsplit) { // the filter or the split products, then fp32 FMA
             if (a.recheck_list)
                 FLASH_CUDA_CHECK(cudaMemsetAsync(a.recheck_count, 0, sizeof(uint32_t) * a.batch, stream));
             launch_assign_wgmma(a, variant, stream);
             if (a.recheck_list) launch_assign_fp32_recheck(a, stream);
-            launch_exact_distances(a, stream);
+            if (a.candidates) launch_resolve_candidates(a, stream);
+            else launch_exact_distances(a, stream);
         } else {
             launch_assign_fp32(a, stream);
         }

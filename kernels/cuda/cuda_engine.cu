@@ -103,9 +103,10 @@ bool fits_in_memory(const Points& x, int64_t k, int device) {
     probe.dtype = x.dtype;
     probe.d = x.d;
     const int64_t width = x.dtype == DType::F32 && wgmma_supported(probe) ? split_fp32_width(x.d) : 0;
-    // points, split fp32 copy and its re-check keys, labels / distances / norms / weights /
-    // re-check list, the update's sort and chunk sums; centroids and their copies.
-    const double need = rows * (double(x.d) * double(dtype_size(x.dtype)) + 4.0 * double(width) + (width ? 8 : 0) + 20) +
+    // points, split fp32 copy, its re-check keys, residuals and candidates, labels / distances /
+    // norms / weights / re-check list, the update's sort and chunk sums; centroids and their copies.
+    const double need = rows * (double(x.d) * double(dtype_size(x.dtype)) + 4.0 * double(width) +
+                                (width ? 12.0 + 4 * kCandidateSlots : 0.0) + 20) +
                         double(SortInverseUpdate::bytes(x.batch, x.n, x.d, k)) +
                         double(x.batch) * double(k) * double(x.d) * 24;
     const double margin = std::max(512.0 * (1 << 20), double(free_b) / 32);
@@ -260,13 +261,13 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         std::memcpy(&h_split[it * B], row + 2 * sizeof(double) * B, sizeof(int) * B);
     }
 
-    if (phases && niter > 0 && split.count.get()) { // the certificate's re-check share, last iteration
+    if (phases && niter > 0 && split.count.get()) { // the re-check's share, last iteration
         std::vector<uint32_t> cnt(B);
         FLASH_CUDA_CHECK(cudaMemcpy(cnt.data(), split.count.get(), sizeof(uint32_t) * B, cudaMemcpyDeviceToHost));
         double total = 0;
         for (auto v : cnt) total += v;
-        std::fprintf(stderr, "faiss-flash fp32 certificate: %.4f%% of points re-checked with fp32 FMA\n",
-                     100.0 * total / double(B * n));
+        std::fprintf(stderr, "faiss-flash fp32 %s: %.4f%% of points re-checked with fp32 FMA over every centroid\n",
+                     split.candidates.get() ? "filter" : "certificate", 100.0 * total / double(B * n));
     }
     if (phases && niter > 0) {
         double t_assign = 0, t_update = 0, t_split = 0, t_post = 0;

@@ -347,19 +347,43 @@ void launch_row_norms(const void* x, DType dtype, int64_t rows, int64_t d, float
 }
 
 // Row r of problem r / per_problem: v scaled by 2^split_scale_exponent(max_abs[problem])
-// (exact), then fp16(v) in the row's first width columns and, LO, fp16(v - fp16(v)) in the next
-// width; columns past d are zero.
-template <bool LO>
-__global__ void split_to_half(const float* src, int64_t rows, int64_t per_problem, int64_t d, int64_t width,
-                              const float* max_abs, __half* dst) {
+// (exact), then fp16(v) in the row's first d columns (TF32 mode's scaled copy).
+__global__ void scale_to_half(const float* src, int64_t rows, int64_t per_problem, int64_t d, const float* max_abs,
+                              __half* dst) {
     const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-    if (g >= rows * width) return;
-    const int64_t r = g / width, j = g % width;
-    const float v = j < d ? ldexpf(src[r * d + j], split_scale_exponent(max_abs[r / per_problem])) : 0.f;
-    const __half hi = __float2half_rn(v);
-    __half* row = dst + r * (LO ? 2 : 1) * width;
-    row[j] = hi;
-    if constexpr (LO) row[width + j] = __float2half_rn(v - __half2float(hi)); // v - hi is exact in fp32
+    if (g >= rows * d) return;
+    dst[g] = __float2half_rn(ldexpf(src[g], split_scale_exponent(max_abs[g / d / per_problem])));
+}
+
+// One warp per row r of problem r / per_problem: v scaled as above, hi = fp16(v) in the row's
+// first width columns and lo = fp16(v - hi) in the next width (columns past d zero). v - hi is
+// exact in fp32, so the row's residual ||v - hi|| (back in the unscaled units) is measured, not
+// bounded: per row (res_rows) and / or its problem's largest (res_max, zeroed first: non-negative
+// floats order as their bit patterns, so an integer atomicMax is exact). Overflow or NaN gives
+// an infinite or NaN residual, which sends the points concerned past the filter.
+__global__ void split_rows(const float* src, int64_t rows, int64_t per_problem, int64_t d, int64_t width,
+                           const float* max_abs, __half* dst, float* res_rows, float* res_max) {
+    const int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    const int e = split_scale_exponent(max_abs[r / per_problem]);
+    __half* row = dst + r * 2 * width;
+    float s = 0.f;
+    for (int64_t j = lane; j < width; j += 32) {
+        const float v = j < d ? ldexpf(src[r * d + j], e) : 0.f;
+        const __half hi = __float2half_rn(v);
+        const float res = v - __half2float(hi);
+        row[j] = hi;
+        row[width + j] = __float2half_rn(res);
+        s = fmaf(res, res, s);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) {
+        const float norm = ldexpf(sqrtf(s), -e);
+        if (res_rows) res_rows[r] = norm;
+        if (res_max) atomicMax(reinterpret_cast<int*>(res_max + r / per_problem), __float_as_int(norm));
+    }
 }
 
 // out[b * k + j] = norms[b * k + j] * 2^(e(xmax[b]) + e(cmax[b])): the penalties in the units of
@@ -400,21 +424,21 @@ __global__ void max_norm(const float* norms, int64_t k, float* cmax) {
 }
 
 void launch_split_fp32(const float* src, int64_t batch, int64_t rows, int64_t d, int64_t width, const float* max_abs,
-                       void* dst, cudaStream_t s) {
-    const int64_t total = batch * rows * width;
-    if (total == 0) return;
-    split_to_half<true><<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, width, max_abs,
-                                                                      static_cast<__half*>(dst));
-    FLASH_LAUNCH_CHECK("split_to_half");
+                       void* dst, float* res_rows, float* res_max, cudaStream_t s) {
+    if (res_max) FLASH_CUDA_CHECK(cudaMemsetAsync(res_max, 0, sizeof(float) * batch, s));
+    if (batch * rows == 0) return;
+    split_rows<<<warp_blocks(batch * rows), 256, 0, s>>>(src, batch * rows, rows, d, width, max_abs,
+                                                         static_cast<__half*>(dst), res_rows, res_max);
+    FLASH_LAUNCH_CHECK("split_rows");
 }
 
 void launch_scale_to_half(const float* src, int64_t batch, int64_t rows, int64_t d, const float* max_abs, void* dst,
                           cudaStream_t s) {
     const int64_t total = batch * rows * d;
     if (total == 0) return;
-    split_to_half<false><<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, d, max_abs,
-                                                                       static_cast<__half*>(dst));
-    FLASH_LAUNCH_CHECK("split_to_half");
+    scale_to_half<<<unsigned((total + 255) / 256), 256, 0, s>>>(src, batch * rows, rows, d, max_abs,
+                                                                static_cast<__half*>(dst));
+    FLASH_LAUNCH_CHECK("scale_to_half");
 }
 
 void launch_scaled_norms(const float* norms, int64_t batch, int64_t k, const float* xmax, const float* cmax, float* out,

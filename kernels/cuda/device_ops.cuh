@@ -42,9 +42,12 @@ void launch_objective(const float* dist, int64_t batch, int64_t n, double* works
 /// Split fp32 rows for the tensor-core fp32 path, batch problems of `rows` rows: each value v
 /// of problem b is scaled by 2^split_scale_exponent(max_abs[b]) (max_abs[b] >= every |v| of
 /// the problem), then dst row r = [fp16(v) | fp16(v - fp16(v))], each part zero-padded from d
-/// to width (dst is (batch * rows, 2 * width) fp16).
+/// to width (dst is (batch * rows, 2 * width) fp16). Also each row's rounding residual
+/// ||v - fp16(v)|| in the unscaled units (the filter pass's certificate, AssignArgs::xres / cres):
+/// per row into res_rows (batch * rows) and / or the problem's largest into res_max (batch);
+/// either may be null.
 void launch_split_fp32(const float* src, int64_t batch, int64_t rows, int64_t d, int64_t width, const float* max_abs,
-                       void* dst, cudaStream_t s);
+                       void* dst, float* res_rows, float* res_max, cudaStream_t s);
 
 /// dst (batch * rows, d) fp16 = src values of problem b scaled by 2^split_scale_exponent(max_abs[b]).
 void launch_scale_to_half(const float* src, int64_t batch, int64_t rows, int64_t d, const float* max_abs, void* dst,

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <stdexcept>
@@ -206,13 +207,21 @@ class CapturedGraph {
     cudaGraphExec_t exec_ = nullptr;
 };
 
-// Buffers of the exact tensor-core fp32 path (AssignArgs::xsplit): the points split once, the
-// centroids split before each assignment, and the certificate's re-check lists. Left empty
-// (and `a` untouched) where the path does not apply.
+/// Whether the exact fp32 path runs the filter (AssignArgs::candidates): yes unless
+/// FLASH_EXACT_FILTER=0 (then the three split products, kept for comparison).
+inline bool exact_filter_enabled() {
+    const char* v = std::getenv("FLASH_EXACT_FILTER");
+    return !v || std::string(v) != "0";
+}
+
+// Buffers of the exact tensor-core fp32 path (AssignArgs::xsplit): the points split once (with
+// their rounding residuals), the centroids split before each assignment, and the certificate's
+// lists (the filter's and the re-check's). Left empty (and `a` untouched) where the path does
+// not apply.
 struct SplitFp32 {
     DeviceBuffer<unsigned char> xs, cs;
-    DeviceBuffer<float> xmax, cmax;
-    DeviceBuffer<uint32_t> count, list;
+    DeviceBuffer<float> xmax, cmax, xres, cres;
+    DeviceBuffer<uint32_t> count, list, candidates;
     DeviceBuffer<unsigned long long> best;
     int64_t width = 0;
 
@@ -223,9 +232,20 @@ struct SplitFp32 {
         cs.allocate(size_t(a.batch) * a.k * 2 * width * 2, "split centroids");
         xmax.allocate(a.batch, "largest point magnitude");
         cmax.allocate(a.batch, "centroid norm bound");
+        const bool filter = exact_filter_enabled();
+        if (filter) {
+            xres.allocate(size_t(a.batch) * a.n, "point rounding residuals");
+            cres.allocate(a.batch, "centroid rounding residual bound");
+            candidates.allocate(size_t(a.batch) * a.n * kCandidateSlots, "candidate lists");
+        }
         const float* x = static_cast<const float*>(a.x);
         launch_max_abs(x, a.batch, a.n * a.d, xmax.get(), s);
-        launch_split_fp32(x, a.batch, a.n, a.d, width, xmax.get(), xs.get(), s);
+        launch_split_fp32(x, a.batch, a.n, a.d, width, xmax.get(), xs.get(), xres.get(), nullptr, s);
+        if (filter) {
+            a.xres = xres.get();
+            a.cres = cres.get();
+            a.candidates = candidates.get();
+        }
         a.xsplit = xs.get();
         a.csplit = cs.get();
         a.dsplit = width;
@@ -244,7 +264,7 @@ struct SplitFp32 {
     void prepare(const AssignArgs& a, const float* centroids, cudaStream_t s) {
         if (!width) return;
         launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
-        launch_split_fp32(centroids, a.batch, a.k, a.d, width, cmax.get(), cs.get(), s);
+        launch_split_fp32(centroids, a.batch, a.k, a.d, width, cmax.get(), cs.get(), nullptr, cres.get(), s);
     }
 };
 

@@ -81,23 +81,25 @@ inline EncodeTiled tile_map_encoder() {
     return encode;
 }
 
-// Whether the copy engine can take a (batch, rows, width) array of 2-byte elements at base:
-// rows a multiple of 16 bytes, a 16-byte aligned base, sizes within the map's limits, and an
-// encoder in the driver. Where it cannot, the caller loads tiles with ordinary copies.
-inline bool tile_map_possible(const void* base, int64_t batch, int64_t rows, int64_t width) {
-    return tile_map_encoder() && width % 8 == 0 && (reinterpret_cast<uintptr_t>(base) & 15) == 0 && rows > 0 &&
-           batch > 0 && rows <= INT32_MAX && batch <= INT32_MAX;
+// Whether the copy engine can take a (batch, rows, width) array of 2-byte elements at base,
+// rows ld elements apart: widths and strides multiples of 16 bytes, a 16-byte aligned base,
+// sizes within the map's limits, and an encoder in the driver. Where it cannot, the caller
+// loads tiles with ordinary copies.
+inline bool tile_map_possible(const void* base, int64_t batch, int64_t rows, int64_t width, int64_t ld) {
+    return tile_map_encoder() && width % 8 == 0 && ld % 8 == 0 && ld >= width &&
+           (reinterpret_cast<uintptr_t>(base) & 15) == 0 && rows > 0 && batch > 0 && rows <= INT32_MAX &&
+           batch <= INT32_MAX;
 }
 
-// A tensor map over such an array (fp16 or bf16, row-major, contiguous), copied in boxes of 64
+// A tensor map over such an array (fp16 or bf16, row-major), copied in boxes of 64
 // columns x box_rows rows into the 128-byte swizzled layout (16-byte chunk c of row r at chunk
 // c ^ (r % 8) within each 8-row group). False where tile_map_possible is false or the driver
 // refuses the map.
 inline bool make_tile_map(CUtensorMap* map, const void* base, bool bf16, int64_t batch, int64_t rows, int64_t width,
-                          int box_rows) {
-    if (!tile_map_possible(base, batch, rows, width)) return false;
+                          int64_t ld, int box_rows) {
+    if (!tile_map_possible(base, batch, rows, width, ld)) return false;
     const cuuint64_t dims[3] = {cuuint64_t(width), cuuint64_t(rows), cuuint64_t(batch)};
-    const cuuint64_t strides[2] = {cuuint64_t(width) * 2, cuuint64_t(width) * 2 * cuuint64_t(rows)};
+    const cuuint64_t strides[2] = {cuuint64_t(ld) * 2, cuuint64_t(ld) * 2 * cuuint64_t(rows)};
     const cuuint32_t box[3] = {64, cuuint32_t(box_rows), 1};
     const cuuint32_t unit[3] = {1, 1, 1};
     return tile_map_encoder()(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,

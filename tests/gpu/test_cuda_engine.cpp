@@ -252,47 +252,93 @@ TEST(CudaEngine, AllKernelVariantsExactOnIntegerData) {
             }
 }
 
-// The certificate's re-check with many centroids: k = 2500 (20 tiles of 128) is cut into 10
-// chunks of two tiles, merged by atomicMin of (value, index) keys. Every centroid is one of
-// 1250 integer bases, each base twice at random places; every point is a base plus a small
-// offset, so its nearest base is unique and its two copies tie exactly: every point is
-// flagged, and the exact answer is the lower copy's index, which lies in any chunk. Exact
-// labels and distances, in both metrics, for problems of two batch sizes.
-TEST(CudaEngine, Fp32RecheckOverCentroidChunks) {
-    REQUIRE_GPU();
-    const int64_t n = 700, d = 128, k = 2500, nb = k / 2;
-    std::mt19937 rng(77);
+// Every centroid of each problem one of k / copies integer bases, each base placed `copies`
+// times at random columns; every point a base plus small integer offsets on every `every`-th
+// coordinate. Each point's nearest base is unique and its copies tie exactly.
+void tied_integer_problem(int64_t B, int64_t n, int64_t d, int64_t k, int64_t copies, int every, std::mt19937& rng,
+                          std::vector<float>& x, std::vector<float>& c) {
+    const int64_t nb = k / copies;
     std::uniform_int_distribution<int> val(-8, 8), off(-1, 1), pick(0, int(nb) - 1);
-    for (int64_t B : {1, 3}) {
-        std::vector<float> x(B * n * d), c(B * k * d);
-        for (int64_t b = 0; b < B; b++) {
-            std::vector<float> base(nb * d);
-            for (auto& v : base) v = float(val(rng));
-            std::vector<int64_t> slot(k);
-            for (int64_t j = 0; j < k; j++) slot[j] = j / 2; // each base twice ...
-            std::shuffle(slot.begin(), slot.end(), rng);     // ... at random places
-            for (int64_t j = 0; j < k; j++)
-                std::copy(&base[slot[j] * d], &base[slot[j] * d] + d, &c[(b * k + j) * d]);
-            for (int64_t i = 0; i < n; i++) {
-                const int64_t q = pick(rng);
-                for (int64_t t = 0; t < d; t++) x[(b * n + i) * d + t] = base[q * d + t] + float(off(rng) * (t % 5 == 0));
-            }
-        }
-        for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
-            SCOPED_TRACE("B=" + std::to_string(B) + " metric=" + std::to_string(int(m)));
-            std::vector<int64_t> want;
-            std::vector<float> want_d;
-            const int64_t tied = exact_argmin(x, c, B, n, d, k, m, want, want_d);
-            ASSERT_GT(tied, B * n / 2) << "the data should put most points on exact ties";
-            std::vector<int64_t> lab(B * n);
-            std::vector<float> dis(B * n);
-            flash::assign_nearest(host_points(x.data(), n, d, flash::DType::F32, B), c.data(), k, m, lab.data(),
-                                  dis.data(), flash::Backend::CUDA);
-            int64_t bad = 0;
-            for (int64_t i = 0; i < B * n; i++) bad += lab[i] != want[i] || dis[i] != want_d[i];
-            EXPECT_EQ(bad, 0);
+    x.assign(B * n * d, 0.f);
+    c.assign(B * k * d, 0.f);
+    for (int64_t b = 0; b < B; b++) {
+        std::vector<float> base(nb * d);
+        for (auto& v : base) v = float(val(rng));
+        std::vector<int64_t> slot(k);
+        for (int64_t j = 0; j < k; j++) slot[j] = j % nb;
+        std::shuffle(slot.begin(), slot.end(), rng);
+        for (int64_t j = 0; j < k; j++) std::copy(&base[slot[j] * d], &base[slot[j] * d] + d, &c[(b * k + j) * d]);
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t q = pick(rng);
+            for (int64_t t = 0; t < d; t++)
+                x[(b * n + i) * d + t] = base[q * d + t] + float(off(rng) * (t % every == 0));
         }
     }
+}
+
+// Points whose label or distance differs from the exact ones (both bit for bit), in metric m.
+int64_t wrong_assignments(const std::vector<float>& x, const std::vector<float>& c, int64_t B, int64_t n, int64_t d,
+                          int64_t k, flash::Metric m, int64_t* tied = nullptr) {
+    std::vector<int64_t> want;
+    std::vector<float> want_d;
+    const int64_t t = exact_argmin(x, c, B, n, d, k, m, want, want_d);
+    if (tied) *tied = t;
+    std::vector<int64_t> lab(B * n);
+    std::vector<float> dis(B * n);
+    flash::assign_nearest(host_points(x.data(), n, d, flash::DType::F32, B), c.data(), k, m, lab.data(), dis.data(),
+                          flash::Backend::CUDA);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < B * n; i++) bad += lab[i] != want[i] || dis[i] != want_d[i];
+    return bad;
+}
+
+// The exact fp32 paths' fp32 FMA re-check with many centroids: k = 2500 (20 tiles of 128) is
+// cut into 10 chunks of two tiles, merged by atomicMin of (value, index) keys. Each base twice,
+// so every point sits on an exact tie: the split products' certificate flags every point
+// (FLASH_EXACT_FILTER=0), and the filter keeps both copies as candidates. The exact answer is
+// the lower copy's index, which lies in any chunk. Exact labels and distances, both metrics,
+// two batch sizes, both paths.
+TEST(CudaEngine, Fp32RecheckOverCentroidChunks) {
+    REQUIRE_GPU();
+    const int64_t n = 700, d = 128, k = 2500;
+    std::mt19937 rng(77);
+    for (const char* filter : {"0", "1"})
+        for (int64_t B : {1, 3}) {
+            std::vector<float> x, c;
+            tied_integer_problem(B, n, d, k, 2, 5, rng, x, c);
+            setenv("FLASH_EXACT_FILTER", filter, 1);
+            for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
+                SCOPED_TRACE(std::string("filter=") + filter + " B=" + std::to_string(B) +
+                             " metric=" + std::to_string(int(m)));
+                int64_t tied = 0;
+                EXPECT_EQ(wrong_assignments(x, c, B, n, d, k, m, &tied), 0);
+                EXPECT_GT(tied, B * n / 2) << "the data should put most points on exact ties";
+            }
+            unsetenv("FLASH_EXACT_FILTER");
+        }
+}
+
+// The exact fp32 filter keeps, per point, the centroids within its error margin of the smallest
+// tensor-core value (seven at most per point, seven per thread and row in the kernel) and
+// resolves them with fp32 FMA; a point with more goes to the re-check over every centroid.
+// Each point here has exactly `copies` tied nearest centroids: 3 (resolved among the
+// candidates, ties to the lowest index), 12 (too many for a point's slots) and 40 (more than a
+// thread's slots for some rows: the lost-value path). Labels and distances exact, bit for bit;
+// d = 64 has three slots per thread and row instead of seven.
+TEST(CudaEngine, Fp32FilterCandidatesAndOverflow) {
+    REQUIRE_GPU();
+    const int64_t n = 600, k = 1200, B = 2;
+    std::mt19937 rng(91);
+    for (int64_t d : {64, 128})
+        for (int64_t copies : {3, 12, 40}) {
+            std::vector<float> x, c;
+            tied_integer_problem(B, n, d, k, copies, 7, rng, x, c);
+            for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
+                SCOPED_TRACE("d=" + std::to_string(d) + " copies=" + std::to_string(copies) +
+                             " metric=" + std::to_string(int(m)));
+                EXPECT_EQ(wrong_assignments(x, c, B, n, d, k, m), 0);
+            }
+        }
 }
 
 flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
