@@ -158,20 +158,26 @@ __global__ void __launch_bounds__(THREADS) assign_fp32_kernel(AssignArgs a, int6
     assign_fp32_tile<false>(a, b, (blockIdx.x % tiles_per_problem) * BM, 0, (a.k + BN - 1) / BN, 0);
 }
 
-// The certificate's re-check: units (problem, list tile, centroid chunk) taken in turn by a grid
-// sized to the chip (the list lengths are only known on the device); a problem's units past its
-// list are skipped. Splitting the centroids into chunks keeps every SM busy when few points are
-// listed, and two blocks per SM (128 registers; ptxas spills a few bytes outside the inner loop)
-// hide more latency than one (H100, N=1M K=1024, 1.3% of the points listed: 246 -> 155 us).
-__global__ void __launch_bounds__(THREADS, 2) recheck_fp32_kernel(AssignArgs a, int64_t tiles_per_problem,
-                                                               int64_t chunks, int64_t tiles_per_chunk) {
-    const int64_t ntiles = (a.k + BN - 1) / BN, units = a.batch * tiles_per_problem * chunks;
-    for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
-        const int64_t b = u / (tiles_per_problem * chunks), m0 = ((u / chunks) % tiles_per_problem) * BM;
-        const int64_t count = a.recheck_count[b];
-        if (m0 >= count) continue; // uniform over the block
-        const int64_t t0 = (u % chunks) * tiles_per_chunk;
-        assign_fp32_tile<true>(a, b, m0, t0, min(t0 + tiles_per_chunk, ntiles), count);
+// The re-check: units (problem, list tile, centroid chunk) taken in turn by a grid sized to the
+// chip (the list lengths are only known on the device). Each problem's units follow the
+// previous problem's in a virtual sequence that block u takes every gridDim.x-th unit of, so
+// only live units are visited (a few blocks' worth when 0.03% of the points are listed: 0.1
+// ms went on visiting and skipping every possible unit). Splitting the centroids into chunks
+// keeps every SM busy when few points are listed, and two blocks per SM (128 registers;
+// ptxas spills a few bytes outside the inner loop) hide more latency than one (H100, N=1M
+// K=1024, 1.3% of the points listed: 246 -> 155 us).
+__global__ void __launch_bounds__(THREADS, 2)
+    recheck_fp32_kernel(AssignArgs a, int64_t chunks, int64_t tiles_per_chunk) {
+    const int64_t ntiles = (a.k + BN - 1) / BN;
+    int64_t first = 0; // the problem's first unit in the sequence
+    for (int64_t b = 0; b < a.batch; b++) {
+        const int64_t count = a.recheck_count[b], units = (count + BM - 1) / BM * chunks;
+        const int64_t skip = (blockIdx.x + gridDim.x - first % gridDim.x) % gridDim.x; // to this block's next unit
+        for (int64_t u = skip; u < units; u += gridDim.x) {
+            const int64_t t0 = (u % chunks) * tiles_per_chunk;
+            assign_fp32_tile<true>(a, b, (u / chunks) * BM, t0, min(t0 + tiles_per_chunk, ntiles), count);
+        }
+        first += units;
     }
 }
 
@@ -283,7 +289,7 @@ void launch_assign_fp32_recheck(const AssignArgs& a, cudaStream_t stream) {
     const int64_t chunks = std::min<int64_t>(ntiles, 16), per_chunk = (ntiles + chunks - 1) / chunks;
     const int64_t units = a.batch * tiles * ((ntiles + per_chunk - 1) / per_chunk);
     recheck_fp32_kernel<<<unsigned(std::min<int64_t>(units, grid)), THREADS, 0, stream>>>(
-        a, tiles, (ntiles + per_chunk - 1) / per_chunk, per_chunk);
+        a, (ntiles + per_chunk - 1) / per_chunk, per_chunk);
     FLASH_LAUNCH_CHECK("recheck_fp32_kernel");
     const int64_t total = a.batch * a.n;
     finish_recheck<<<unsigned(std::min<int64_t>((total + 255) / 256, 4 * int64_t(grid))), 256, 0, stream>>>(a);
