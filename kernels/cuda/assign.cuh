@@ -10,8 +10,9 @@
 
 namespace flash::cuda_engine {
 
-/// Slots per point of AssignArgs::candidates: a count and up to kCandidateSlots - 1 indices.
-constexpr int kCandidateSlots = 8;
+/// Slots per point of AssignArgs::candidates: a count and up to kCandidateSlots - 1 indices
+/// (more than the filter kernel's four threads per row keep: 4 x 7).
+constexpr int kCandidateSlots = 32;
 
 struct AssignArgs {
     const void* x = nullptr;          // (batch, n, d) of dtype

@@ -319,12 +319,12 @@ TEST(CudaEngine, Fp32RecheckOverCentroidChunks) {
 }
 
 // The exact fp32 filter keeps, per point, the centroids within its error margin of the smallest
-// tensor-core value (seven at most per point, seven per thread and row in the kernel) and
+// tensor-core value (seven per thread and row in the kernel, four threads per row) and
 // resolves them with fp32 FMA; a point with more goes to the re-check over every centroid.
 // Each point here has exactly `copies` tied nearest centroids: 3 (resolved among the
-// candidates, ties to the lowest index), 12 (too many for a point's slots) and 40 (more than a
-// thread's slots for some rows: the lost-value path). Labels and distances exact, bit for bit;
-// d = 64 has three slots per thread and row instead of seven.
+// candidates, ties to the lowest index), 12 (resolved among them at d = 128; d = 64 has three
+// slots per thread and row, so some rows run out) and 40 (rows out of slots: the lost-value
+// path). Labels and distances exact, bit for bit.
 TEST(CudaEngine, Fp32FilterCandidatesAndOverflow) {
     REQUIRE_GPU();
     const int64_t n = 600, k = 1200, B = 2;
