@@ -12,9 +12,11 @@
 // loads. The n x k matrix never leaves the chip.
 //
 // fp32 input (see Pass and AssignArgs): operands are scaled [hi | lo] fp16 rows. The filter
-// multiplies the hi parts only; the split pass issues hi.hi + hi.lo + lo.hi per k-step. Both
-// keep the second-best value: points whose gap is inside the pass's error bound are listed, by
-// the filter for the split pass, by the split pass for an fp32 FMA re-check (assign_fp32.cu).
+// (the default) multiplies the hi parts only and keeps, per point, every centroid within its
+// error margin of the smallest value as a candidate for resolve_candidates (assign_fp32.cu);
+// the split pass (FLASH_EXACT_FILTER=0) issues hi.hi + hi.lo + lo.hi per k-step and keeps the
+// second-best value, listing the points whose gap is inside its error bound. Points either
+// cannot settle go to the fp32 FMA re-check over every centroid (assign_fp32.cu).
 //
 // Shared-memory tiles are K-major without swizzle, as 8 x 8 core matrices of 128 bytes:
 // element (r, c) of an R x KW tile lives at ((r / 8) * (KW / 8) + c / 8) * 64 + (r % 8) * 8 + c % 8.

@@ -1,8 +1,9 @@
 // Kernel-configuration choice for the assignment: a heuristic by default; with
 // FLASH_AUTOTUNE=1 each configuration is timed once per (GPU, dtype, shape bucket) and the
-// winner is cached on disk ($FLASH_CACHE_DIR or ~/.cache/faiss-flash/autotune-v5.txt), so
+// winner is cached on disk ($FLASH_CACHE_DIR or ~/.cache/faiss-flash/autotune-v6.txt), so
 // later runs and processes pay nothing (the name carries a version, bumped when the kernels
-// change: v3 = wgmma tiles in pairs, v4 = lean fold and the persistent small-k variant).
+// change: v3 = wgmma tiles in pairs, v4 = lean fold and the persistent small-k variant, v6 =
+// exact fp32 through the filter: one wgmma configuration, then the FMA kernel).
 // FLASH_ASSIGN_VARIANT=i forces configuration i.
 #include <cuda_runtime.h>
 
@@ -31,12 +32,12 @@ int pow2_bucket(int64_t v) {
 }
 
 std::string cache_path() {
-    if (const char* dir = std::getenv("FLASH_CACHE_DIR")) return std::string(dir) + "/autotune-v5.txt";
+    if (const char* dir = std::getenv("FLASH_CACHE_DIR")) return std::string(dir) + "/autotune-v6.txt";
     const char* home = std::getenv("HOME");
     const std::string dir = std::string(home ? home : "/tmp") + "/.cache/faiss-flash";
     mkdir((std::string(home ? home : "/tmp") + "/.cache").c_str(), 0755);
     mkdir(dir.c_str(), 0755);
-    return dir + "/autotune-v5.txt";
+    return dir + "/autotune-v6.txt";
 }
 
 struct Cache {
