@@ -46,7 +46,9 @@ constexpr int kStages = 4; // centroid tiles: the pair in use and the next pair 
 // parts of the split rows only, one product, keeping every centroid that may be the exact
 // nearest as a candidate (AssignArgs::candidates). Split: hi.hi + hi.lo + lo.hi, with a
 // certificate that lists the points it cannot decide for the fp32 FMA re-check.
-enum class Pass { Plain, Filter, Split };
+// FilterSearch: the filter without column tags (four instructions per value instead of five):
+// a tile's column is searched for when it comes within reach, rare at large k.
+enum class Pass { Plain, Filter, FilterSearch, Split };
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -175,8 +177,9 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                         const __grid_constant__ CUtensorMap cmap) {
     static_assert(!PERSIST || AREG, "PERSIST reloads the point tile while the products read the registers");
     static_assert(!PERSIST || P == Pass::Plain, "the persistent kernel has no certificate");
-    static_assert(P != Pass::Filter || AREG, "the filter keeps its candidates in the point tile's space");
-    constexpr bool SPLIT = P == Pass::Split, FILTER = P == Pass::Filter, SCALED = P != Pass::Plain;
+    constexpr bool SPLIT = P == Pass::Split, FILTER = P == Pass::Filter || P == Pass::FilterSearch;
+    constexpr bool SCALED = P != Pass::Plain, TAG = P == Pass::Filter;
+    static_assert(!FILTER || AREG, "the filter keeps its candidates in the point tile's space");
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); // built for sm_90a only; the host never launches it elsewhere
 #else
@@ -448,6 +451,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         if constexpr (FILTER) {
             constexpr int IDX = BN / 4 - 1; // the column bits (BN / 4 a power of two)
             auto tagged = [&](int i, int h, int e, float2 p) {
+                if constexpr (!TAG) return value(i, h, e, p);
                 return __int_as_float((__float_as_int(value(i, h, e, p)) & ~IDX) | (2 * i + e));
             };
             constexpr int CF = 2;
@@ -461,7 +465,21 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 m1[h][q] = fminf(m1[h][q], v);
             });
             const int col0 = int(j * BN) + (lane % 4) * 2; // column of (i, e) = col0 + 8 i + e
-            auto column = [&](float v) { const int t = __float_as_int(v) & IDX; return col0 + (t / 2) * 8 + t % 2; };
+            auto column = [&](float v, int h) { // of a value of row h in this tile
+                if constexpr (TAG) {
+                    const int t = __float_as_int(v) & IDX;
+                    return col0 + (t / 2) * 8 + t % 2;
+                }
+                int col = BN;
+#pragma unroll
+                for (int i = BN / 8 - 1; i >= 0; i--) {
+                    const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+#pragma unroll
+                    for (int e = 1; e >= 0; e--)
+                        if (value(i, h, e, p) == v) col = i * 8 + e;
+                }
+                return col0 + col;
+            };
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const float t1 = fminf(m1[h][0], m1[h][1]);
@@ -481,16 +499,16 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                         }
                     cnt[h] = w;
                 }
-                auto keep = [&](float v) {
+                auto keep = [&](float v, int col) {
                     if (cnt[h] < ML) {
-                        cand_slot(cnt[h]++, h) = make_float2(v, __int_as_float(column(v)));
+                        cand_slot(cnt[h]++, h) = make_float2(v, __int_as_float(col));
                     } else {
                         float& l = h ? lost().y : lost().x;
                         l = fminf(l, v);
                     }
                 };
                 if (!(t2 <= thr)) {
-                    keep(t1);
+                    keep(t1, column(t1, h));
                 } else {
 #pragma unroll
                     for (int i = 0; i < BN / 8; i++) {
@@ -498,7 +516,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
 #pragma unroll
                         for (int e = 0; e < 2; e++) {
                             const float v = tagged(i, h, e, p);
-                            if (v <= thr) keep(v);
+                            if (v <= thr) keep(v, col0 + i * 8 + e);
                         }
                     }
                 }
@@ -763,7 +781,7 @@ int sm_count() {
 // (the filter: the hi half) and the row stride.
 const void* centroid_rows(const AssignArgs& a) { return a.dtype == DType::F32 ? a.csplit : a.centroids; }
 int64_t centroid_width(const AssignArgs& a, Pass p) {
-    return p == Pass::Plain ? a.d : (p == Pass::Filter ? a.dsplit : 2 * a.dsplit);
+    return p == Pass::Plain ? a.d : (p == Pass::Split ? 2 * a.dsplit : a.dsplit);
 }
 int64_t centroid_stride(const AssignArgs& a, Pass p) { return p == Pass::Plain ? a.d : 2 * a.dsplit; }
 
@@ -842,10 +860,18 @@ void launch_typed(const AssignArgs& a, int variant, bool vec, cudaStream_t strea
 
 // The filter pass in variant 5's configuration, the one that wins for fp16 rows of its width
 // (without the copy engine: the same tiles in the plain layout).
+// From k = kSearchK on, FilterSearch: few tiles come within reach, so searching those for
+// their column costs less than tagging every value.
+constexpr int64_t kSearchK = 4096;
+template <int KW, Pass P>
+void launch_filter_as(const AssignArgs& a, cudaStream_t stream) {
+    if (centroids_via_tma(a, P)) launch_config<__half, KW, 64, P, true, true, 2>(a, true, stream);
+    else launch_config<__half, KW, 64, P, true>(a, true, stream);
+}
 template <int KW>
 void launch_filter(const AssignArgs& a, cudaStream_t stream) {
-    if (centroids_via_tma(a, Pass::Filter)) launch_config<__half, KW, 64, Pass::Filter, true, true, 2>(a, true, stream);
-    else launch_config<__half, KW, 64, Pass::Filter, true>(a, true, stream);
+    if (a.k >= kSearchK) launch_filter_as<KW, Pass::FilterSearch>(a, stream);
+    else launch_filter_as<KW, Pass::Filter>(a, stream);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }

@@ -324,21 +324,23 @@ TEST(CudaEngine, Fp32RecheckOverCentroidChunks) {
 // Each point here has exactly `copies` tied nearest centroids: 3 (resolved among the
 // candidates, ties to the lowest index), 12 (resolved among them at d = 128; d = 64 has three
 // slots per thread and row, so some rows run out) and 40 (rows out of slots: the lost-value
-// path). Labels and distances exact, bit for bit.
+// path). Labels and distances exact, bit for bit. k = 1200 and 4800: the kernel with column
+// tags and the one that searches a tile for its column (from k = 4096).
 TEST(CudaEngine, Fp32FilterCandidatesAndOverflow) {
     REQUIRE_GPU();
-    const int64_t n = 600, k = 1200, B = 2;
+    const int64_t n = 600, B = 2;
     std::mt19937 rng(91);
-    for (int64_t d : {64, 128})
-        for (int64_t copies : {3, 12, 40}) {
-            std::vector<float> x, c;
-            tied_integer_problem(B, n, d, k, copies, 7, rng, x, c);
-            for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
-                SCOPED_TRACE("d=" + std::to_string(d) + " copies=" + std::to_string(copies) +
-                             " metric=" + std::to_string(int(m)));
-                EXPECT_EQ(wrong_assignments(x, c, B, n, d, k, m), 0);
+    for (int64_t k : {1200, 4800})
+        for (int64_t d : {64, 128})
+            for (int64_t copies : {3, 12, 40}) {
+                std::vector<float> x, c;
+                tied_integer_problem(B, n, d, k, copies, 7, rng, x, c);
+                for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
+                    SCOPED_TRACE("k=" + std::to_string(k) + " d=" + std::to_string(d) +
+                                 " copies=" + std::to_string(copies) + " metric=" + std::to_string(int(m)));
+                    EXPECT_EQ(wrong_assignments(x, c, B, n, d, k, m), 0);
+                }
             }
-        }
 }
 
 flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
