@@ -37,10 +37,11 @@ struct AssignArgs {
     int64_t dsplit = 0;
     const float* xmax = nullptr;      // (batch) max |x| of the points (their split scale)
     const float* cmax = nullptr;      // (batch) max_j ||c_j|| (the centroids' split scale, the error bound)
-    // Certificate: a point whose best and second-best values are closer than twice the error
-    // bound of our products (outside it our argmin is the exact one) is appended to its
-    // problem's list and recomputed with fp32 FMA. Set wherever xsplit is (Fp32Mode::TF32 does
-    // not use the split: see half_view).
+    // Re-check list: points recomputed with fp32 FMA over every centroid. The split products'
+    // certificate appends a point whose best and second-best values are closer than twice the
+    // error bound of those products (outside it their argmin is the exact one); the filter, a
+    // point with more candidates than its kernel keeps. Set wherever xsplit is (Fp32Mode::TF32
+    // does not use the split: see half_view).
     uint32_t* recheck_count = nullptr; // (batch), zeroed before the launch
     uint32_t* recheck_list = nullptr;  // (batch, n) point indices within the problem
     // (batch, n) the re-check's merged (value, index) key per list entry: all ones between
