@@ -279,11 +279,9 @@ void launch_assign_fp32(const AssignArgs& a, cudaStream_t stream) {
 
 void launch_assign_fp32_recheck(const AssignArgs& a, cudaStream_t stream) {
     static const int grid = [] { // the first device's chip; any grid gives the same result
-        int dev = 0, sms = 0, per_sm = 0;
-        FLASH_CUDA_CHECK(cudaGetDevice(&dev));
-        FLASH_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        int per_sm = 0;
         FLASH_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, recheck_fp32_kernel, THREADS, 0));
-        return sms * std::max(per_sm, 1);
+        return current_device_sms() * std::max(per_sm, 1);
     }();
     const int64_t tiles = (a.n + BM - 1) / BM, ntiles = (a.k + BN - 1) / BN;
     const int64_t chunks = std::min<int64_t>(ntiles, 16), per_chunk = (ntiles + chunks - 1) / chunks;

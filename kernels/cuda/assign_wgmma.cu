@@ -448,6 +448,20 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                     for (int e = 0; e < 2; e++) f(i, h, e, p);
             }
         };
+        const int col0 = int(j * BN) + (lane % 4) * 2; // global column of (i, e): col0 + 8 i + e
+        // The first column c of row h in this tile (c = 8 i + e) whose value is v: the lowest,
+        // so that ties go to the lowest index.
+        auto first_column = [&](float v, int h) {
+            int col = BN;
+#pragma unroll
+            for (int i = BN / 8 - 1; i >= 0; i--) {
+                const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+#pragma unroll
+                for (int e = 1; e >= 0; e--)
+                    if (value(i, h, e, p) == v) col = i * 8 + e;
+            }
+            return col;
+        };
         if constexpr (FILTER) {
             constexpr int IDX = BN / 4 - 1; // the column bits (BN / 4 a power of two)
             auto tagged = [&](int i, int h, int e, float2 p) {
@@ -464,21 +478,12 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 m2[h][q] = fminf(m2[h][q], fmaxf(m1[h][q], v));
                 m1[h][q] = fminf(m1[h][q], v);
             });
-            const int col0 = int(j * BN) + (lane % 4) * 2; // column of (i, e) = col0 + 8 i + e
             auto column = [&](float v, int h) { // of a value of row h in this tile
                 if constexpr (TAG) {
                     const int t = __float_as_int(v) & IDX;
                     return col0 + (t / 2) * 8 + t % 2;
                 }
-                int col = BN;
-#pragma unroll
-                for (int i = BN / 8 - 1; i >= 0; i--) {
-                    const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
-#pragma unroll
-                    for (int e = 1; e >= 0; e--)
-                        if (value(i, h, e, p) == v) col = i * 8 + e;
-                }
-                return col0 + col;
+                return col0 + first_column(v, h);
             };
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -537,16 +542,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
 #pragma unroll
                 for (int q = 0; q < w; q++) m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
             const float t1 = m1[h][0];
-            const int col0 = int(j * BN) + (lane % 4) * 2; // column of (i, e) = col0 + 8 i + e
             if (t1 < best[h].v) {
-                int col = BN;
-#pragma unroll
-                for (int i = BN / 8 - 1; i >= 0; i--) {
-                    const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
-#pragma unroll
-                    for (int e = 1; e >= 0; e--)
-                        if (value(i, h, e, p) == t1) col = i * 8 + e;
-                }
+                const int col = first_column(t1, h);
                 if constexpr (SPLIT) {
                     // The tile holds the new best: the second-smallest is the old best or the
                     // tile's smallest value outside that column (found here, on this rare path,
@@ -770,13 +767,6 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
 #endif
 }
 
-int sm_count() {
-    int dev = 0, sms = 0;
-    FLASH_CUDA_CHECK(cudaGetDevice(&dev));
-    FLASH_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms;
-}
-
 // The centroid rows a pass reads (the split fp16 copy for fp32 input), the columns it reads
 // (the filter: the hi half) and the row stride.
 const void* centroid_rows(const AssignArgs& a) { return a.dtype == DType::F32 ? a.csplit : a.centroids; }
@@ -806,7 +796,7 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     if constexpr (PERSIST) {
         int fit = 0;
         FLASH_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, NWG * 128, smem));
-        const int64_t slots = int64_t(std::max(fit, 1)) * sm_count();
+        const int64_t slots = int64_t(std::max(fit, 1)) * current_device_sms();
         per_block = (total + slots - 1) / slots;
     }
     const int64_t blocks = (total + per_block - 1) / per_block;

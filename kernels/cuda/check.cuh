@@ -38,6 +38,14 @@ namespace flash::cuda_engine {
 #define FLASH_LAUNCH_CHECK(what) FLASH_CUDA_CHECK(cudaGetLastError())
 #endif
 
+/// Streaming multiprocessors of the current device.
+inline int current_device_sms() {
+    int dev = 0, sms = 0;
+    FLASH_CUDA_CHECK(cudaGetDevice(&dev));
+    FLASH_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+}
+
 /// Raises a kernel's dynamic shared-memory limit on the current device to at least `bytes`;
 /// the driver is called only when the limit set so far for (kernel, device) is lower. The
 /// attribute is per device, so a process that launches on several GPUs sets it on each.
