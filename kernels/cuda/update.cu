@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cub/device/device_radix_sort.cuh>
-#include <cub/device/device_scan.cuh>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -19,17 +18,16 @@ namespace {
 constexpr int kChunk = 64;               // sorted points per chunk (a fixed partition of the order)
 constexpr int kThreads = 128;            // threads of the summing blocks
 constexpr int64_t kMaxCountingK = 49152; // k up to which each warp's counters fit in shared memory
-constexpr int64_t kSmallScan = 1 << 14;  // histograms up to this length: one-block scan (else CUB)
 constexpr int64_t kSmallRows = 1 << 18;  // batches of at most this many points: short tiles
-constexpr int kScanThreads = 1024, kScanBatch = 16;
+constexpr int kColumnWarps = 8;          // warps of a column-scan block (tiles split among them)
 constexpr int kRounds = 32; // 32-label rounds a warp loads at once (tile kernels)
 
-// Points per histogram tile. Small batches (latency-bound): 256 (8 rounds of a warp), four times
-// the warps of 1024-point tiles for a histogram of at most 4 k entries per 1024 points. Else at
-// least 1024, more for large k so that the histogram (k entries per tile) stays within a few
-// entries per point.
+// Points per histogram tile. Small batches (latency-bound): 512 (16 rounds of a warp), twice
+// the warps of 1024-point tiles for a histogram of at most 2 k entries per 1024 points (256 and
+// 1024 measured within 1-3% of it, bench/RESULTS.md). Else at least 1024, more for large k so
+// that the histogram (k entries per tile) stays within a few entries per point.
 int64_t tile_for(int64_t k, int64_t rows) {
-    if (rows <= kSmallRows && k <= 4096) return 256;
+    if (rows <= kSmallRows && k <= 4096) return 512;
     return 32 * std::clamp<int64_t>((k + 127) / 128, 32, 256);
 }
 // Warps (tiles) per block of the histogram and scatter kernels: 64 KiB of counters at most,
@@ -68,8 +66,7 @@ struct WarpTile {
 };
 
 // One warp per tile of `tile` consecutive labels of one problem: its count per cluster, written
-// cluster-major, hist[(b * k + c) * tiles + t], so that one exclusive scan of the whole array
-// gives each (problem, cluster, tile) its first position in the sorted order.
+// tile-major, hist[(b * tiles + t) * k + c] (one contiguous row per tile: coalesced stores).
 __global__ void tile_histogram(const int32_t* labels, int64_t n, int64_t rows, int64_t k, int64_t tile, int64_t tiles,
                                int64_t total_tiles, uint32_t* hist) {
     extern __shared__ uint32_t counters[];
@@ -86,12 +83,14 @@ __global__ void tile_histogram(const int32_t* labels, int64_t n, int64_t rows, i
             lab[r] = i < w.i1 ? lb[i] : -1;
         }
 #pragma unroll
-        for (int r = 0; r < kRounds; r++)
+        for (int r = 0; r < kRounds; r++) {
+            if (base + r * 32 >= w.i1) break;               // (warp-uniform) past the tile: short tiles
             if (lab[r] >= 0) atomicAdd(&w.cnt[lab[r]], 1u); // integer: exact
+        }
     }
     __syncwarp();
-    uint32_t* h = hist + w.b * k * tiles + w.t;
-    for (int64_t c = w.lane; c < k; c += 32) h[c * tiles] = w.cnt[c];
+    uint32_t* h = hist + (w.b * tiles + w.t) * k;
+    for (int64_t c = w.lane; c < k; c += 32) h[c] = w.cnt[c];
 }
 
 // Sum of v over lanes 0 .. lane of the warp.
@@ -103,65 +102,107 @@ __device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, int lane) {
     return v;
 }
 
-// In-place exclusive sum of a short array by one block of 32 warps: warp w owns a contiguous
-// segment; pass 1 sums the segments, the warp totals are scanned, pass 2 rescans each segment
-// in 32-element rounds (kScanBatch rounds' loads in flight at once).
-__global__ void __launch_bounds__(kScanThreads) scan_small(uint32_t* v, int64_t len) {
-    __shared__ uint32_t base[32];
+// The histograms' positions, in place: block (problem b, group g of 32 clusters) turns
+// hist[(b * tiles + t) * k + c] of its clusters into the position of tile t's first point of
+// cluster c among the problem's sorted points, counted from the group's first position (the
+// group's clusters in order, each cluster's tiles in order), and writes the group's size to
+// group_sizes[b * groups + g]. A lane per cluster (128-byte rows), the tiles split among the
+// warps in contiguous segments: one pass sums the segments, one rewrites them.
+__global__ void __launch_bounds__(32 * kColumnWarps)
+    column_scan(uint32_t* hist, int64_t k, int64_t tiles, int64_t groups, uint32_t* group_sizes) {
+    constexpr int kBatch = 8; // loads in flight per thread
+    __shared__ uint32_t seg[kColumnWarps][32];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t seg = (len + kScanThreads - 1) / kScanThreads * 32;
-    const int64_t s0 = min(len, warp * seg), s1 = min(len, s0 + seg);
+    const int64_t b = blockIdx.x / groups, g = blockIdx.x % groups, c = g * 32 + lane;
+    const int64_t per = (tiles + kColumnWarps - 1) / kColumnWarps;
+    const int64_t t0 = min(tiles, warp * per), t1 = min(tiles, t0 + per);
+    uint32_t* h = hist + b * tiles * k + c;
     uint32_t sum = 0;
-#pragma unroll 8
-    for (int64_t i = s0 + lane; i < s1; i += 32) sum += v[i];
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (lane == 0) base[warp] = sum;
-    __syncthreads();
-    if (warp == 0) {
-        const uint32_t t = base[lane];
-        base[lane] = warp_inclusive_sum(t, lane) - t;
+    if (c < k) {
+#pragma unroll kBatch
+        for (int64_t t = t0; t < t1; t++) sum += h[t * k];
     }
+    seg[warp][lane] = sum;
     __syncthreads();
-    uint32_t carry = base[warp];
-    for (int64_t b0 = s0; b0 < s1; b0 += 32 * kScanBatch) {
-        uint32_t x[kScanBatch];
+    uint32_t before = 0, total = 0; // this cluster's earlier segments; all of them
 #pragma unroll
-        for (int r = 0; r < kScanBatch; r++) {
-            const int64_t i = b0 + r * 32 + lane;
-            x[r] = i < s1 ? v[i] : 0u;
-        }
+    for (int w = 0; w < kColumnWarps; w++) {
+        const uint32_t v = seg[w][lane];
+        before += w < warp ? v : 0u;
+        total += v;
+    }
+    const uint32_t incl = warp_inclusive_sum(total, lane); // clusters up to this one
+    if (warp == 0 && lane == 31) group_sizes[blockIdx.x] = incl;
+    if (c >= k) return;
+    uint32_t run = incl - total + before;
+    for (int64_t t = t0; t < t1; t += kBatch) {
+        uint32_t v[kBatch];
 #pragma unroll
-        for (int r = 0; r < kScanBatch; r++) {
-            const uint32_t incl = warp_inclusive_sum(x[r], lane);
-            const int64_t i = b0 + r * 32 + lane;
-            if (i < s1) v[i] = carry + incl - x[r];
-            carry += __shfl_sync(0xffffffffu, incl, 31);
-        }
+        for (int r = 0; r < kBatch; r++) v[r] = t + r < t1 ? h[(t + r) * k] : 0u;
+#pragma unroll
+        for (int r = 0; r < kBatch; r++)
+            if (t + r < t1) {
+                h[(t + r) * k] = run;
+                run += v[r];
+            }
     }
 }
 
 // Replays tile_histogram's tiles: each point goes to its cluster's next free position, taken
 // in index order within the tile (ranks among equal labels of a 32-point round from
-// __match_any_sync), so the order is stable. keys: the sorted global cluster ids (b * k + c).
-__global__ void tile_scatter(const int32_t* labels, int64_t n, int64_t rows, int64_t k, int64_t tile, int64_t tiles,
-                             int64_t total_tiles, const uint32_t* pos, uint32_t* keys, uint32_t* ids) {
+// __match_any_sync), so the order is stable. pos, group_sizes: column_scan's; a tile's
+// positions are its row plus the problem's first position (b * rows) and the sizes of the
+// groups before each cluster's. keys: the sorted global cluster ids (b * k + c). The first
+// tile of each problem also writes its clusters' first positions, starts (batch, k).
+__global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int64_t rows, int64_t k, int64_t tile,
+                             int64_t tiles, int64_t total_tiles, const uint32_t* __restrict__ pos,
+                             const uint32_t* __restrict__ group_sizes, uint32_t* __restrict__ keys,
+                             uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
+    constexpr int kGroupBatch = 32; // groups' counter loads in flight
     extern __shared__ uint32_t counters[];
     const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
     if (!w.valid) return;
-    const uint32_t* p = pos + w.b * k * tiles + w.t;
-#pragma unroll 8
-    for (int64_t c = w.lane; c < k; c += 32) w.cnt[c] = p[c * tiles];
-    __syncwarp();
     const int32_t* lb = labels + w.b * n;
-    for (int64_t base = w.t * tile; base < w.i1; base += 32 * kRounds) {
-        int lab[kRounds];
+    int lab[kRounds]; // the tile's first labels, loaded first: their latency overlaps the counters'
+    auto load_labels = [&](int64_t base) {
 #pragma unroll
         for (int r = 0; r < kRounds; r++) {
             const int64_t i = base + r * 32 + w.lane;
             lab[r] = i < w.i1 ? lb[i] : -1 - w.lane; // inactive lanes: groups of their own
         }
+    };
+    load_labels(w.t * tile);
+    const uint32_t* p = pos + (w.b * tiles + w.t) * k;
+    const int64_t groups = (k + 31) / 32;
+    const uint32_t* gs = group_sizes + w.b * groups;
+    uint32_t carry = uint32_t(w.b * rows); // the problem's first position, then past each 32 groups
+    for (int64_t g0 = 0; g0 < groups; g0 += kGroupBatch) {
+        const uint32_t size = g0 + w.lane < groups ? gs[g0 + w.lane] : 0u;
+        uint32_t v[kGroupBatch];
+#pragma unroll
+        for (int r = 0; r < kGroupBatch; r++) {
+            const int64_t c = (g0 + r) * 32 + w.lane;
+            v[r] = c < k ? p[c] : 0u;
+        }
+        const uint32_t incl = warp_inclusive_sum(size, w.lane);
+        const uint32_t first = carry + incl - size; // group g0 + lane's first position
+        carry += __shfl_sync(0xffffffffu, incl, 31);
+#pragma unroll
+        for (int r = 0; r < kGroupBatch; r++) {
+            const uint32_t at = __shfl_sync(0xffffffffu, first, r) + v[r];
+            const int64_t c = (g0 + r) * 32 + w.lane;
+            if (c < k) {
+                w.cnt[c] = at;
+                if (w.t == 0) starts[w.b * k + c] = at;
+            }
+        }
+    }
+    __syncwarp();
+    for (int64_t base = w.t * tile; base < w.i1; base += 32 * kRounds) {
+        if (base != w.t * tile) load_labels(base);
 #pragma unroll
         for (int r = 0; r < kRounds; r++) {
+            if (base + r * 32 >= w.i1) break; // (warp-uniform) past the tile: short tiles
             const int c = lab[r];
             const bool active = c >= 0;
             const unsigned peers = __match_any_sync(0xffffffffu, c);
@@ -211,14 +252,17 @@ __device__ __forceinline__ ChunkSpan chunk_span(int64_t q, int64_t chunks, int64
 
 // Chunk q summed in order, one piece per cluster it meets: the cluster open at the chunk's
 // start goes to head[q], a cluster starting inside the chunk to startp[c] (a cluster starts
-// inside at most one chunk). 16-byte loads: G = d / V threads per row (V elements each),
-// 128 / G chunks per block. Needs d % V == 0, d / V <= 128 and 16-byte aligned rows.
-template <class T>
+// inside at most one chunk). V elements per thread (a 16- or 8-byte load): G = d / V threads
+// per row, 128 / G chunks per block. Needs d % V == 0, d / V <= 128 and rows aligned to V
+// elements.
+template <class T, int V>
 __global__ void __launch_bounds__(kThreads)
     chunk_pieces_vec(const T* x, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks, int64_t rows,
                      int64_t total_chunks, const float* weights, float* head, float* headw, float* startp,
                      float* startw) {
-    constexpr int V = 16 / sizeof(T), U = 16; // U rows' loads in flight
+    using Raw = std::conditional_t<V * sizeof(T) == 16, uint4, uint2>;
+    static_assert(V * sizeof(T) == 16 || V * sizeof(T) == 8, "16- or 8-byte loads");
+    constexpr int U = 16; // rows' loads in flight
     const int G = int(d / V), per_block = kThreads / G;
     const int grp = threadIdx.x / G, lane = threadIdx.x % G;
     if (grp >= per_block) return;
@@ -238,7 +282,7 @@ __global__ void __launch_bounds__(kThreads)
     };
     for (int64_t p = p0; p < p1; p += U) {
         uint32_t key[U], id[U];
-        uint4 raw[U];
+        Raw raw[U];
         float wt[U];
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -249,7 +293,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int u = 0; u < U; u++)
             if (p + u < p1) {
-                raw[u] = *reinterpret_cast<const uint4*>(x + int64_t(id[u]) * d + lane * V);
+                raw[u] = *reinterpret_cast<const Raw*>(x + int64_t(id[u]) * d + lane * V);
                 wt[u] = weights ? weights[id[u]] : 1.f;
             }
 #pragma unroll
@@ -318,19 +362,19 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Block = one cluster: its pieces added in order (the piece of the chunk it starts in, then
-// the heads of the chunks it continues into). starts[c * stride] = first sorted position of
-// cluster c; each problem holds `rows` positions in `chunks` chunks. ACCUMULATE: add float
+// the heads of the chunks it continues into). starts[c] = first sorted position of cluster c;
+// each problem holds `rows` positions in `chunks` chunks. ACCUMULATE: add float
 // sums to double accumulators; else write means and sizes, and (prepared.norms set) the row
 // as the assignment reads it.
 template <bool ACCUMULATE>
 __global__ void __launch_bounds__(kThreads)
-    finish_clusters(int64_t k, int64_t d, int64_t k_frozen, const uint32_t* starts, int64_t stride, int64_t clusters,
-                    int64_t rows, int64_t chunks, const float* head, const float* headw, const float* startp,
-                    const float* startw, uint32_t* sizes, float* centroids, float* counts, double* sums, double* wsums,
+    finish_clusters(int64_t k, int64_t d, int64_t k_frozen, const uint32_t* starts, int64_t clusters, int64_t rows,
+                    int64_t chunks, const float* head, const float* headw, const float* startp, const float* startw,
+                    uint32_t* sizes, float* centroids, float* counts, double* sums, double* wsums,
                     unsigned long long* ucounts, CentroidCopies prepared) {
     const int64_t c = blockIdx.x, b = c / k;
-    const int64_t s0 = starts[c * stride];
-    const int64_t s1 = c + 1 < clusters ? starts[(c + 1) * stride] : clusters / k * rows;
+    const int64_t s0 = starts[c];
+    const int64_t s1 = c + 1 < clusters ? starts[c + 1] : clusters / k * rows;
     const uint32_t size = uint32_t(s1 - s0);
     if constexpr (!ACCUMULATE) {
         if (threadIdx.x == 0) sizes[c] = size;
@@ -403,11 +447,12 @@ bool use_counting(int64_t batch, int64_t n, int64_t k) {
 size_t SortInverseUpdate::bytes(int64_t batch, int64_t n, int64_t d, int64_t k) {
     const size_t rows = size_t(batch * n), clusters = size_t(batch * k);
     const size_t chunks = size_t(batch * ceil_div(n, kChunk));
-    size_t b = rows * 8 + clusters * 4 + (chunks + clusters) * size_t(d + 1) * 4; // sorted keys / ids, sizes, pieces
+    // sorted keys / ids, sizes and starts, pieces
+    size_t b = rows * 8 + clusters * 8 + (chunks + clusters) * size_t(d + 1) * 4;
     if (use_counting(batch, n, k))
-        b += size_t(batch * k * ceil_div(n, tile_for(k, batch * n))) * 4 * 2; // histogram, scan space
+        b += size_t(batch * k * ceil_div(n, tile_for(k, batch * n)) + batch * ceil_div(k, 32)) * 4; // histograms
     else
-        b += rows * 8 * 2 + clusters * 4 + (8u << 20); // sort inputs and workspace
+        b += rows * 8 * 2 + (8u << 20); // sort inputs and workspace
     return b;
 }
 
@@ -420,6 +465,7 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
     keys_.allocate(total, "sorted cluster ids");
     ids_.allocate(total, "sorted point ids");
     sizes_.allocate(clusters, "cluster sizes");
+    starts_.allocate(clusters, "cluster starts");
     const int64_t chunks = batch * ceil_div(n, kChunk);
     head_.allocate(size_t(chunks) * d, "chunk sums");
     headw_.allocate(chunks, "chunk weights");
@@ -429,9 +475,7 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
         tile_ = tile_for(k, batch * n);
         const int64_t hist_len = batch * k * ceil_div(n, tile_);
         hist_.allocate(hist_len, "tile histograms");
-        if (hist_len > kSmallScan)
-            FLASH_CUDA_CHECK(
-                cub::DeviceScan::ExclusiveSum(nullptr, temp_bytes_, hist_.get(), hist_.get(), hist_len, stream));
+        group_sizes_.allocate(batch * ceil_div(k, 32), "cluster group sizes");
         const size_t smem = size_t(warps_for(k, batch * ceil_div(n, tile_))) * k * 4; // per-warp counters
         set_max_dynamic_smem(reinterpret_cast<const void*>(tile_histogram), smem);
         set_max_dynamic_smem(reinterpret_cast<const void*>(tile_scatter), smem);
@@ -439,28 +483,18 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
         end_bit_ = bits_for(clusters);
         keys_in_.allocate(total, "sort keys");
         ids_in_.allocate(total, "point ids");
-        offsets_.allocate(clusters, "cluster offsets");
         FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes_, keys_in_.get(), keys_.get(),
                                                          ids_in_.get(), ids_.get(), total, 0, end_bit_, stream));
     }
-    temp_.allocate(temp_bytes_, "sort/scan workspace");
-}
-
-const uint32_t* SortInverseUpdate::starts() const {
-    return counting_ ? hist_.get() : offsets_.get();
-}
-
-int64_t SortInverseUpdate::starts_stride(int64_t rows) const {
-    return counting_ ? ceil_div(rows, tile_) : 1;
+    temp_.allocate(temp_bytes_, "radix-sort workspace");
 }
 
 void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
                             float* centroids, float* counts, cudaStream_t stream, const CentroidCopies& prepared) {
     const int64_t clusters = batch_ * k_;
     sort_and_sum(x, dtype, n_, labels, weights, stream);
-    const int64_t stride = starts_stride(n_);
     finish_clusters<false><<<unsigned(clusters), kThreads, 0, stream>>>(
-        k_, d_, k_frozen, starts(), stride, clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
+        k_, d_, k_frozen, starts_.get(), clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
         startw_.get(), sizes_.get(), centroids, counts, nullptr, nullptr, nullptr, prepared);
     FLASH_LAUNCH_CHECK("finish_clusters");
 }
@@ -471,9 +505,8 @@ void SortInverseUpdate::accumulate(const void* x, DType dtype, int64_t rows, con
     if (batch_ != 1 || rows > n_ || rows <= 0)
         throw std::logic_error("SortInverseUpdate::accumulate: one problem of at most n rows");
     sort_and_sum(x, dtype, rows, labels, weights, stream);
-    const int64_t stride = starts_stride(rows);
     finish_clusters<true><<<unsigned(k_), kThreads, 0, stream>>>(
-        k_, d_, 0, starts(), stride, k_, rows, ceil_div(rows, kChunk), head_.get(), headw_.get(), startp_.get(),
+        k_, d_, 0, starts_.get(), k_, rows, ceil_div(rows, kChunk), head_.get(), headw_.get(), startp_.get(),
         startw_.get(), nullptr, nullptr, nullptr, sums, wsums, counts, CentroidCopies{});
     FLASH_LAUNCH_CHECK("finish_clusters");
 }
@@ -482,21 +515,18 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
                                      const float* weights, cudaStream_t stream) {
     const int64_t total = batch_ * rows, clusters = batch_ * k_;
     if (counting_) {
-        const int64_t tiles = ceil_div(rows, tile_), total_tiles = batch_ * tiles, len = clusters * tiles;
+        const int64_t tiles = ceil_div(rows, tile_), total_tiles = batch_ * tiles, groups = ceil_div(k_, 32);
         const int warps = warps_for(k_, total_tiles);
         const size_t smem = size_t(warps) * k_ * 4;
         tile_histogram<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(labels, n_, rows, k_, tile_, tiles,
                                                                                      total_tiles, hist_.get());
         FLASH_LAUNCH_CHECK("tile_histogram");
-        if (len <= kSmallScan) {
-            scan_small<<<1, kScanThreads, 0, stream>>>(hist_.get(), len);
-            FLASH_LAUNCH_CHECK("scan_small");
-        } else {
-            size_t bytes = temp_bytes_;
-            FLASH_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp_.get(), bytes, hist_.get(), hist_.get(), len, stream));
-        }
+        column_scan<<<unsigned(batch_ * groups), 32 * kColumnWarps, 0, stream>>>(hist_.get(), k_, tiles, groups,
+                                                                                 group_sizes_.get());
+        FLASH_LAUNCH_CHECK("column_scan");
         tile_scatter<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
-            labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), keys_.get(), ids_.get());
+            labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), group_sizes_.get(), keys_.get(), ids_.get(),
+            starts_.get());
         FLASH_LAUNCH_CHECK("tile_scatter");
     } else {
         make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get());
@@ -504,18 +534,26 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
         size_t bytes = temp_bytes_;
         FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_.get(), bytes, keys_in_.get(), keys_.get(), ids_in_.get(),
                                                          ids_.get(), total, 0, end_bit_, stream));
-        cluster_starts<<<blocks_for(total + 1, 256), 256, 0, stream>>>(keys_.get(), total, clusters, offsets_.get());
+        cluster_starts<<<blocks_for(total + 1, 256), 256, 0, stream>>>(keys_.get(), total, clusters, starts_.get());
         FLASH_LAUNCH_CHECK("cluster_starts");
     }
     const int64_t chunks = ceil_div(rows, kChunk), total_chunks = batch_ * chunks;
-    const int64_t vec = 16 / dtype_size(dtype);
-    const bool vectorised = d_ % vec == 0 && d_ / vec <= kThreads && (reinterpret_cast<uintptr_t>(x) & 15) == 0;
+    // Elements per thread: 16-byte loads, except for 2-byte types where they would leave fewer
+    // than 4 warps per SM (a small batch: the kernel is then bound by issue, and 8-byte loads
+    // give twice the warps with half the instructions each; B=1 N=65536 K=1024 fp16 9.6 vs
+    // 10.7 us, bench/RESULTS.md).
+    const int64_t wide = 16 / dtype_size(dtype);
+    const bool narrow = wide == 8 && total_chunks * (d_ / wide) < 4 * 32 * int64_t(current_device_sms());
+    const int64_t vec = narrow ? 4 : wide;
+    const bool vectorised =
+        d_ % vec == 0 && d_ / vec <= kThreads && reinterpret_cast<uintptr_t>(x) % (vec * dtype_size(dtype)) == 0;
     const int per_block = vectorised ? int(kThreads / (d_ / vec)) : 1;
     const unsigned blocks = blocks_for(total_chunks, per_block);
     auto vec_pieces = [&](auto* typed) { // typed: x as const T*
-        chunk_pieces_vec<<<blocks, kThreads, 0, stream>>>(typed, d_, keys_.get(), ids_.get(), chunks, rows,
-                                                          total_chunks, weights, head_.get(), headw_.get(),
-                                                          startp_.get(), startw_.get());
+        using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
+        auto kernel = sizeof(T) == 4 || !narrow ? chunk_pieces_vec<T, 16 / sizeof(T)> : chunk_pieces_vec<T, 4>;
+        kernel<<<blocks, kThreads, 0, stream>>>(typed, d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights,
+                                                head_.get(), headw_.get(), startp_.get(), startw_.get());
     };
     if (vectorised && dtype == DType::F32)
         vec_pieces(static_cast<const float*>(x));

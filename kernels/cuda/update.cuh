@@ -4,9 +4,10 @@
 // order. No float atomics: the result is the same bits on every run.
 //
 // The ordering is a counting sort in three steps: a histogram of each tile of 256 or more
-// labels (one warp per tile, its counters in shared memory), one exclusive scan of the
-// histograms laid out cluster-major (which yields every tile's write position for every
-// cluster), and a stable scatter that replays the tiles. For large batches (B * n >= 2^20) and
+// labels (one warp per tile, its counters in shared memory, one row per tile), a scan down each
+// cluster's column of tile counts (a lane per cluster, groups of 32 clusters: every tile's write
+// position for every cluster, relative to its group, and the groups' sizes), and a stable
+// scatter that replays the tiles, adding the sizes of the groups before. For large batches (B * n >= 2^20) and
 // very large k (the per-warp counters would not fit in shared memory) a CUB radix sort on
 // ceil(log2(B * k)) bits takes its place, the cluster starts read off the sorted keys; both
 // sorts are stable, so both give the same bits.
@@ -47,11 +48,6 @@ class SortInverseUpdate {
     const uint32_t* sizes() const { return sizes_.get(); }
 
   private:
-    // Cluster c's first sorted position is starts()[c * starts_stride(rows)] after sorting
-    // `rows` points per problem (the scanned histogram, or the radix path's offsets).
-    const uint32_t* starts() const;
-    int64_t starts_stride(int64_t rows) const;
-
     // Orders the first `rows` labels of each problem (rows <= n) and writes the chunk pieces.
     void sort_and_sum(const void* x, DType dtype, int64_t rows, const int32_t* labels, const float* weights,
                       cudaStream_t stream);
@@ -60,10 +56,11 @@ class SortInverseUpdate {
     bool counting_;                            // counting sort (else CUB radix sort)
     int64_t tile_ = 0;                         // points per histogram tile (counting sort)
     int end_bit_ = 0;                          // radix-sort key bits
-    DeviceBuffer<uint32_t> hist_;              // (batch, k, tiles) counts, scanned in place
+    DeviceBuffer<uint32_t> hist_;              // (batch, tiles, k) counts, scanned in place
+    DeviceBuffer<uint32_t> group_sizes_;       // (batch, ceil(k / 32)) points per group of 32 clusters
     DeviceBuffer<uint32_t> keys_in_, ids_in_;  // radix-sort inputs
     DeviceBuffer<uint32_t> keys_, ids_;        // sorted cluster ids and point ids
-    DeviceBuffer<uint32_t> offsets_, sizes_;   // radix path: cluster starts; sizes (both paths)
+    DeviceBuffer<uint32_t> starts_, sizes_;    // (batch, k) first sorted position and size per cluster
     DeviceBuffer<float> head_, headw_;         // per chunk: the sum of the cluster open at its start
     DeviceBuffer<float> startp_, startw_;      // per cluster: its piece in the chunk it starts inside
     DeviceBuffer<unsigned char> temp_;
