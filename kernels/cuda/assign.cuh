@@ -60,7 +60,21 @@ struct AssignArgs {
     // Fp32Mode::TF32 (HalfFp32 in resources.cuh): the fp16 problem assigned in this one's place
     // (host pointer; the fp32 distances are recomputed afterwards). Null: not that mode.
     const AssignArgs* half_view = nullptr;
+
+    // fp16 / bf16 passes (wgmma and mma.sync): where the kernel writes a label it also counts
+    // it in the update's tile histogram, (batch, count_tiles, k) rows of count_tile points,
+    // zero before the launch (SortInverseUpdate::label_counts): the update needs no histogram
+    // launch of its own. Integer atomics: the same counts in any order. Null: not counted.
+    uint32_t* tile_counts = nullptr;
+    int64_t count_tile = 0, count_tiles = 0;
 };
+
+#ifdef __CUDACC__
+// Counts label `label` of point `row` of problem b in a.tile_counts (if set).
+__device__ __forceinline__ void count_label(const AssignArgs& a, int64_t b, int64_t row, int label) {
+    if (a.tile_counts) atomicAdd(a.tile_counts + (b * a.count_tiles + row / a.count_tile) * a.k + label, 1u);
+}
+#endif
 
 /// Tensor-core path (mma.sync m16n8k16) for fp16 / bf16 inputs, any GPU of sm_80 or later.
 void launch_assign_mma(const AssignArgs& a, int variant, cudaStream_t stream);

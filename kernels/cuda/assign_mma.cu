@@ -204,6 +204,7 @@ __global__ void __launch_bounds__(THREADS) assign_mma_kernel(AssignArgs a, int64
         if (i < n) {
             const int64_t o = b * n + i;
             a.labels[o] = r.i;
+            count_label(a, b, i, r.i);
             a.distances[o] = l2 ? fmaxf(a.xnorm[o] + r.v, 0.f) : -r.v;
         }
     }
@@ -335,6 +336,7 @@ __global__ void __launch_bounds__(WM* WN * 32) assign_mma_resident_kernel(Assign
         if (i < n) {
             const int64_t o = b * n + i;
             a.labels[o] = r.i;
+            count_label(a, b, i, r.i);
             a.distances[o] = l2 ? fmaxf(a.xnorm[o] + r.v, 0.f) : -r.v;
         }
     }

@@ -724,6 +724,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 const int64_t o = b * n + row;
                 if constexpr (!PERSIST) xn[h] = a.xnorm[o];
                 a.labels[o] = bestr[h].i;
+                if constexpr (!SPLIT) count_label(a, b, row, bestr[h].i);
                 // SPLIT: no distance here; launch_assign's fp32 pass writes every point's.
                 if constexpr (!SPLIT) a.distances[o] = l2 ? fmaxf(xn[h] + bestr[h].v, 0.f) : -bestr[h].v;
                 if constexpr (SPLIT) {

@@ -173,6 +173,14 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         half.prepare(a, cen.get(), s);
     }
     const int variant = niter > 0 ? choose_assign_variant(a, s) : 0;
+    // fp16 / bf16: the assignment counts its labels into the update's tile histogram (after the
+    // variant is chosen: the autotuner's launches must not count). FLASH_LABEL_COUNTS=0: not.
+    const char* counts_env = std::getenv("FLASH_LABEL_COUNTS");
+    if (x.dtype != DType::F32 && update.label_counts() && !(counts_env && std::string(counts_env) == "0")) {
+        a.tile_counts = update.label_counts();
+        a.count_tile = update.count_tile();
+        a.count_tiles = update.count_tiles();
+    }
     clock.mark("prepare");
 
     // One iteration in two parts; an event between them times the assignment. Without post-
@@ -210,7 +218,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         launch_objective(dist.get(), B, n, stats_ws.get(), obj_row, side.get());
         FLASH_CUDA_CHECK(cudaEventRecord(fork[1], side.get()));
         update.run(xd.ptr, x.dtype, labels.get(), opt.weights ? weights.get() : nullptr, opt.k_frozen, cen.get(),
-                   counts.get(), s, copies);
+                   counts.get(), s, copies, a.tile_counts != nullptr);
         if (it >= 0 && phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it], s));
         launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, split_row, update.sizes(),
                                     imb_row, s, copies);

@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(32 * kColumnWarps)
 // groups before each cluster's. keys: the sorted global cluster ids (b * k + c). The first
 // tile of each problem also writes its clusters' first positions, starts (batch, k).
 __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int64_t rows, int64_t k, int64_t tile,
-                             int64_t tiles, int64_t total_tiles, const uint32_t* __restrict__ pos,
+                             int64_t tiles, int64_t total_tiles, uint32_t* __restrict__ pos,
                              const uint32_t* __restrict__ group_sizes, uint32_t* __restrict__ keys,
                              uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
     constexpr int kGroupBatch = 32; // groups' counter loads in flight
@@ -172,7 +172,7 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
         }
     };
     load_labels(w.t * tile);
-    const uint32_t* p = pos + (w.b * tiles + w.t) * k;
+    uint32_t* p = pos + (w.b * tiles + w.t) * k;
     const int64_t groups = (k + 31) / 32;
     const uint32_t* gs = group_sizes + w.b * groups;
     uint32_t carry = uint32_t(w.b * rows); // the problem's first position, then past each 32 groups
@@ -183,6 +183,11 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
         for (int r = 0; r < kGroupBatch; r++) {
             const int64_t c = (g0 + r) * 32 + w.lane;
             v[r] = c < k ? p[c] : 0u;
+        }
+#pragma unroll
+        for (int r = 0; r < kGroupBatch; r++) { // zero again for the next run's counts
+            const int64_t c = (g0 + r) * 32 + w.lane;
+            if (c < k) p[c] = 0u;
         }
         const uint32_t incl = warp_inclusive_sum(size, w.lane);
         const uint32_t first = carry + incl - size; // group g0 + lane's first position
@@ -475,6 +480,7 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
         tile_ = tile_for(k, batch * n);
         const int64_t hist_len = batch * k * ceil_div(n, tile_);
         hist_.allocate(hist_len, "tile histograms");
+        FLASH_CUDA_CHECK(cudaMemsetAsync(hist_.get(), 0, sizeof(uint32_t) * hist_len, stream));
         group_sizes_.allocate(batch * ceil_div(k, 32), "cluster group sizes");
         const size_t smem = size_t(warps_for(k, batch * ceil_div(n, tile_))) * k * 4; // per-warp counters
         set_max_dynamic_smem(reinterpret_cast<const void*>(tile_histogram), smem);
@@ -490,9 +496,10 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
 }
 
 void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
-                            float* centroids, float* counts, cudaStream_t stream, const CentroidCopies& prepared) {
+                            float* centroids, float* counts, cudaStream_t stream, const CentroidCopies& prepared,
+                            bool labels_counted) {
     const int64_t clusters = batch_ * k_;
-    sort_and_sum(x, dtype, n_, labels, weights, stream);
+    sort_and_sum(x, dtype, n_, labels, weights, stream, labels_counted && counting_);
     finish_clusters<false><<<unsigned(clusters), kThreads, 0, stream>>>(
         k_, d_, k_frozen, starts_.get(), clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
         startw_.get(), sizes_.get(), centroids, counts, nullptr, nullptr, nullptr, prepared);
@@ -512,15 +519,17 @@ void SortInverseUpdate::accumulate(const void* x, DType dtype, int64_t rows, con
 }
 
 void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, const int32_t* labels,
-                                     const float* weights, cudaStream_t stream) {
+                                     const float* weights, cudaStream_t stream, bool counted) {
     const int64_t total = batch_ * rows, clusters = batch_ * k_;
     if (counting_) {
         const int64_t tiles = ceil_div(rows, tile_), total_tiles = batch_ * tiles, groups = ceil_div(k_, 32);
         const int warps = warps_for(k_, total_tiles);
         const size_t smem = size_t(warps) * k_ * 4;
-        tile_histogram<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(labels, n_, rows, k_, tile_, tiles,
-                                                                                     total_tiles, hist_.get());
-        FLASH_LAUNCH_CHECK("tile_histogram");
+        if (!counted) {
+            tile_histogram<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
+                labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get());
+            FLASH_LAUNCH_CHECK("tile_histogram");
+        }
         column_scan<<<unsigned(batch_ * groups), 32 * kColumnWarps, 0, stream>>>(hist_.get(), k_, tiles, groups,
                                                                                  group_sizes_.get());
         FLASH_LAUNCH_CHECK("column_scan");

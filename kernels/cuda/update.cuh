@@ -36,7 +36,15 @@ class SortInverseUpdate {
     /// its centroid row is zeroed). weights: (batch, n) device or null. prepared (norms set):
     /// each new row is also prepared for the assignment there (no separate preparation pass).
     void run(const void* x, DType dtype, const int32_t* labels, const float* weights, int64_t k_frozen,
-             float* centroids, float* counts, cudaStream_t stream, const CentroidCopies& prepared = {});
+             float* centroids, float* counts, cudaStream_t stream, const CentroidCopies& prepared = {},
+             bool labels_counted = false);
+
+    /// The tile histogram an fp16 / bf16 assignment may fill as it writes the labels
+    /// (AssignArgs::tile_counts; then run with labels_counted): (batch, count_tiles(), k) rows
+    /// of count_tile() points, zero between runs. Null where this instance sorts by radix.
+    uint32_t* label_counts() const { return counting_ ? hist_.get() : nullptr; }
+    int64_t count_tile() const { return tile_; }
+    int64_t count_tiles() const { return counting_ ? (n_ + tile_ - 1) / tile_ : 0; }
 
     /// Sharded / streaming form, one problem (batch 1) of rows <= n points: adds each
     /// cluster's float sum (the same chunked order as run) to sums (k, d), its weight to
@@ -48,15 +56,16 @@ class SortInverseUpdate {
     const uint32_t* sizes() const { return sizes_.get(); }
 
   private:
-    // Orders the first `rows` labels of each problem (rows <= n) and writes the chunk pieces.
+    // Orders the first `rows` labels of each problem (rows <= n) and writes the chunk pieces
+    // (counted: the counting sort's histogram is already filled, see label_counts).
     void sort_and_sum(const void* x, DType dtype, int64_t rows, const int32_t* labels, const float* weights,
-                      cudaStream_t stream);
+                      cudaStream_t stream, bool counted = false);
 
     int64_t batch_, n_, d_, k_;
     bool counting_;                            // counting sort (else CUB radix sort)
     int64_t tile_ = 0;                         // points per histogram tile (counting sort)
     int end_bit_ = 0;                          // radix-sort key bits
-    DeviceBuffer<uint32_t> hist_;              // (batch, tiles, k) counts, scanned in place
+    DeviceBuffer<uint32_t> hist_;              // (batch, tiles, k) counts, scanned in place, zeroed by the scatter
     DeviceBuffer<uint32_t> group_sizes_;       // (batch, ceil(k / 32)) points per group of 32 clusters
     DeviceBuffer<uint32_t> keys_in_, ids_in_;  // radix-sort inputs
     DeviceBuffer<uint32_t> keys_, ids_;        // sorted cluster ids and point ids

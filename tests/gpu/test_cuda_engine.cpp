@@ -542,16 +542,21 @@ TEST(CudaEngine, CountingAndRadixUpdatesGiveTheSameBits) {
             std::vector<float> c0(sh.B * sh.k * sh.d);
             for (int64_t b = 0; b < sh.B; b++)
                 std::memcpy(&c0[b * sh.k * sh.d], &x[(b * sh.n + 3) * sh.d], sizeof(float) * sh.k * sh.d);
-            std::vector<float> c[2];
-            for (int radix = 0; radix < 2; radix++) {
-                setenv("FLASH_UPDATE_SORT", radix ? "radix" : "counting", 1);
+            // counting sort (fp16 / bf16: the histogram counted by the assignment), counting sort
+            // with its own histogram launch, radix sort
+            std::vector<float> c[3];
+            for (int v = 0; v < 3; v++) {
+                setenv("FLASH_UPDATE_SORT", v == 2 ? "radix" : "counting", 1);
+                setenv("FLASH_LABEL_COUNTS", v == 1 ? "0" : "1", 1);
                 auto o = options(sh.k, 3, flash::Backend::CUDA);
                 o.k_frozen = sh.frozen;
                 if (sh.weighted) o.weights = w.data();
-                c[radix] = c0;
-                flash::run_lloyd(host_points(data, sh.n, sh.d, t, sh.B), c[radix].data(), o);
+                c[v] = c0;
+                flash::run_lloyd(host_points(data, sh.n, sh.d, t, sh.B), c[v].data(), o);
             }
+            unsetenv("FLASH_LABEL_COUNTS");
             EXPECT_EQ(c[0], c[1]);
+            EXPECT_EQ(c[0], c[2]);
             EXPECT_EQ(std::memcmp(c[0].data(), c0.data(), sizeof(float) * sh.frozen * sh.d), 0) << "frozen rows";
         }
     if (suite)
