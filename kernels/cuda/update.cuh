@@ -3,12 +3,13 @@
 // summed in fixed chunks of the sorted order and the chunk pieces of a cluster are added in
 // order. No float atomics: the result is the same bits on every run.
 //
-// The ordering is a counting sort in three steps: a histogram of each tile of 256 or more
-// labels (one warp per tile, its counters in shared memory, one row per tile), a scan down each
-// cluster's column of tile counts (a lane per cluster, groups of 32 clusters: every tile's write
-// position for every cluster, relative to its group, and the groups' sizes), and a stable
-// scatter that replays the tiles, adding the sizes of the groups before. For large batches (B * n >= 2^20) and
-// very large k (the per-warp counters would not fit in shared memory) a CUB radix sort on
+// The ordering is a counting sort in three steps: a histogram of each tile of 512 or more
+// labels (one warp per tile, its counters in shared memory, one row per tile; or counted by an
+// fp16 / bf16 assignment as it writes the labels, see label_counts), a scan down each cluster's
+// column of tile counts (a lane per cluster, groups of 32 clusters: every tile's write position
+// for every cluster, relative to its group, and the groups' sizes), and a stable scatter that
+// replays the tiles, adding the sizes of the groups before. For large batches (B * n >= 2^20)
+// and very large k (the per-warp counters would not fit in shared memory) a CUB radix sort on
 // ceil(log2(B * k)) bits takes its place, the cluster starts read off the sorted keys; both
 // sorts are stable, so both give the same bits.
 #pragma once
