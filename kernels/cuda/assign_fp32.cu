@@ -284,10 +284,10 @@ void launch_assign_fp32_recheck(const AssignArgs& a, cudaStream_t stream) {
         return current_device_sms() * std::max(per_sm, 1);
     }();
     const int64_t tiles = (a.n + BM - 1) / BM, ntiles = (a.k + BN - 1) / BN;
-    const int64_t chunks = std::min<int64_t>(ntiles, 16), per_chunk = (ntiles + chunks - 1) / chunks;
-    const int64_t units = a.batch * tiles * ((ntiles + per_chunk - 1) / per_chunk);
-    recheck_fp32_kernel<<<unsigned(std::min<int64_t>(units, grid)), THREADS, 0, stream>>>(
-        a, (ntiles + per_chunk - 1) / per_chunk, per_chunk);
+    // At most 16 centroid chunks of per_chunk tiles (the last may be shorter): `chunks` of them.
+    const int64_t per_chunk = (ntiles + 15) / 16, chunks = (ntiles + per_chunk - 1) / per_chunk;
+    const int64_t units = a.batch * tiles * chunks;
+    recheck_fp32_kernel<<<unsigned(std::min<int64_t>(units, grid)), THREADS, 0, stream>>>(a, chunks, per_chunk);
     FLASH_LAUNCH_CHECK("recheck_fp32_kernel");
     const int64_t total = a.batch * a.n;
     finish_recheck<<<unsigned(std::min<int64_t>((total + 255) / 256, 4 * int64_t(grid))), 256, 0, stream>>>(a);

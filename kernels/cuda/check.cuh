@@ -38,6 +38,12 @@ namespace flash::cuda_engine {
 #define FLASH_LAUNCH_CHECK(what) FLASH_CUDA_CHECK(cudaGetLastError())
 #endif
 
+/// Whether environment variable `name` switches a default-on path off (set to "0").
+inline bool env_switched_off(const char* name) {
+    const char* v = std::getenv(name);
+    return v && std::string(v) == "0";
+}
+
 /// Streaming multiprocessors of the current device.
 inline int current_device_sms() {
     int dev = 0, sms = 0;

@@ -174,9 +174,8 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     }
     const int variant = niter > 0 ? choose_assign_variant(a, s) : 0;
     // fp16 / bf16: the assignment counts its labels into the update's tile histogram (after the
-    // variant is chosen: the autotuner's launches must not count). FLASH_LABEL_COUNTS=0: not.
-    const char* counts_env = std::getenv("FLASH_LABEL_COUNTS");
-    if (x.dtype != DType::F32 && update.label_counts() && !(counts_env && std::string(counts_env) == "0")) {
+    // variant is chosen: the autotuner's launches must not count).
+    if (x.dtype != DType::F32 && update.label_counts()) {
         a.tile_counts = update.label_counts();
         a.count_tile = update.count_tile();
         a.count_tiles = update.count_tiles();
@@ -230,8 +229,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     // per iteration instead of about twenty (what bounds small, latency-bound problems).
     // FLASH_CUDA_GRAPH=0 or FLASH_CUDA_PHASE_TIMES=1 run the kernels one by one; so does a
     // capture that fails.
-    const char* graph_env = std::getenv("FLASH_CUDA_GRAPH");
-    const bool try_graphs = niter >= 2 && !phases && !(graph_env && std::string(graph_env) == "0");
+    const bool try_graphs = niter >= 2 && !phases && !env_switched_off("FLASH_CUDA_GRAPH");
     CapturedGraph assign_graph, update_graph;
     const bool graphs =
         try_graphs && assign_graph.capture(s, assign_part) && update_graph.capture(s, [&] { update_part(-1); });
@@ -269,13 +267,13 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         std::memcpy(&h_split[it * B], row + 2 * sizeof(double) * B, sizeof(int) * B);
     }
 
-    if (phases && niter > 0 && split.count.get()) { // the re-check's share, last iteration
+    if (phases && niter > 0 && split.lists.count.get()) { // the re-check's share, last iteration
         std::vector<uint32_t> cnt(B);
-        FLASH_CUDA_CHECK(cudaMemcpy(cnt.data(), split.count.get(), sizeof(uint32_t) * B, cudaMemcpyDeviceToHost));
+        FLASH_CUDA_CHECK(cudaMemcpy(cnt.data(), split.lists.count.get(), sizeof(uint32_t) * B, cudaMemcpyDeviceToHost));
         double total = 0;
         for (auto v : cnt) total += v;
         std::fprintf(stderr, "faiss-flash fp32 %s: %.4f%% of points re-checked with fp32 FMA over every centroid\n",
-                     split.candidates.get() ? "filter" : "certificate", 100.0 * total / double(B * n));
+                     split.lists.candidates.get() ? "filter" : "certificate", 100.0 * total / double(B * n));
     }
     if (phases && niter > 0) {
         double t_assign = 0, t_update = 0, t_split = 0, t_post = 0;

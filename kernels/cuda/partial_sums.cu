@@ -164,15 +164,7 @@ class Shard {
             cs_.allocate(size_t(B * k) * 4 * width_, "split centroids");
             cmax_.allocate(B, "centroid norm bound");
             xmax_.allocate(1, "largest point magnitude");
-            recheck_count_.allocate(1, "re-check count");
-            recheck_list_.allocate(P_, "re-check list");
-            recheck_best_.allocate(P_, "re-check keys");
-            FLASH_CUDA_CHECK(cudaMemsetAsync(recheck_best_.get(), 0xFF, sizeof(unsigned long long) * P_, s));
-            if (exact_filter_enabled()) { // as SplitFp32 (resources.cuh), per piece
-                xres_.allocate(P_, "point rounding residuals");
-                cres_.allocate(B, "centroid rounding residual bound");
-                candidates_.allocate(size_t(P_) * kCandidateSlots, "candidate lists");
-            }
+            lists_.allocate(1, P_, B, s); // per piece; the centroids' bound per problem
         }
         update_ = std::make_unique<SortInverseUpdate>(1, P_, d, k, s);
         const size_t fp32_cluster = width_ ? 4 * width_ + 4 : (half_ ? 2 * d + 8 : 0);
@@ -261,7 +253,8 @@ class Shard {
         FLASH_CUDA_CHECK(cudaMemcpyAsync(cen_.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
         launch_prepare_centroids(cen_.get(), B * k, d, t_, lowp_.get(), cnorm_.get(), s);
         if (width_ || half_) launch_max_norm(cnorm_.get(), B, k, cmax_.get(), s); // the centroids' scale
-        if (width_) launch_split_fp32(cen_.get(), B, k, d, width_, cmax_.get(), cs_.get(), nullptr, cres_.get(), s);
+        if (width_)
+            launch_split_fp32(cen_.get(), B, k, d, width_, cmax_.get(), cs_.get(), nullptr, lists_.cres.get(), s);
         if (half_) launch_scale_to_half(cen_.get(), B, k, d, cmax_.get(), ch_.get(), s);
         FLASH_CUDA_CHECK(cudaMemsetAsync(sums_.get(), 0, sizeof(double) * B * k * d, s));
         FLASH_CUDA_CHECK(cudaMemsetAsync(wsums_.get(), 0, sizeof(double) * B * k, s));
@@ -308,20 +301,13 @@ class Shard {
             if (width_) {
                 launch_max_abs(static_cast<const float*>(data), 1, p.rows * d, xmax_.get(), s);
                 launch_split_fp32(static_cast<const float*>(data), 1, p.rows, d, width_, xmax_.get(), xs_.get(),
-                                  xres_.get(), nullptr, s);
+                                  lists_.xres.get(), nullptr, s);
                 a.xsplit = xs_.get();
                 a.csplit = cs_.get() + size_t(p.b * k) * 4 * width_;
                 a.dsplit = width_;
                 a.xmax = xmax_.get();
                 a.cmax = cmax_.get() + p.b;
-                a.recheck_count = recheck_count_.get();
-                a.recheck_list = recheck_list_.get();
-                a.recheck_best = recheck_best_.get();
-                if (candidates_.get()) {
-                    a.xres = xres_.get();
-                    a.cres = cres_.get() + p.b;
-                    a.candidates = candidates_.get();
-                }
+                lists_.attach(a, p.b);
             }
             AssignArgs view; // TF32 mode: this piece as scaled fp16 (HalfFp32's view, per piece)
             if (half_) {
@@ -404,13 +390,12 @@ class Shard {
     double copy_s_ = 0, compute_s_ = 0;
 
     std::unique_ptr<Stream> compute_, copy_;
-    DeviceBuffer<float> cen_, cnorm_, dist_, weights_, xnorm_tmp_, cmax_, xmax_, cn_, xres_, cres_;
+    DeviceBuffer<float> cen_, cnorm_, dist_, weights_, xnorm_tmp_, cmax_, xmax_, cn_;
     DeviceBuffer<unsigned char> lowp_, xs_, cs_, xh_, ch_;
     DeviceBuffer<double> sums_, wsums_, obj_, stats_ws_;
     DeviceBuffer<unsigned long long> counts_;
     DeviceBuffer<int32_t> labels_;
-    DeviceBuffer<uint32_t> recheck_count_, recheck_list_, candidates_;
-    DeviceBuffer<unsigned long long> recheck_best_;
+    ExactLists lists_; // the exact fp32 path's (width_ set)
     std::unique_ptr<SortInverseUpdate> update_;
     std::vector<std::unique_ptr<DeviceBuffer<unsigned char>>> data_;
     std::vector<std::unique_ptr<DeviceBuffer<float>>> norms_;

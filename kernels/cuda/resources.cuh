@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <stdexcept>
@@ -210,9 +209,41 @@ class CapturedGraph {
 /// Whether the exact fp32 path runs the filter (AssignArgs::candidates): yes unless
 /// FLASH_EXACT_FILTER=0 (then the three split products, kept for comparison).
 inline bool exact_filter_enabled() {
-    const char* v = std::getenv("FLASH_EXACT_FILTER");
-    return !v || std::string(v) != "0";
+    return !env_switched_off("FLASH_EXACT_FILTER");
 }
+
+// The exact fp32 path's lists for one assignment of `problems` problems and `points` points in
+// all: the re-check's (count per problem, list and merged keys per point, the keys all ones
+// between launches) and, with the filter, the points' rounding residuals, the centroids' bound
+// (cres_problems entries) and the candidate slots. Shared by SplitFp32 and the sharded pieces.
+struct ExactLists {
+    DeviceBuffer<uint32_t> count, list, candidates;
+    DeviceBuffer<unsigned long long> best;
+    DeviceBuffer<float> xres, cres;
+
+    void allocate(int64_t problems, int64_t points, int64_t cres_problems, cudaStream_t s) {
+        count.allocate(problems, "re-check counts");
+        list.allocate(points, "re-check lists");
+        best.allocate(points, "re-check keys");
+        FLASH_CUDA_CHECK(cudaMemsetAsync(best.get(), 0xFF, sizeof(unsigned long long) * points, s));
+        if (exact_filter_enabled()) {
+            xres.allocate(points, "point rounding residuals");
+            cres.allocate(cres_problems, "centroid rounding residual bound");
+            candidates.allocate(size_t(points) * kCandidateSlots, "candidate lists");
+        }
+    }
+    // The lists into `a`; its centroids' bound at cres[problem].
+    void attach(AssignArgs& a, int64_t problem = 0) const {
+        a.recheck_count = count.get();
+        a.recheck_list = list.get();
+        a.recheck_best = best.get();
+        if (candidates.get()) {
+            a.xres = xres.get();
+            a.cres = cres.get() + problem;
+            a.candidates = candidates.get();
+        }
+    }
+};
 
 // Buffers of the exact tensor-core fp32 path (AssignArgs::xsplit): the points split once (with
 // their rounding residuals), the centroids split before each assignment, and the certificate's
@@ -220,9 +251,8 @@ inline bool exact_filter_enabled() {
 // not apply.
 struct SplitFp32 {
     DeviceBuffer<unsigned char> xs, cs;
-    DeviceBuffer<float> xmax, cmax, xres, cres;
-    DeviceBuffer<uint32_t> count, list, candidates;
-    DeviceBuffer<unsigned long long> best;
+    DeviceBuffer<float> xmax, cmax;
+    ExactLists lists;
     int64_t width = 0;
 
     SplitFp32(AssignArgs& a, cudaStream_t s) {
@@ -232,39 +262,23 @@ struct SplitFp32 {
         cs.allocate(size_t(a.batch) * a.k * 2 * width * 2, "split centroids");
         xmax.allocate(a.batch, "largest point magnitude");
         cmax.allocate(a.batch, "centroid norm bound");
-        const bool filter = exact_filter_enabled();
-        if (filter) {
-            xres.allocate(size_t(a.batch) * a.n, "point rounding residuals");
-            cres.allocate(a.batch, "centroid rounding residual bound");
-            candidates.allocate(size_t(a.batch) * a.n * kCandidateSlots, "candidate lists");
-        }
+        lists.allocate(a.batch, a.batch * a.n, a.batch, s);
         const float* x = static_cast<const float*>(a.x);
         launch_max_abs(x, a.batch, a.n * a.d, xmax.get(), s);
-        launch_split_fp32(x, a.batch, a.n, a.d, width, xmax.get(), xs.get(), xres.get(), nullptr, s);
-        if (filter) {
-            a.xres = xres.get();
-            a.cres = cres.get();
-            a.candidates = candidates.get();
-        }
+        launch_split_fp32(x, a.batch, a.n, a.d, width, xmax.get(), xs.get(), lists.xres.get(), nullptr, s);
+        lists.attach(a);
         a.xsplit = xs.get();
         a.csplit = cs.get();
         a.dsplit = width;
         a.xmax = xmax.get();
         a.cmax = cmax.get();
-        count.allocate(a.batch, "re-check counts");
-        list.allocate(size_t(a.batch) * a.n, "re-check lists");
-        best.allocate(size_t(a.batch) * a.n, "re-check keys");
-        FLASH_CUDA_CHECK(cudaMemsetAsync(best.get(), 0xFF, sizeof(unsigned long long) * a.batch * a.n, s));
-        a.recheck_count = count.get();
-        a.recheck_list = list.get();
-        a.recheck_best = best.get();
     }
     // After the centroids' norms (a.cnorm) are prepared: their largest norm bounds every value,
     // so it sets the centroids' split scale (and the certificate's bound).
     void prepare(const AssignArgs& a, const float* centroids, cudaStream_t s) {
         if (!width) return;
         launch_max_norm(a.cnorm, a.batch, a.k, cmax.get(), s);
-        launch_split_fp32(centroids, a.batch, a.k, a.d, width, cmax.get(), cs.get(), nullptr, cres.get(), s);
+        launch_split_fp32(centroids, a.batch, a.k, a.d, width, cmax.get(), cs.get(), nullptr, lists.cres.get(), s);
     }
 };
 

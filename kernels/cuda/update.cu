@@ -499,7 +499,7 @@ void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, c
                             float* centroids, float* counts, cudaStream_t stream, const CentroidCopies& prepared,
                             bool labels_counted) {
     const int64_t clusters = batch_ * k_;
-    sort_and_sum(x, dtype, n_, labels, weights, stream, labels_counted && counting_);
+    sort_and_sum(x, dtype, n_, labels, weights, stream, labels_counted);
     finish_clusters<false><<<unsigned(clusters), kThreads, 0, stream>>>(
         k_, d_, k_frozen, starts_.get(), clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
         startw_.get(), sizes_.get(), centroids, counts, nullptr, nullptr, nullptr, prepared);

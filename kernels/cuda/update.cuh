@@ -42,8 +42,11 @@ class SortInverseUpdate {
 
     /// The tile histogram an fp16 / bf16 assignment may fill as it writes the labels
     /// (AssignArgs::tile_counts; then run with labels_counted): (batch, count_tiles(), k) rows
-    /// of count_tile() points, zero between runs. Null where this instance sorts by radix.
-    uint32_t* label_counts() const { return counting_ ? hist_.get() : nullptr; }
+    /// of count_tile() points, zero between runs. Null where this instance sorts by radix, or
+    /// with FLASH_LABEL_COUNTS=0 (the histogram kernel then counts).
+    uint32_t* label_counts() const {
+        return counting_ && !env_switched_off("FLASH_LABEL_COUNTS") ? hist_.get() : nullptr;
+    }
     int64_t count_tile() const { return tile_; }
     int64_t count_tiles() const { return counting_ ? (n_ + tile_ - 1) / tile_ : 0; }
 
