@@ -528,13 +528,27 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             }
             return;
         }
+        // Four chains per row, each started from its first value (not from +inf: one
+        // instruction less per chain). Each value is left in its accumulator register (dead
+        // until the next issue): the searches below compare registers, no penalty reloads.
         constexpr int CH = 4;
+        static_assert(BN / 8 * 2 >= CH, "a chain per column pair of the first tiles");
         float m1[2][CH];
-#pragma unroll
-        for (int q = 0; q < 2 * CH; q++) m1[q / CH][q % CH] = INFINITY;
         each_value([&](int i, int h, int e, float2 p) {
-            m1[h][(2 * i + e) % CH] = fminf(m1[h][(2 * i + e) % CH], value(i, h, e, p));
+            float& v = acc[4 * i + 2 * h + e];
+            v = value(i, h, e, p);
+            float& m = m1[h][(2 * i + e) % CH];
+            m = 2 * i + e < CH ? v : fminf(m, v);
         });
+        auto first_folded_column = [&](float v, int h) { // first_column on the folded values
+            int col = BN;
+#pragma unroll
+            for (int i = BN / 8 - 1; i >= 0; i--)
+#pragma unroll
+                for (int e = 1; e >= 0; e--)
+                    if (acc[4 * i + 2 * h + e] == v) col = i * 8 + e;
+            return col;
+        };
 #pragma unroll
         for (int h = 0; h < 2; h++) {
 #pragma unroll
@@ -543,19 +557,17 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 for (int q = 0; q < w; q++) m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
             const float t1 = m1[h][0];
             if (t1 < best[h].v) {
-                const int col = first_column(t1, h);
+                const int col = first_folded_column(t1, h);
                 if constexpr (SPLIT) {
                     // The tile holds the new best: the second-smallest is the old best or the
                     // tile's smallest value outside that column (found here, on this rare path,
                     // so that the fold stays at two instructions per value).
                     float t2 = best[h].v;
 #pragma unroll
-                    for (int i = 0; i < BN / 8; i++) {
-                        const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+                    for (int i = 0; i < BN / 8; i++)
 #pragma unroll
                         for (int e = 0; e < 2; e++)
-                            if (i * 8 + e != col) t2 = fminf(t2, value(i, h, e, p));
-                    }
+                            if (i * 8 + e != col) t2 = fminf(t2, acc[4 * i + 2 * h + e]);
                     second[h] = fminf(second[h], t2);
                 }
                 best[h] = {t1, col0 + col};
