@@ -129,14 +129,15 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     DeviceBuffer<int32_t> labels(B * n, "labels");
     DeviceBuffer<unsigned char> lowp(x.dtype == DType::F32 ? 0 : B * k * d * 2, "rounded centroids");
     DeviceBuffer<float> weights(opt.weights ? B * n : 0, "weights");
-    // Per-iteration stats: the iteration writes one row [obj (B doubles) | imbalance (B doubles) |
-    // nsplit (B ints)] at a fixed place (so a captured graph can replay it), copied to row `it`
-    // of the history after each iteration.
-    const size_t row_bytes = size_t(B) * (2 * sizeof(double) + sizeof(int));
-    DeviceBuffer<unsigned char> stats_row(row_bytes, "iteration stats"), stats_hist(row_bytes * niter, "stats history");
-    double* obj_row = reinterpret_cast<double*>(stats_row.get());
-    double* imb_row = obj_row + B;
-    int* split_row = reinterpret_cast<int*>(imb_row + B);
+    // Per-iteration stats: row `it` of the history [obj (B doubles) | imbalance (B doubles) |
+    // nsplit (B ints)], written by the iteration's split kernel at a cursor it moves on (a
+    // captured graph replays it; a copy per iteration cost 2-4 us at the small configs).
+    const size_t row_bytes = (size_t(B) * (2 * sizeof(double) + sizeof(int)) + 7) / 8 * 8; // doubles aligned
+    DeviceBuffer<unsigned char> stats_hist(row_bytes * niter, "stats history");
+    DeviceBuffer<double> obj_row(B, "objective");
+    DeviceBuffer<unsigned> stats_cursor(2, "stats cursor");
+    FLASH_CUDA_CHECK(cudaMemsetAsync(stats_cursor.get(), 0, sizeof(unsigned) * 2, s));
+    const StatsHistory history{stats_hist.get(), row_bytes, obj_row.get(), stats_cursor.get()};
     DeviceBuffer<double> stats_ws(stats_workspace_size(B, n), "objective partial sums");
     FLASH_CUDA_CHECK(cudaMemsetAsync(stats_ws.get(), 0, sizeof(double) * stats_ws.size(), s));
     SortInverseUpdate update(B, n, d, k, s);
@@ -194,9 +195,9 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         launch_assign(a, variant, s);
     };
     // The objective needs only the distances: it runs on a side stream beside the update (a
-    // second branch of the captured graph), joined at the end of the iteration; the imbalance,
-    // which needs the cluster sizes, comes from the split kernel. One launch fewer on the
-    // iteration's critical path.
+    // second branch of the captured graph), joined before the split kernel, which writes the
+    // iteration's stats row; the imbalance, which needs the cluster sizes, comes from the split
+    // kernel too. One launch fewer on the iteration's critical path.
     Stream side;
     Events fork(2);
     // An exception inside an eager update_part: the frees on s still wait for the objective. (Not
@@ -214,39 +215,42 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         join_on_exit.eager = it >= 0;
         FLASH_CUDA_CHECK(cudaEventRecord(fork[0], s));
         FLASH_CUDA_CHECK(cudaStreamWaitEvent(side.get(), fork[0], 0));
-        launch_objective(dist.get(), B, n, stats_ws.get(), obj_row, side.get());
+        launch_objective(dist.get(), B, n, stats_ws.get(), obj_row.get(), side.get());
         FLASH_CUDA_CHECK(cudaEventRecord(fork[1], side.get()));
         update.run(xd.ptr, x.dtype, labels.get(), opt.weights ? weights.get() : nullptr, opt.k_frozen, cen.get(),
                    counts.get(), s, copies, a.tile_counts != nullptr);
         if (it >= 0 && phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it], s));
-        launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, split_row, update.sizes(),
-                                    imb_row, s, copies);
+        FLASH_CUDA_CHECK(cudaStreamWaitEvent(s, fork[1], 0)); // the objective, long done by now
+        join_on_exit.eager = false;
+        launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, update.sizes(), history, s,
+                                    copies);
         if (it >= 0 && phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it + 1], s));
         launch_post_process(cen.get(), B * k, d, opt.spherical, opt.int_centroids, s);
-        FLASH_CUDA_CHECK(cudaStreamWaitEvent(s, fork[1], 0));
     };
-    // Each part is captured once as a CUDA graph and replayed every iteration: two launches
-    // per iteration instead of about twenty (what bounds small, latency-bound problems).
-    // FLASH_CUDA_GRAPH=0 or FLASH_CUDA_PHASE_TIMES=1 run the kernels one by one; so does a
-    // capture that fails.
+    // The iteration is captured once as a CUDA graph and replayed: one launch per iteration
+    // instead of about twenty (what bounds small, latency-bound problems; two graphs with an
+    // event between them cost 1-3 us more per iteration at the small configs). The event after
+    // the assignment (FAISS' search time) is a node of the graph, pointed at the iteration's
+    // own event before each launch. FLASH_CUDA_GRAPH=0 or FLASH_CUDA_PHASE_TIMES=1 run the
+    // kernels one by one; so does a capture that fails.
     const bool try_graphs = niter >= 2 && !phases && !env_switched_off("FLASH_CUDA_GRAPH");
-    CapturedGraph assign_graph, update_graph;
-    const bool graphs =
-        try_graphs && assign_graph.capture(s, assign_part) && update_graph.capture(s, [&] { update_part(-1); });
+    CapturedGraph iteration;
+    const bool graphs = try_graphs && iteration.capture(s, [&] {
+        assign_part();
+        FLASH_CUDA_CHECK(cudaEventRecordWithFlags(ev[1], s, cudaEventRecordExternal));
+        update_part(-1);
+    });
     clock.mark("graphs");
     FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
     for (int64_t it = 0; it < niter; it++) {
-        if (graphs)
-            assign_graph.launch(s);
-        else
+        if (graphs) {
+            iteration.set_recorded_event(ev[2 * it + 1]);
+            iteration.launch(s);
+        } else {
             assign_part();
-        FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 1], s));
-        if (graphs)
-            update_graph.launch(s);
-        else
+            FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 1], s));
             update_part(it);
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(stats_hist.get() + it * row_bytes, stats_row.get(), row_bytes,
-                                         cudaMemcpyDeviceToDevice, s));
+        }
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
     }
 
@@ -288,8 +292,8 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
             t_post += ms / 1e3;
         }
         std::fprintf(stderr,
-                     "faiss-flash phases (ms/iter): assign %.3f update %.3f split+imbalance %.3f "
-                     "post+objective join %.3f\n",
+                     "faiss-flash phases (ms/iter): assign %.3f update %.3f objective join+split+stats %.3f "
+                     "post %.3f\n",
                      1e3 * t_assign / niter, 1e3 * t_update / niter, 1e3 * t_split / niter, 1e3 * t_post / niter);
     }
     std::vector<std::vector<IterationStats>> stats(B);

@@ -128,14 +128,28 @@ __device__ double imbalance_factor(const uint32_t* sizes, int64_t k, int64_t b, 
     return h2 * double(k) / (h1 * h1);
 }
 
-// Also the imbalance factor of the problem (sizes, imbalance: both or neither), which the
-// iteration's stats row needs once the update has the sizes.
-__global__ void __launch_bounds__(kSplitThreads) split_empty(float* centroids, float* counts, int64_t k, int64_t d,
-                                                             int64_t k_frozen, int64_t n, int* nsplit_out,
-                                                             const uint32_t* sizes, double* imbalance,
-                                                             CentroidCopies prepared) {
-    const int64_t b = blockIdx.x;
-    if (sizes) {
+// Also the iteration's stats row (see StatsHistory): block b writes problem b's entries, the
+// last block to finish moves the cursor on.
+__global__ void __launch_bounds__(kSplitThreads)
+    split_empty(float* centroids, float* counts, int64_t k, int64_t d, int64_t k_frozen, int64_t n,
+                const uint32_t* sizes, StatsHistory stats, CentroidCopies prepared) {
+    const int64_t b = blockIdx.x, batch = gridDim.x;
+    __shared__ unsigned row;
+    if (threadIdx.x == 0) row = *reinterpret_cast<volatile unsigned*>(stats.cursor);
+    __syncthreads();
+    double* obj_out = reinterpret_cast<double*>(stats.rows + size_t(row) * stats.row_bytes);
+    double* imbalance = obj_out + batch;
+    int* nsplit_out = reinterpret_cast<int*>(imbalance + batch);
+    auto finish_row = [&](int nsplit) { // thread 0, once per block
+        nsplit_out[b] = nsplit;
+        obj_out[b] = stats.obj[b];
+        __threadfence();
+        if (atomicAdd(stats.cursor + 1, 1u) == unsigned(batch) - 1) { // every block has read the row
+            stats.cursor[1] = 0;
+            stats.cursor[0] = row + 1;
+        }
+    };
+    {
         __shared__ double sh[64];
         const double f = imbalance_factor(sizes, k, b, sh);
         if (threadIdx.x == 0) imbalance[b] = f;
@@ -155,7 +169,7 @@ __global__ void __launch_bounds__(kSplitThreads) split_empty(float* centroids, f
     const int any_empty = __syncthreads_or(empty);
     int any_heavy = __syncthreads_or(heavy);
     if (!any_empty) {
-        if (threadIdx.x == 0) nsplit_out[b] = 0;
+        if (threadIdx.x == 0) finish_row(0);
         return;
     }
     if (threadIdx.x == 0) { // std::mt19937 seeding is a sequential recurrence
@@ -240,7 +254,7 @@ __global__ void __launch_bounds__(kSplitThreads) split_empty(float* centroids, f
         for (int q = 0; q < nempty; q++) split_into(empties[q]);
         __syncthreads(); // empties is rewritten for the next candidates
     }
-    if (threadIdx.x == 0) nsplit_out[b] = nsplit;
+    if (threadIdx.x == 0) finish_row(nsplit);
 }
 
 __global__ void post_process(float* c, int64_t rows, int64_t d, bool spherical, bool int_centroids) {
@@ -469,11 +483,10 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
     FLASH_LAUNCH_CHECK("prepare_centroids");
 }
 
-void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
-                                 int64_t k_frozen, int64_t n, int* nsplit_out, const uint32_t* sizes,
-                                 double* imbalance, cudaStream_t s, const CentroidCopies& prepared) {
-    split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, nsplit_out, sizes,
-                                                          imbalance, prepared);
+void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d, int64_t k_frozen,
+                                 int64_t n, const uint32_t* sizes, const StatsHistory& stats, cudaStream_t s,
+                                 const CentroidCopies& prepared) {
+    split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, sizes, stats, prepared);
     FLASH_LAUNCH_CHECK("split_empty");
 }
 

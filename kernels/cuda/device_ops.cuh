@@ -18,14 +18,27 @@ void launch_row_norms(const void* x, DType dtype, int64_t rows, int64_t d, float
 void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, DType dtype, void* lowp, float* norms,
                               cudaStream_t s);
 
+/// The per-iteration stats history on the device: rows of row_bytes (at least batch * (2
+/// doubles + 1 int), a multiple of 8), [objective (batch doubles) | imbalance (batch doubles) |
+/// nsplit (batch ints)]. The
+/// split kernel, the iteration's last, fills row cursor[0] and moves the cursor on (cursor[1]:
+/// its blocks done), so that a captured graph replays it with no copy per iteration. Zero the
+/// cursor before the first iteration.
+struct StatsHistory {
+    unsigned char* rows = nullptr;
+    size_t row_bytes = 0;
+    const double* obj = nullptr; // (batch) the iteration's objective (written before the split kernel runs)
+    unsigned* cursor = nullptr;  // (2)
+};
+
 /// FAISS' empty-cluster split for each problem, on the device (its mt19937 stream included).
-/// counts: (batch, k) weighted sizes; nsplit_out[b] receives the number of splits. sizes
-/// (batch, k) and imbalance (batch), both or neither: imbalance[b] = FAISS' imbalance factor of
-/// the sizes (before the split, as FAISS reports it). prepared (norms set): the rows a split
-/// changes are prepared again there.
-void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d,
-                                 int64_t k_frozen, int64_t n, int* nsplit_out, const uint32_t* sizes,
-                                 double* imbalance, cudaStream_t s, const CentroidCopies& prepared = {});
+/// counts: (batch, k) weighted sizes; sizes: (batch, k) plain sizes. Writes the iteration's
+/// stats row of `stats`: the objective copied from stats.obj, FAISS' imbalance factor of the
+/// sizes (before the split, as FAISS reports it), the number of splits. prepared (norms set):
+/// the rows a split changes are prepared again there.
+void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d, int64_t k_frozen,
+                                 int64_t n, const uint32_t* sizes, const StatsHistory& stats, cudaStream_t s,
+                                 const CentroidCopies& prepared = {});
 
 /// spherical: L2-normalise rows; int_centroids: round to nearest.
 void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spherical, bool int_centroids,

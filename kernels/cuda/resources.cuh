@@ -174,6 +174,7 @@ class CapturedGraph {
     CapturedGraph() = default;
     ~CapturedGraph() {
         if (exec_) cudaGraphExecDestroy(exec_);
+        if (graph_) cudaGraphDestroy(graph_);
     }
     CapturedGraph(const CapturedGraph&) = delete;
     CapturedGraph& operator=(const CapturedGraph&) = delete;
@@ -190,20 +191,39 @@ class CapturedGraph {
         } catch (const std::exception&) {
             ok = false;
         }
-        cudaGraph_t graph = nullptr;
-        ok = cudaStreamEndCapture(s, &graph) == cudaSuccess && ok && graph;
-        if (ok) ok = cudaGraphInstantiate(&exec_, graph, 0) == cudaSuccess;
-        if (graph) cudaGraphDestroy(graph);
+        ok = cudaStreamEndCapture(s, &graph_) == cudaSuccess && ok && graph_;
+        if (ok) ok = cudaGraphInstantiate(&exec_, graph_, 0) == cudaSuccess;
+        if (ok) { // the event record node, if the work recorded one (cudaEventRecordExternal)
+            size_t count = 0;
+            ok = cudaGraphGetNodes(graph_, nullptr, &count) == cudaSuccess;
+            std::vector<cudaGraphNode_t> nodes(count);
+            if (ok && count) ok = cudaGraphGetNodes(graph_, nodes.data(), &count) == cudaSuccess;
+            for (size_t i = 0; ok && i < count; i++) {
+                cudaGraphNodeType type{};
+                ok = cudaGraphNodeGetType(nodes[i], &type) == cudaSuccess;
+                if (ok && type == cudaGraphNodeTypeEventRecord) record_ = nodes[i];
+            }
+        }
         if (!ok) {
-            exec_ = nullptr;
+            if (exec_) cudaGraphExecDestroy(exec_);
+            if (graph_) cudaGraphDestroy(graph_);
+            exec_ = nullptr, graph_ = nullptr, record_ = nullptr;
             (void)cudaGetLastError();
         }
         return ok;
     }
+    /// The event the next launch records at the captured work's event record node (it must
+    /// have one).
+    void set_recorded_event(cudaEvent_t e) {
+        if (!record_) throw std::logic_error("faiss-flash: the captured work records no event");
+        FLASH_CUDA_CHECK(cudaGraphExecEventRecordNodeSetEvent(exec_, record_, e));
+    }
     void launch(cudaStream_t s) { FLASH_CUDA_CHECK(cudaGraphLaunch(exec_, s)); }
 
   private:
+    cudaGraph_t graph_ = nullptr; // kept: record_ belongs to it
     cudaGraphExec_t exec_ = nullptr;
+    cudaGraphNode_t record_ = nullptr;
 };
 
 /// Whether the exact fp32 path runs the filter (AssignArgs::candidates): yes unless
