@@ -137,6 +137,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     DeviceBuffer<double> obj_row(B, "objective");
     DeviceBuffer<unsigned> stats_cursor(2, "stats cursor");
     FLASH_CUDA_CHECK(cudaMemsetAsync(stats_cursor.get(), 0, sizeof(unsigned) * 2, s));
+    FLASH_CUDA_CHECK(cudaMemsetAsync(stats_hist.get(), 0, row_bytes * niter, s)); // (the rows' padding)
     const StatsHistory history{stats_hist.get(), row_bytes, obj_row.get(), stats_cursor.get()};
     DeviceBuffer<double> stats_ws(stats_workspace_size(B, n), "objective partial sums");
     FLASH_CUDA_CHECK(cudaMemsetAsync(stats_ws.get(), 0, sizeof(double) * stats_ws.size(), s));
