@@ -137,7 +137,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     DeviceBuffer<double> obj_row(B, "objective");
     DeviceBuffer<unsigned> stats_cursor(2, "stats cursor");
     FLASH_CUDA_CHECK(cudaMemsetAsync(stats_cursor.get(), 0, sizeof(unsigned) * 2, s));
-    FLASH_CUDA_CHECK(cudaMemsetAsync(stats_hist.get(), 0, row_bytes * niter, s)); // (the rows' padding)
+    if (niter > 0) FLASH_CUDA_CHECK(cudaMemsetAsync(stats_hist.get(), 0, row_bytes * niter, s)); // (rows' padding)
     const StatsHistory history{stats_hist.get(), row_bytes, obj_row.get(), stats_cursor.get()};
     DeviceBuffer<double> stats_ws(stats_workspace_size(B, n), "objective partial sums");
     FLASH_CUDA_CHECK(cudaMemsetAsync(stats_ws.get(), 0, sizeof(double) * stats_ws.size(), s));
@@ -212,10 +212,17 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
             if (eager) (void)cudaStreamWaitEvent(s, e, 0);
         }
     } join_on_exit{s, fork[1]};
-    auto update_part = [&](int64_t it) { // it < 0: no phase events (graph capture)
+    // assigned: recorded once the assignment is done (FAISS' search time), on the side branch:
+    // off the update's path (in a captured graph an event-record node between the assignment
+    // and the update cost 1-2 us per iteration at the small configs; see run_lloyd's loop).
+    auto update_part = [&](int64_t it, cudaEvent_t assigned) { // it < 0: no phase events (graph capture)
         join_on_exit.eager = it >= 0;
         FLASH_CUDA_CHECK(cudaEventRecord(fork[0], s));
         FLASH_CUDA_CHECK(cudaStreamWaitEvent(side.get(), fork[0], 0));
+        if (it < 0) // a node of the graph (outside a capture the flag is refused)
+            FLASH_CUDA_CHECK(cudaEventRecordWithFlags(assigned, side.get(), cudaEventRecordExternal));
+        else
+            FLASH_CUDA_CHECK(cudaEventRecord(assigned, side.get()));
         launch_objective(dist.get(), B, n, stats_ws.get(), obj_row.get(), side.get());
         FLASH_CUDA_CHECK(cudaEventRecord(fork[1], side.get()));
         update.run(xd.ptr, x.dtype, labels.get(), opt.weights ? weights.get() : nullptr, opt.k_frozen, cen.get(),
@@ -231,15 +238,14 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     // The iteration is captured once as a CUDA graph and replayed: one launch per iteration
     // instead of about twenty (what bounds small, latency-bound problems; two graphs with an
     // event between them cost 1-3 us more per iteration at the small configs). The event after
-    // the assignment (FAISS' search time) is a node of the graph, pointed at the iteration's
-    // own event before each launch. FLASH_CUDA_GRAPH=0 or FLASH_CUDA_PHASE_TIMES=1 run the
-    // kernels one by one; so does a capture that fails.
+    // the assignment (FAISS' search time) is a node of the graph's side branch, pointed at the
+    // iteration's own event before each launch. FLASH_CUDA_GRAPH=0 or FLASH_CUDA_PHASE_TIMES=1
+    // run the kernels one by one; so does a capture that fails.
     const bool try_graphs = niter >= 2 && !phases && !env_switched_off("FLASH_CUDA_GRAPH");
     CapturedGraph iteration;
     const bool graphs = try_graphs && iteration.capture(s, [&] {
         assign_part();
-        FLASH_CUDA_CHECK(cudaEventRecordWithFlags(ev[1], s, cudaEventRecordExternal));
-        update_part(-1);
+        update_part(-1, ev[1]);
     });
     clock.mark("graphs");
     FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
@@ -249,8 +255,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
             iteration.launch(s);
         } else {
             assign_part();
-            FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 1], s));
-            update_part(it);
+            update_part(it, ev[2 * it + 1]);
         }
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
     }

@@ -20,10 +20,9 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
 
 /// The per-iteration stats history on the device: rows of row_bytes (at least batch * (2
 /// doubles + 1 int), a multiple of 8), [objective (batch doubles) | imbalance (batch doubles) |
-/// nsplit (batch ints)]. The
-/// split kernel, the iteration's last, fills row cursor[0] and moves the cursor on (cursor[1]:
-/// its blocks done), so that a captured graph replays it with no copy per iteration. Zero the
-/// cursor before the first iteration.
+/// nsplit (batch ints)]. The split kernel, the iteration's last, fills row cursor[0] and moves
+/// the cursor on (cursor[1]: its blocks done), so that a captured graph replays it with no copy
+/// per iteration. Zero the cursor before the first iteration.
 struct StatsHistory {
     unsigned char* rows = nullptr;
     size_t row_bytes = 0;
@@ -32,7 +31,7 @@ struct StatsHistory {
 };
 
 /// FAISS' empty-cluster split for each problem, on the device (its mt19937 stream included).
-/// counts: (batch, k) weighted sizes; sizes: (batch, k) plain sizes. Writes the iteration's
+/// counts: (batch, k) weighted sizes; sizes: (batch, k) plain sizes (required). Writes the iteration's
 /// stats row of `stats`: the objective copied from stats.obj, FAISS' imbalance factor of the
 /// sizes (before the split, as FAISS reports it), the number of splits. prepared (norms set):
 /// the rows a split changes are prepared again there.

@@ -193,7 +193,7 @@ class CapturedGraph {
         }
         ok = cudaStreamEndCapture(s, &graph_) == cudaSuccess && ok && graph_;
         if (ok) ok = cudaGraphInstantiate(&exec_, graph_, 0) == cudaSuccess;
-        if (ok) { // the event record node, if the work recorded one (cudaEventRecordExternal)
+        if (ok) { // the event record node, if the work recorded one (cudaEventRecordExternal; at most one)
             size_t count = 0;
             ok = cudaGraphGetNodes(graph_, nullptr, &count) == cudaSuccess;
             std::vector<cudaGraphNode_t> nodes(count);
