@@ -100,16 +100,11 @@ __device__ int compact_in_order(bool flag, int64_t v, int64_t* out) {
     return total;
 }
 
-// FAISS' imbalance factor of problem b, k * sum(size^2) / sum(size)^2, for thread 0 (sh: 64
-// doubles). Integer sizes: the sums are exact, the same in any order; warp shuffles and one
-// shared-memory round (the split kernel's 1024 threads would take ten with block_sum).
-__device__ double imbalance_factor(const uint32_t* sizes, int64_t k, int64_t b, double* sh) {
-    double h1 = 0, h2 = 0;
-    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
-        const double h = sizes[b * k + c];
-        h1 += h;
-        h2 += h * h;
-    }
+// FAISS' imbalance factor k * sum(size^2) / sum(size)^2 of the block's partial sums h1 (sizes)
+// and h2 (their squares), for thread 0 (sh: 64 doubles). Integer sizes: the sums are exact, the
+// same in any order; warp shuffles and one shared-memory round (the split kernel's 1024 threads
+// would take ten with block_sum).
+__device__ double imbalance_factor(double h1, double h2, int64_t k, double* sh) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     for (int off = 16; off > 0; off >>= 1) {
         h1 += __shfl_xor_sync(0xffffffffu, h1, off);
@@ -134,10 +129,23 @@ __global__ void __launch_bounds__(kSplitThreads)
     split_empty(float* centroids, float* counts, int64_t k, int64_t d, int64_t k_frozen, int64_t n,
                 const uint32_t* sizes, StatsHistory stats, CentroidCopies prepared) {
     const int64_t b = blockIdx.x, batch = gridDim.x;
-    __shared__ unsigned row;
-    if (threadIdx.x == 0) row = *reinterpret_cast<volatile unsigned*>(stats.cursor);
-    __syncthreads();
-    double* obj_out = reinterpret_cast<double*>(stats.rows + size_t(row) * stats.row_bytes);
+    float* cb = centroids + b * k * d + k_frozen * d;
+    float* hb = counts + b * k + k_frozen;
+    const int64_t kk = k - k_frozen;
+    // Every load first, one memory latency instead of three: the stats cursor (thread 0 writes
+    // the row), the sizes (imbalance) and the weighted sizes of the clusters that may split.
+    const unsigned row = threadIdx.x == 0 ? *reinterpret_cast<volatile unsigned*>(stats.cursor) : 0u;
+    double h1 = 0, h2 = 0;
+    int empty = 0, heavy = 0;
+    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
+        const double h = sizes[b * k + c];
+        const float w = c >= k_frozen ? hb[c - k_frozen] : 1.f;
+        h1 += h;
+        h2 += h * h;
+        empty |= w == 0.f;
+        heavy |= c >= k_frozen && w > 1.f;
+    }
+    double* obj_out = reinterpret_cast<double*>(stats.rows + size_t(row) * stats.row_bytes); // (thread 0)
     double* imbalance = obj_out + batch;
     int* nsplit_out = reinterpret_cast<int*>(imbalance + batch);
     auto finish_row = [&](int nsplit) { // thread 0, once per block
@@ -151,21 +159,13 @@ __global__ void __launch_bounds__(kSplitThreads)
     };
     {
         __shared__ double sh[64];
-        const double f = imbalance_factor(sizes, k, b, sh);
+        const double f = imbalance_factor(h1, h2, k, sh);
         if (threadIdx.x == 0) imbalance[b] = f;
     }
-    float* cb = centroids + b * k * d + k_frozen * d;
-    float* hb = counts + b * k + k_frozen;
-    const int64_t kk = k - k_frozen;
     __shared__ uint32_t mt[kMtN];
     __shared__ float draws[kMtN];
     __shared__ int first;
     __shared__ int64_t heaviest;
-    int empty = 0, heavy = 0;
-    for (int64_t c = threadIdx.x; c < kk; c += blockDim.x) {
-        empty |= hb[c] == 0.f;
-        heavy |= hb[c] > 1.f;
-    }
     const int any_empty = __syncthreads_or(empty);
     int any_heavy = __syncthreads_or(heavy);
     if (!any_empty) {
