@@ -449,17 +449,19 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             }
         };
         const int col0 = int(j * BN) + (lane % 4) * 2; // global column of (i, e): col0 + 8 i + e
-        // The first column c of row h in this tile (c = 8 i + e) whose value is v: the lowest,
-        // so that ties go to the lowest index.
+        // The folds below leave each value in its accumulator register, dead until the next
+        // issue: the searches compare registers, with no penalty reloads. (Not the tagged
+        // filter, which finds columns in its values' tags: kept there, its values cost spills.)
+        auto folded = [&](int i, int h, int e) -> float& { return acc[4 * i + 2 * h + e]; };
+        // The first column c of row h in this tile (c = 8 i + e) whose folded value is v: the
+        // lowest, so that ties go to the lowest index.
         auto first_column = [&](float v, int h) {
             int col = BN;
 #pragma unroll
-            for (int i = BN / 8 - 1; i >= 0; i--) {
-                const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+            for (int i = BN / 8 - 1; i >= 0; i--)
 #pragma unroll
                 for (int e = 1; e >= 0; e--)
-                    if (value(i, h, e, p) == v) col = i * 8 + e;
-            }
+                    if (folded(i, h, e) == v) col = i * 8 + e;
             return col;
         };
         if constexpr (FILTER) {
@@ -474,6 +476,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             for (int q = 0; q < 2 * CF; q++) m1[q / CF][q % CF] = m2[q / CF][q % CF] = INFINITY;
             each_value([&](int i, int h, int e, float2 p) {
                 const float v = tagged(i, h, e, p);
+                if constexpr (!TAG) folded(i, h, e) = v;
                 const int q = (2 * i + e) % CF;
                 m2[h][q] = fminf(m2[h][q], fmaxf(m1[h][q], v));
                 m1[h][q] = fminf(m1[h][q], v);
@@ -517,10 +520,14 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 } else {
 #pragma unroll
                     for (int i = 0; i < BN / 8; i++) {
-                        const float2 p = *reinterpret_cast<const float2*>(ns + i * 8);
+                        const float2 p = *reinterpret_cast<const float2*>(ns + i * 8); // (TAG)
 #pragma unroll
                         for (int e = 0; e < 2; e++) {
-                            const float v = tagged(i, h, e, p);
+                            float v;
+                            if constexpr (TAG)
+                                v = tagged(i, h, e, p);
+                            else
+                                v = folded(i, h, e);
                             if (v <= thr) keep(v, col0 + i * 8 + e);
                         }
                     }
@@ -529,26 +536,15 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             return;
         }
         // Four chains per row, each started from its first value (not from +inf: one
-        // instruction less per chain). Each value is left in its accumulator register (dead
-        // until the next issue): the searches below compare registers, no penalty reloads.
+        // instruction less per chain).
         constexpr int CH = 4;
         static_assert(BN / 8 * 2 >= CH, "a chain per column pair of the first tiles");
         float m1[2][CH];
         each_value([&](int i, int h, int e, float2 p) {
-            float& v = acc[4 * i + 2 * h + e];
-            v = value(i, h, e, p);
+            const float v = folded(i, h, e) = value(i, h, e, p);
             float& m = m1[h][(2 * i + e) % CH];
             m = 2 * i + e < CH ? v : fminf(m, v);
         });
-        auto first_folded_column = [&](float v, int h) { // first_column on the folded values
-            int col = BN;
-#pragma unroll
-            for (int i = BN / 8 - 1; i >= 0; i--)
-#pragma unroll
-                for (int e = 1; e >= 0; e--)
-                    if (acc[4 * i + 2 * h + e] == v) col = i * 8 + e;
-            return col;
-        };
 #pragma unroll
         for (int h = 0; h < 2; h++) {
 #pragma unroll
@@ -557,7 +553,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 for (int q = 0; q < w; q++) m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
             const float t1 = m1[h][0];
             if (t1 < best[h].v) {
-                const int col = first_folded_column(t1, h);
+                const int col = first_column(t1, h);
                 if constexpr (SPLIT) {
                     // The tile holds the new best: the second-smallest is the old best or the
                     // tile's smallest value outside that column (found here, on this rare path,
@@ -567,7 +563,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                     for (int i = 0; i < BN / 8; i++)
 #pragma unroll
                         for (int e = 0; e < 2; e++)
-                            if (i * 8 + e != col) t2 = fminf(t2, acc[4 * i + 2 * h + e]);
+                            if (i * 8 + e != col) t2 = fminf(t2, folded(i, h, e));
                     second[h] = fminf(second[h], t2);
                 }
                 best[h] = {t1, col0 + col};

@@ -139,11 +139,11 @@ __global__ void __launch_bounds__(kSplitThreads)
     int empty = 0, heavy = 0;
     for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
         const double h = sizes[b * k + c];
-        const float w = c >= k_frozen ? hb[c - k_frozen] : 1.f;
+        const float w = c >= k_frozen ? hb[c - k_frozen] : 1.f; // (frozen: neither empty nor heavy)
         h1 += h;
         h2 += h * h;
         empty |= w == 0.f;
-        heavy |= c >= k_frozen && w > 1.f;
+        heavy |= w > 1.f;
     }
     double* obj_out = reinterpret_cast<double*>(stats.rows + size_t(row) * stats.row_bytes); // (thread 0)
     double* imbalance = obj_out + batch;

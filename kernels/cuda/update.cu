@@ -462,7 +462,7 @@ size_t SortInverseUpdate::bytes(int64_t batch, int64_t n, int64_t d, int64_t k) 
 }
 
 SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_t k, cudaStream_t stream)
-    : batch_(batch), n_(n), d_(d), k_(k) {
+    : batch_(batch), n_(n), d_(d), k_(k), sms_(current_device_sms()) {
     const int64_t total = batch * n, clusters = batch * k;
     if (total >= (int64_t(1) << 32) || clusters >= (int64_t(1) << 32))
         throw std::invalid_argument("faiss-flash: the CUDA update handles batch * n and batch * k below 2^32");
@@ -552,7 +552,7 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
     // give twice the warps with half the instructions each; B=1 N=65536 K=1024 fp16 9.6 vs
     // 10.7 us, bench/RESULTS.md).
     const int64_t wide = 16 / dtype_size(dtype);
-    const bool narrow = wide == 8 && total_chunks * (d_ / wide) < 4 * 32 * int64_t(current_device_sms());
+    const bool narrow = wide == 8 && total_chunks * (d_ / wide) < 4 * 32 * int64_t(sms_);
     const int64_t vec = narrow ? 4 : wide;
     const bool vectorised =
         d_ % vec == 0 && d_ / vec <= kThreads && reinterpret_cast<uintptr_t>(x) % (vec * dtype_size(dtype)) == 0;
@@ -560,7 +560,7 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
     const unsigned blocks = blocks_for(total_chunks, per_block);
     auto vec_pieces = [&](auto* typed) { // typed: x as const T*
         using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
-        auto kernel = sizeof(T) == 4 || !narrow ? chunk_pieces_vec<T, 16 / sizeof(T)> : chunk_pieces_vec<T, 4>;
+        auto kernel = narrow ? chunk_pieces_vec<T, 4> : chunk_pieces_vec<T, 16 / sizeof(T)>; // (fp32: both V = 4)
         kernel<<<blocks, kThreads, 0, stream>>>(typed, d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights,
                                                 head_.get(), headw_.get(), startp_.get(), startw_.get());
     };

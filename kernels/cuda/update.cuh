@@ -66,6 +66,7 @@ class SortInverseUpdate {
                       cudaStream_t stream, bool counted = false);
 
     int64_t batch_, n_, d_, k_;
+    int sms_;                                  // of the device (the chunk sums' load width)
     bool counting_;                            // counting sort (else CUB radix sort)
     int64_t tile_ = 0;                         // points per histogram tile (counting sort)
     int end_bit_ = 0;                          // radix-sort key bits
