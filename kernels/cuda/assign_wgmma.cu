@@ -189,8 +189,14 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     constexpr uint32_t SBO = KW / 8 * 128;
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    T* As = reinterpret_cast<T*>(smem + ((1024 - (sbase & 1023)) & 1023)); // (BM, KW) points, resident
-    T* Bs = As + (PERSIST ? 2 : 1) * BM * KW;                          // (kStages, BN, KW) centroids
+    const uint32_t pad = (1024 - (sbase & 1023)) & 1023;
+    T* As = reinterpret_cast<T*>(smem + pad); // (BM, KW) points, resident
+    T* Bs = As + (PERSIST ? 2 : 1) * BM * KW; // (kStages, BN, KW) centroids
+    // Bs's shared-window address from sbase in 32-bit arithmetic, not converted back from the
+    // generic pointer: it stays in uniform registers, and so do the wgmma descriptors built
+    // from it (converted back it sat in an ordinary register: every wgmma paid two R2UR, an add
+    // and the descriptor's high word rebuilt).
+    const uint32_t bs_addr = sbase + pad + uint32_t((PERSIST ? 2 : 1) * BM * KW * sizeof(T));
     float* Ns = reinterpret_cast<float*>(Bs + kStages * BN * KW);      // (kStages, BN) penalties
     // TMA: per stage, full (the tile and its penalties landed: the copy engine's bytes, one
     // arrival of thread 0 and one per penalty thread) and empty (every thread is done with it).
@@ -362,7 +368,6 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // 1024 (8 rows x 128 bytes), LBO unused, layout type 1 (SWIZZLE_128B) in bits 62-63.
     constexpr uint32_t B_LBO = SWZ ? 1u << 16 : (128u >> 4) << 16;
     constexpr uint32_t B_HI = SWZ ? (1024u >> 4) | (1u << 30) : SBO >> 4;
-    const uint32_t bs_addr = shared_addr(Bs);
     auto issue = [&](float (&acc)[NACC], int64_t j) {
         const uint32_t b_lo = ((bs_addr + uint32_t(stage(j)) * uint32_t(BN * KW * sizeof(T))) >> 4) | B_LBO;
         // Descriptor offset (16-byte units) of B's k-step at column kcol.
