@@ -132,9 +132,11 @@ __global__ void __launch_bounds__(kSplitThreads)
     float* cb = centroids + b * k * d + k_frozen * d;
     float* hb = counts + b * k + k_frozen;
     const int64_t kk = k - k_frozen;
-    // Every load first, one memory latency instead of three: the stats cursor (thread 0 writes
-    // the row), the sizes (imbalance) and the weighted sizes of the clusters that may split.
+    // Every load first, one memory latency instead of four: the stats cursor and the objective
+    // (thread 0 writes the row), the sizes (imbalance) and the weighted sizes of the clusters
+    // that may split.
     const unsigned row = threadIdx.x == 0 ? *reinterpret_cast<volatile unsigned*>(stats.cursor) : 0u;
+    const double obj = threadIdx.x == 0 ? stats.obj[b] : 0.0;
     double h1 = 0, h2 = 0;
     int empty = 0, heavy = 0;
     for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
@@ -150,7 +152,11 @@ __global__ void __launch_bounds__(kSplitThreads)
     int* nsplit_out = reinterpret_cast<int*>(imbalance + batch);
     auto finish_row = [&](int nsplit) { // thread 0, once per block
         nsplit_out[b] = nsplit;
-        obj_out[b] = stats.obj[b];
+        obj_out[b] = obj;
+        if (batch == 1) { // the only block: no other reads the cursor (no fence, no atomic)
+            stats.cursor[0] = row + 1;
+            return;
+        }
         __threadfence();
         if (atomicAdd(stats.cursor + 1, 1u) == unsigned(batch) - 1) { // every block has read the row
             stats.cursor[1] = 0;
