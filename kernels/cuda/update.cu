@@ -21,7 +21,6 @@ constexpr int64_t kMaxCountingK = 49152; // k up to which each warp's counters f
 constexpr int64_t kSmallRows = 1 << 18;  // batches of at most this many points: short tiles
 constexpr int kColumnWarps = 8;          // warps of a column-scan block (tiles split among them)
 constexpr int kRounds = 32; // 32-label rounds a warp loads at once (tile kernels)
-constexpr int kScatterWarps = 4; // warps sharing a tile's counters in the scatter (k >= 1024)
 
 // Points per histogram tile. Small batches (latency-bound): 512 (16 rounds of a warp), twice
 // the warps of 1024-point tiles for a histogram of at most 2 k entries per 1024 points (256 and
@@ -47,25 +46,22 @@ __device__ __forceinline__ float load_as_float(const void* x, DType t, int64_t i
     return __bfloat162float(static_cast<const __nv_bfloat16*>(x)[i]);
 }
 
-// The tile of the calling warp: with W warps per tile, warp w of block x takes tile x * (warps /
-// W) + w / W (sub = w % W), problem b = tile / tiles, tile t within it: rows [t * tile, i1) of
-// labels + b * n; cnt = the tile's k counters.
+// The tile of the calling warp: warp w of block x takes tile x * warps + w, problem b = tile /
+// tiles, tile t within it: rows [t * tile, i1) of labels + b * n; cnt = its k counters.
 struct WarpTile {
     int64_t b, t, i1;
-    int lane, sub;
+    int lane;
     uint32_t* cnt;
     bool valid;
-    __device__ WarpTile(uint32_t* counters, int64_t k, int64_t rows, int64_t tile, int64_t tiles, int64_t total,
-                        int W = 1) {
+    __device__ WarpTile(uint32_t* counters, int64_t k, int64_t rows, int64_t tile, int64_t tiles, int64_t total) {
         const int warp = threadIdx.x / 32;
-        const int64_t tw = int64_t(blockIdx.x) * (blockDim.x / 32 / W) + warp / W;
+        const int64_t tw = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
         lane = threadIdx.x % 32;
-        sub = warp % W;
         valid = tw < total;
         b = tw / tiles;
         t = tw % tiles;
         i1 = min(rows, (t + 1) * tile);
-        cnt = counters + (warp / W) * k;
+        cnt = counters + warp * k;
     }
 };
 
@@ -158,22 +154,14 @@ __global__ void __launch_bounds__(32 * kColumnWarps)
 // positions are its row plus the problem's first position (b * rows) and the sizes of the
 // groups before each cluster's. keys: the sorted global cluster ids (b * k + c). The first
 // tile of each problem also writes its clusters' first positions, starts (batch, k).
-//
-// W warps per tile (one tile per block when W > 1): they share the tile's k counters, set
-// (and the row of positions zeroed again) in parallel, each for its share of every 32 groups
-// of clusters; the first warp then places the tile's points. A warp alone spent most of its
-// time on the counters at k = 1024 (ncu: ~1600 instructions per warp at 8 cycles each).
-template <int W>
 __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int64_t rows, int64_t k, int64_t tile,
                              int64_t tiles, int64_t total_tiles, uint32_t* __restrict__ pos,
                              const uint32_t* __restrict__ group_sizes, uint32_t* __restrict__ keys,
                              uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
-    constexpr int kGroupBatch = 32;    // groups whose sizes one lane each holds
-    constexpr int R = kGroupBatch / W; // of which this warp sets the counters of R
-    static_assert(kGroupBatch % W == 0, "W divides the group batch");
+    constexpr int kGroupBatch = 32; // groups' counter loads in flight
     extern __shared__ uint32_t counters[];
-    const WarpTile w(counters, k, rows, tile, tiles, total_tiles, W);
-    if (!w.valid) return; // (W > 1: the whole block)
+    const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
+    if (!w.valid) return;
     const int32_t* lb = labels + w.b * n;
     int lab[kRounds]; // the tile's first labels, loaded first: their latency overlaps the counters'
     auto load_labels = [&](int64_t base) {
@@ -183,44 +171,38 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
             lab[r] = i < w.i1 ? lb[i] : -1 - w.lane; // inactive lanes: groups of their own
         }
     };
-    if (w.sub == 0) load_labels(w.t * tile);
+    load_labels(w.t * tile);
     uint32_t* p = pos + (w.b * tiles + w.t) * k;
     const int64_t groups = (k + 31) / 32;
     const uint32_t* gs = group_sizes + w.b * groups;
     uint32_t carry = uint32_t(w.b * rows); // the problem's first position, then past each 32 groups
     for (int64_t g0 = 0; g0 < groups; g0 += kGroupBatch) {
         const uint32_t size = g0 + w.lane < groups ? gs[g0 + w.lane] : 0u;
-        const int64_t gw = g0 + w.sub * R; // this warp's first group
-        uint32_t v[R];
+        uint32_t v[kGroupBatch];
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            const int64_t c = (gw + r) * 32 + w.lane;
+        for (int r = 0; r < kGroupBatch; r++) {
+            const int64_t c = (g0 + r) * 32 + w.lane;
             v[r] = c < k ? p[c] : 0u;
         }
 #pragma unroll
-        for (int r = 0; r < R; r++) { // zero again for the next run's counts
-            const int64_t c = (gw + r) * 32 + w.lane;
+        for (int r = 0; r < kGroupBatch; r++) { // zero again for the next run's counts
+            const int64_t c = (g0 + r) * 32 + w.lane;
             if (c < k) p[c] = 0u;
         }
         const uint32_t incl = warp_inclusive_sum(size, w.lane);
         const uint32_t first = carry + incl - size; // group g0 + lane's first position
         carry += __shfl_sync(0xffffffffu, incl, 31);
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            const uint32_t at = __shfl_sync(0xffffffffu, first, w.sub * R + r) + v[r];
-            const int64_t c = (gw + r) * 32 + w.lane;
+        for (int r = 0; r < kGroupBatch; r++) {
+            const uint32_t at = __shfl_sync(0xffffffffu, first, r) + v[r];
+            const int64_t c = (g0 + r) * 32 + w.lane;
             if (c < k) {
                 w.cnt[c] = at;
                 if (w.t == 0) starts[w.b * k + c] = at;
             }
         }
     }
-    if constexpr (W > 1) {
-        __syncthreads(); // every counter set
-        if (w.sub != 0) return;
-    } else {
-        __syncwarp();
-    }
+    __syncwarp();
     for (int64_t base = w.t * tile; base < w.i1; base += 32 * kRounds) {
         if (base != w.t * tile) load_labels(base);
 #pragma unroll
@@ -502,8 +484,7 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
         group_sizes_.allocate(batch * ceil_div(k, 32), "cluster group sizes");
         const size_t smem = size_t(warps_for(k, batch * ceil_div(n, tile_))) * k * 4; // per-warp counters
         set_max_dynamic_smem(reinterpret_cast<const void*>(tile_histogram), smem);
-        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_scatter<1>), smem);
-        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_scatter<kScatterWarps>), smem);
+        set_max_dynamic_smem(reinterpret_cast<const void*>(tile_scatter), smem);
     } else {
         end_bit_ = bits_for(clusters);
         keys_in_.allocate(total, "sort keys");
@@ -552,15 +533,9 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
         column_scan<<<unsigned(batch_ * groups), 32 * kColumnWarps, 0, stream>>>(hist_.get(), k_, tiles, groups,
                                                                                  group_sizes_.get());
         FLASH_LAUNCH_CHECK("column_scan");
-        // One tile per block and at least 32 groups of clusters: kScatterWarps warps set its counters.
-        if (warps == 1 && groups >= 32)
-            tile_scatter<kScatterWarps><<<unsigned(total_tiles), 32 * kScatterWarps, smem, stream>>>(
-                labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), group_sizes_.get(), keys_.get(),
-                ids_.get(), starts_.get());
-        else
-            tile_scatter<1><<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
-                labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), group_sizes_.get(), keys_.get(),
-                ids_.get(), starts_.get());
+        tile_scatter<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
+            labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), group_sizes_.get(), keys_.get(), ids_.get(),
+            starts_.get());
         FLASH_LAUNCH_CHECK("tile_scatter");
     } else {
         make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get());
