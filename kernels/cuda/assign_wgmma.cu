@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     constexpr int CPR = KW / 8, RP = NT / CPR;
     const bool fast_rows = vec && width == KW;
     // Tile j of problem pb into stage st.
-    auto load_centroids = [&](int st, int64_t j, int64_t pb) {
+    auto load_centroids = [&](int st, int j, int64_t pb) {
         const T* c = c0 + pb * k * ld;
         const float* cn = a.cnorm + pb * k;
         T* dst = Bs + st * BN * KW;
@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 for (int at = 0; at < KW / 64; at++)
                     tma_load_3d(dst + at * BN * 64, &cmap, full + st, at * 64, int(j * BN), int(pb));
             }
-            const int64_t col = j * BN + t;
+            const int64_t col = int64_t(j) * BN + t;
             float* pen = Ns + st * BN + t;
             if (col < k && l2) {
                 cp_async4(pen, cn + col);
@@ -278,9 +278,12 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             for (int q = tid; q < BN; q += NT) {
                 const int64_t col = j * BN + q;
                 float* pen = Ns + st * BN + q;
-                if (col >= k) *pen = INFINITY;
-                else if (l2) cp_async4(pen, cn + col);
-                else *pen = 0.f;
+                if (col >= k)
+                    *pen = INFINITY;
+                else if (l2)
+                    cp_async4(pen, cn + col);
+                else
+                    *pen = 0.f;
             }
         }
     };
@@ -303,10 +306,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         load_tile<T, KW, NT>(dst, x, n, width, ld, r0, BM, vec);
     };
 
-    const int64_t ntiles = (k + BN - 1) / BN;
+    const int ntiles = int((k + BN - 1) / BN); // (an int tile index: 32-bit loop arithmetic)
     // TMA (one point tile per block): tile j goes to stage j % kStages, its (j / kStages)-th use.
-    auto tile_landed = [&](int64_t j) { mbarrier_wait(full + j % kStages, uint32_t(j / kStages) & 1); };
-    auto release = [&](int64_t j) { // this thread's products and fold of tile j are done
+    auto tile_landed = [&](int j) { mbarrier_wait(full + j % kStages, uint32_t(j / kStages) & 1); };
+    auto release = [&](int j) { // this thread's products and fold of tile j are done
         // Every thread arrives (not one lane per warp after __syncwarp): the same ordering, but
         // each thread's own release, which compute-sanitizer's racecheck can follow.
         if constexpr (TMA) mbarrier_arrive(empty + j % kStages);
@@ -325,7 +328,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     advance(b2, r2);
     auto slot = [&](int64_t t) { return As + (PERSIST ? int(t % 2) : 0) * BM * KW; };
     int pair = PERSIST ? int(b % 2) : 0;
-    auto stage = [&](int64_t j) { return int((j + 2 * pair) % kStages); };
+    auto stage = [&](int j) { return (j + 2 * pair) % kStages; };
     auto load_first_pair = [&](int p, int64_t pb) { // tiles 0 and 1 of problem pb into stage pair p
         load_centroids(2 * p, 0, pb);
         if (ntiles > 1) load_centroids(2 * p + 1, 1, pb);
@@ -368,7 +371,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // 1024 (8 rows x 128 bytes), LBO unused, layout type 1 (SWIZZLE_128B) in bits 62-63.
     constexpr uint32_t B_LBO = SWZ ? 1u << 16 : (128u >> 4) << 16;
     constexpr uint32_t B_HI = SWZ ? (1024u >> 4) | (1u << 30) : SBO >> 4;
-    auto issue = [&](float (&acc)[NACC], int64_t j) {
+    auto issue = [&](float(&acc)[NACC], int j) {
         const uint32_t b_lo = ((bs_addr + uint32_t(stage(j)) * uint32_t(BN * KW * sizeof(T))) >> 4) | B_LBO;
         // Descriptor offset (16-byte units) of B's k-step at column kcol.
         auto b_off = [](int kcol) -> uint32_t {
@@ -440,7 +443,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // thread's columns within reach in one tile, rare) is the tile searched for all of them.
     // (A search on every tile within reach, at small k nearly every tile for some row of the
     // warp, cost more than these three extra instructions per value.)
-    auto epilogue = [&](float (&acc)[NACC], int64_t j) {
+    auto epilogue = [&](float(&acc)[NACC], int j) {
         const float* ns = Ns + stage(j) * BN + (lane % 4) * 2;
         auto value = [&](int i, int h, int e, float2 p) { return fmaf(scale, acc[4 * i + 2 * h + e], e ? p.y : p.x); };
         auto each_value = [&](auto&& f) { // f(i, h, e, p): column 8 i + e of row h, p the pair's penalties
@@ -588,7 +591,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     float acc0[NACC], acc1[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; i++) acc0[i] = acc1[i] = 0.f;
-    auto prefetch = [&](int64_t j) { // tiles past the last are never read: not loaded
+    auto prefetch = [&](int j) { // tiles past the last are never read: not loaded
         if (j + 2 < ntiles) load_centroids(stage(j + 2), j + 2, b);
         if (j + 3 < ntiles) load_centroids(stage(j + 3), j + 3, b);
         cp_async_commit();
@@ -638,7 +641,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             margins() = make_float2(margin[0], margin[1]);
             lost() = make_float2(INFINITY, INFINITY);
         }
-        for (int64_t j = 0; j < ntiles; j += 2) {
+        for (int j = 0; j < ntiles; j += 2) {
             if constexpr (TMA) {
                 tile_landed(j);
                 if (j + 1 < ntiles) tile_landed(j + 1);
