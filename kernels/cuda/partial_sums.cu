@@ -3,12 +3,12 @@
 //
 // The points of each problem are cut into pieces of P rows. The pieces, problem-major, are
 // dealt to the shards (one per entry of the device list) in contiguous runs. Each shard keeps
-// as many of its pieces resident as its memory budget allows and streams the others through
-// kSlots device buffers on a copy stream: the copy of piece j + 1 overlaps the compute of
-// piece j. Per piece, on the compute stream: norms (cached for resident pieces), FlashAssign,
-// the sort-inverse segment sums added to the shard's double accumulators, the piece's
-// objective. The layout of the pieces does not depend on the memory available, so a run that
-// streams gives the same bits as one that keeps everything resident.
+// as many of its pieces resident as its memory budget allows, the others spread evenly among
+// them, and streams those through kSlots device buffers on a copy stream: their copies overlap
+// the compute of the pieces before them. Per piece, on the compute stream: norms (cached for resident pieces),
+// FlashAssign, the sort-inverse segment sums added to the shard's double accumulators, the piece's objective. The
+// layout of the pieces does not depend on the memory available, so a run that streams gives the same bits as one that
+// keeps everything resident.
 #include "kernels/cuda/cuda_engine.h"
 
 #include <cuda_runtime.h>
@@ -199,12 +199,27 @@ class Shard {
                 throw std::runtime_error("faiss-flash: out of GPU memory: the buffers of a streaming run need " +
                                          gib(double(fixed + slots)) + " on CUDA device " + std::to_string(dev_) + ", " +
                                          gib(double(budget_)) + " is available (smaller stream_piece_rows helps)");
-            size_t avail = budget_ - fixed - slots;
+            // As many pieces as fit stay, the streamed ones spread evenly among them (the pieces
+            // are computed in order whatever stays, so the bits do not change): each streamed
+            // piece's copy then runs behind the compute of the resident pieces before it. With
+            // the resident ones first, the copies of all but the first kSlots streamed pieces
+            // waited for the resident compute to end (200M fp32 points, 74% resident, K = 4096
+            // on an H100: 1.24x the larger of copy and compute time per iteration).
+            size_t avail = budget_ - fixed - slots, fit = 0;
             for (size_t i = 0; i < pieces_.size(); i++)
                 if (piece_bytes(pieces_[i]) <= avail) {
+                    fit++;
+                    avail -= piece_bytes(pieces_[i]);
+                }
+            avail = budget_ - fixed - slots;
+            const size_t total = pieces_.size(), streamed = total - fit;
+            for (size_t i = 0; i < total; i++) {
+                const bool stream = (i + 1) * streamed / total > i * streamed / total; // every total / streamed
+                if (!stream && piece_bytes(pieces_[i]) <= avail) {
                     keep[i] = true;
                     avail -= piece_bytes(pieces_[i]);
                 }
+            }
         }
         data_.resize(pieces_.size());
         norms_.resize(pieces_.size());
