@@ -5,10 +5,10 @@
 // dealt to the shards (one per entry of the device list) in contiguous runs. Each shard keeps
 // as many of its pieces resident as its memory budget allows, the others spread evenly among
 // them, and streams those through kSlots device buffers on a copy stream: their copies overlap
-// the compute of the pieces before them. Per piece, on the compute stream: norms (cached for resident pieces),
-// FlashAssign, the sort-inverse segment sums added to the shard's double accumulators, the piece's objective. The
-// layout of the pieces does not depend on the memory available, so a run that streams gives the same bits as one that
-// keeps everything resident.
+// the compute of the pieces before them. Per piece, on the compute stream: norms (cached for
+// resident pieces), FlashAssign, the sort-inverse segment sums added to the shard's double
+// accumulators, the piece's objective. The layout of the pieces does not depend on the memory
+// available, so a run that streams gives the same bits as one that keeps everything resident.
 #include "kernels/cuda/cuda_engine.h"
 
 #include <cuda_runtime.h>
