@@ -224,6 +224,102 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
     }
 }
 
+// tile_scatter for one tile of at most 32 * kRounds labels per block of kQuarterWarps warps
+// (kQuarterMinK <= k <= kQuarterMaxK): the warps set the tile's counters together, each counts
+// the labels of its share of the tile's rounds per cluster, the counts become each warp's first
+// positions (the tile's counter plus the counts of the shares before), and each warp places its
+// share. The same positions as tile_scatter, in chains a quarter as long (a lone warp per tile
+// waited on its match and shared-memory latencies one round at a time: ncu, B=1 N=65536 K=1024).
+constexpr int kQuarterWarps = 4;
+constexpr int64_t kQuarterMinK = 256, kQuarterMaxK = 2048;
+__global__ void __launch_bounds__(32 * kQuarterWarps)
+    tile_scatter_quarters(const int32_t* __restrict__ labels, int64_t n, int64_t rows, int64_t k, int64_t tile,
+                          int64_t tiles, uint32_t* __restrict__ pos, const uint32_t* __restrict__ group_sizes,
+                          uint32_t* __restrict__ keys, uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
+    constexpr int W = kQuarterWarps, RW = kRounds / W;   // rounds per warp
+    constexpr int kGroupBatch = 32, R = kGroupBatch / W; // groups per batch; of which a warp sets R
+    extern __shared__ uint32_t counters[];               // the tile's k counters, then each warp's k
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t b = blockIdx.x / tiles, t = blockIdx.x % tiles;
+    // This warp's share of the tile's rounds: labels [r0, i1).
+    const int share = int((tile / 32 + W - 1) / W);
+    const int64_t r0 = t * tile + int64_t(warp) * share * 32, i1 = min(min(rows, (t + 1) * tile), r0 + share * 32);
+    uint32_t* mine = counters + (warp + 1) * k;
+    const int32_t* lb = labels + b * n;
+    int lab[RW];
+#pragma unroll
+    for (int r = 0; r < RW; r++) {
+        const int64_t i = r0 + r * 32 + lane;
+        lab[r] = i < i1 ? lb[i] : -1 - lane; // inactive lanes: groups of their own
+    }
+    for (int64_t c = lane; c < k; c += 32) mine[c] = 0u;
+    uint32_t* p = pos + (b * tiles + t) * k;
+    const int64_t groups = (k + 31) / 32;
+    const uint32_t* gs = group_sizes + b * groups;
+    uint32_t carry = uint32_t(b * rows);
+    for (int64_t g0 = 0; g0 < groups; g0 += kGroupBatch) {
+        const uint32_t size = g0 + lane < groups ? gs[g0 + lane] : 0u;
+        const int64_t gw = g0 + warp * R;
+        uint32_t v[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int64_t c = (gw + r) * 32 + lane;
+            v[r] = c < k ? p[c] : 0u;
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) { // zero again for the next run's counts
+            const int64_t c = (gw + r) * 32 + lane;
+            if (c < k) p[c] = 0u;
+        }
+        const uint32_t incl = warp_inclusive_sum(size, lane);
+        const uint32_t first = carry + incl - size;
+        carry += __shfl_sync(0xffffffffu, incl, 31);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint32_t at = __shfl_sync(0xffffffffu, first, warp * R + r) + v[r];
+            const int64_t c = (gw + r) * 32 + lane;
+            if (c < k) {
+                counters[c] = at;
+                if (t == 0) starts[b * k + c] = at;
+            }
+        }
+    }
+    __syncwarp(); // this warp's counts zeroed
+    unsigned peers[RW];
+#pragma unroll
+    for (int r = 0; r < RW; r++) {
+        if (r0 + r * 32 >= i1) break; // (warp-uniform) past the tile
+        peers[r] = __match_any_sync(0xffffffffu, lab[r]);
+        if (lab[r] >= 0 && lane == __ffs(peers[r]) - 1) atomicAdd(&mine[lab[r]], uint32_t(__popc(peers[r])));
+    }
+    __syncthreads(); // every warp's counts, the tile's counters
+    for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
+        uint32_t run = counters[c];
+#pragma unroll
+        for (int q = 1; q <= W; q++) {
+            const uint32_t cnt = counters[q * k + c];
+            counters[q * k + c] = run;
+            run += cnt;
+        }
+    }
+    __syncthreads(); // each warp's first positions
+#pragma unroll
+    for (int r = 0; r < RW; r++) {
+        if (r0 + r * 32 >= i1) break;
+        const int c = lab[r];
+        const bool active = c >= 0;
+        uint32_t dst = 0;
+        if (active) dst = mine[c] + __popc(peers[r] & ((1u << lane) - 1u));
+        __syncwarp();
+        if (active && lane == __ffs(peers[r]) - 1) mine[c] += __popc(peers[r]);
+        __syncwarp();
+        if (active) {
+            keys[dst] = uint32_t(b * k + c);
+            ids[dst] = uint32_t(b * n + r0 + r * 32 + lane);
+        }
+    }
+}
+
 // Radix path: sort keys (global cluster ids) and point ids. No counters: the cluster starts
 // come from the sorted keys (cluster_starts), the sizes from the starts (finish_clusters).
 __global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t total, uint32_t* keys, uint32_t* ids) {
@@ -533,9 +629,15 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
         column_scan<<<unsigned(batch_ * groups), 32 * kColumnWarps, 0, stream>>>(hist_.get(), k_, tiles, groups,
                                                                                  group_sizes_.get());
         FLASH_LAUNCH_CHECK("column_scan");
-        tile_scatter<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
-            labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), group_sizes_.get(), keys_.get(), ids_.get(),
-            starts_.get());
+        if (k_ >= kQuarterMinK && k_ <= kQuarterMaxK && tile_ <= 32 * kRounds &&
+            !env_switched_off("FLASH_SCATTER_QUARTERS"))
+            tile_scatter_quarters<<<unsigned(total_tiles), 32 * kQuarterWarps, (kQuarterWarps + 1) * k_ * 4, stream>>>(
+                labels, n_, rows, k_, tile_, tiles, hist_.get(), group_sizes_.get(), keys_.get(), ids_.get(),
+                starts_.get());
+        else
+            tile_scatter<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
+                labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), group_sizes_.get(), keys_.get(),
+                ids_.get(), starts_.get());
         FLASH_LAUNCH_CHECK("tile_scatter");
     } else {
         make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get());
