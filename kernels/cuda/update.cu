@@ -148,6 +148,45 @@ __global__ void __launch_bounds__(32 * kColumnWarps)
     }
 }
 
+// The tile's first position for each cluster into cnt: its row p of column_scan's positions
+// (relative to the cluster's group, zeroed again here for the next run's counts) plus `carry`
+// (the problem's first position) and the sizes gs of the groups before. Warp `part` of PARTS
+// sets the clusters of its share of every 32 groups. starts: the problem's (its first tile), or null.
+template <int PARTS>
+__device__ __forceinline__ void set_tile_counters(uint32_t* __restrict__ p, const uint32_t* __restrict__ gs, int64_t k,
+                                                  uint32_t carry, int part, int lane, uint32_t* cnt,
+                                                  uint32_t* __restrict__ starts) {
+    constexpr int kGroupBatch = 32, R = kGroupBatch / PARTS; // groups a batch holds (a lane each); this warp's
+    const int64_t groups = (k + 31) / 32;
+    for (int64_t g0 = 0; g0 < groups; g0 += kGroupBatch) {
+        const uint32_t size = g0 + lane < groups ? gs[g0 + lane] : 0u;
+        const int64_t gw = g0 + part * R;
+        uint32_t v[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) { // loads batched ahead of the stores
+            const int64_t c = (gw + r) * 32 + lane;
+            v[r] = c < k ? p[c] : 0u;
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int64_t c = (gw + r) * 32 + lane;
+            if (c < k) p[c] = 0u;
+        }
+        const uint32_t incl = warp_inclusive_sum(size, lane);
+        const uint32_t first = carry + incl - size; // group g0 + lane's first position
+        carry += __shfl_sync(0xffffffffu, incl, 31);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint32_t at = __shfl_sync(0xffffffffu, first, part * R + r) + v[r];
+            const int64_t c = (gw + r) * 32 + lane;
+            if (c < k) {
+                cnt[c] = at;
+                if (starts) starts[c] = at;
+            }
+        }
+    }
+}
+
 // Replays tile_histogram's tiles: each point goes to its cluster's next free position, taken
 // in index order within the tile (ranks among equal labels of a 32-point round from
 // __match_any_sync), so the order is stable. pos, group_sizes: column_scan's; a tile's
@@ -158,7 +197,6 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
                              int64_t tiles, int64_t total_tiles, uint32_t* __restrict__ pos,
                              const uint32_t* __restrict__ group_sizes, uint32_t* __restrict__ keys,
                              uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
-    constexpr int kGroupBatch = 32; // groups' counter loads in flight
     extern __shared__ uint32_t counters[];
     const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
     if (!w.valid) return;
@@ -172,36 +210,8 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
         }
     };
     load_labels(w.t * tile);
-    uint32_t* p = pos + (w.b * tiles + w.t) * k;
-    const int64_t groups = (k + 31) / 32;
-    const uint32_t* gs = group_sizes + w.b * groups;
-    uint32_t carry = uint32_t(w.b * rows); // the problem's first position, then past each 32 groups
-    for (int64_t g0 = 0; g0 < groups; g0 += kGroupBatch) {
-        const uint32_t size = g0 + w.lane < groups ? gs[g0 + w.lane] : 0u;
-        uint32_t v[kGroupBatch];
-#pragma unroll
-        for (int r = 0; r < kGroupBatch; r++) {
-            const int64_t c = (g0 + r) * 32 + w.lane;
-            v[r] = c < k ? p[c] : 0u;
-        }
-#pragma unroll
-        for (int r = 0; r < kGroupBatch; r++) { // zero again for the next run's counts
-            const int64_t c = (g0 + r) * 32 + w.lane;
-            if (c < k) p[c] = 0u;
-        }
-        const uint32_t incl = warp_inclusive_sum(size, w.lane);
-        const uint32_t first = carry + incl - size; // group g0 + lane's first position
-        carry += __shfl_sync(0xffffffffu, incl, 31);
-#pragma unroll
-        for (int r = 0; r < kGroupBatch; r++) {
-            const uint32_t at = __shfl_sync(0xffffffffu, first, r) + v[r];
-            const int64_t c = (g0 + r) * 32 + w.lane;
-            if (c < k) {
-                w.cnt[c] = at;
-                if (w.t == 0) starts[w.b * k + c] = at;
-            }
-        }
-    }
+    set_tile_counters<1>(pos + (w.b * tiles + w.t) * k, group_sizes + w.b * ((k + 31) / 32), k, uint32_t(w.b * rows), 0,
+                         w.lane, w.cnt, w.t == 0 ? starts + w.b * k : nullptr);
     __syncwarp();
     for (int64_t base = w.t * tile; base < w.i1; base += 32 * kRounds) {
         if (base != w.t * tile) load_labels(base);
@@ -236,9 +246,8 @@ __global__ void __launch_bounds__(32 * kQuarterWarps)
     tile_scatter_quarters(const int32_t* __restrict__ labels, int64_t n, int64_t rows, int64_t k, int64_t tile,
                           int64_t tiles, uint32_t* __restrict__ pos, const uint32_t* __restrict__ group_sizes,
                           uint32_t* __restrict__ keys, uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
-    constexpr int W = kQuarterWarps, RW = kRounds / W;   // rounds per warp
-    constexpr int kGroupBatch = 32, R = kGroupBatch / W; // groups per batch; of which a warp sets R
-    extern __shared__ uint32_t counters[];               // the tile's k counters, then each warp's k
+    constexpr int W = kQuarterWarps, RW = kRounds / W; // rounds per warp
+    extern __shared__ uint32_t counters[];             // the tile's k counters, then each warp's k
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t b = blockIdx.x / tiles, t = blockIdx.x % tiles;
     // This warp's share of the tile's rounds: labels [r0, i1).
@@ -253,37 +262,8 @@ __global__ void __launch_bounds__(32 * kQuarterWarps)
         lab[r] = i < i1 ? lb[i] : -1 - lane; // inactive lanes: groups of their own
     }
     for (int64_t c = lane; c < k; c += 32) mine[c] = 0u;
-    uint32_t* p = pos + (b * tiles + t) * k;
-    const int64_t groups = (k + 31) / 32;
-    const uint32_t* gs = group_sizes + b * groups;
-    uint32_t carry = uint32_t(b * rows);
-    for (int64_t g0 = 0; g0 < groups; g0 += kGroupBatch) {
-        const uint32_t size = g0 + lane < groups ? gs[g0 + lane] : 0u;
-        const int64_t gw = g0 + warp * R;
-        uint32_t v[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const int64_t c = (gw + r) * 32 + lane;
-            v[r] = c < k ? p[c] : 0u;
-        }
-#pragma unroll
-        for (int r = 0; r < R; r++) { // zero again for the next run's counts
-            const int64_t c = (gw + r) * 32 + lane;
-            if (c < k) p[c] = 0u;
-        }
-        const uint32_t incl = warp_inclusive_sum(size, lane);
-        const uint32_t first = carry + incl - size;
-        carry += __shfl_sync(0xffffffffu, incl, 31);
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const uint32_t at = __shfl_sync(0xffffffffu, first, warp * R + r) + v[r];
-            const int64_t c = (gw + r) * 32 + lane;
-            if (c < k) {
-                counters[c] = at;
-                if (t == 0) starts[b * k + c] = at;
-            }
-        }
-    }
+    set_tile_counters<W>(pos + (b * tiles + t) * k, group_sizes + b * ((k + 31) / 32), k, uint32_t(b * rows), warp,
+                         lane, counters, t == 0 ? starts + b * k : nullptr);
     __syncwarp(); // this warp's counts zeroed
     unsigned peers[RW];
 #pragma unroll
