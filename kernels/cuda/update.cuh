@@ -8,7 +8,8 @@
 // fp16 / bf16 assignment as it writes the labels, see label_counts), a scan down each cluster's
 // column of tile counts (a lane per cluster, groups of 32 clusters: every tile's write position
 // for every cluster, relative to its group, and the groups' sizes), and a stable scatter that
-// replays the tiles, adding the sizes of the groups before. For large batches (B * n >= 2^20)
+// replays the tiles, adding the sizes of the groups before (for 256 <= k <= 2048 four warps per
+// tile, each counting and then placing a quarter of it). For large batches (B * n >= 2^20)
 // and very large k (the per-warp counters would not fit in shared memory) a CUB radix sort on
 // ceil(log2(B * k)) bits takes its place, the cluster starts read off the sorted keys; both
 // sorts are stable, so both give the same bits.
