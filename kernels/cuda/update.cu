@@ -187,6 +187,23 @@ __device__ __forceinline__ void set_tile_counters(uint32_t* __restrict__ p, cons
     }
 }
 
+// One 32-label round of a tile placed (all lanes of the calling warp): label c of this lane
+// (negative: none) goes to its cluster's next free position cnt[c] plus its rank among the
+// round's equal labels (peers: __match_any_sync's mask of them), as key and point id.
+__device__ __forceinline__ void place_round(uint32_t* cnt, int c, unsigned peers, int lane, uint32_t key, uint32_t id,
+                                            uint32_t* __restrict__ keys, uint32_t* __restrict__ ids) {
+    const bool active = c >= 0;
+    uint32_t dst = 0;
+    if (active) dst = cnt[c] + __popc(peers & ((1u << lane) - 1u));
+    __syncwarp();
+    if (active && lane == __ffs(peers) - 1) cnt[c] += __popc(peers);
+    __syncwarp();
+    if (active) {
+        keys[dst] = key;
+        ids[dst] = id;
+    }
+}
+
 // Replays tile_histogram's tiles: each point goes to its cluster's next free position, taken
 // in index order within the tile (ranks among equal labels of a 32-point round from
 // __match_any_sync), so the order is stable. pos, group_sizes: column_scan's; a tile's
@@ -219,17 +236,8 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
         for (int r = 0; r < kRounds; r++) {
             if (base + r * 32 >= w.i1) break; // (warp-uniform) past the tile: short tiles
             const int c = lab[r];
-            const bool active = c >= 0;
-            const unsigned peers = __match_any_sync(0xffffffffu, c);
-            uint32_t dst = 0;
-            if (active) dst = w.cnt[c] + __popc(peers & ((1u << w.lane) - 1u));
-            __syncwarp();
-            if (active && w.lane == __ffs(peers) - 1) w.cnt[c] += __popc(peers);
-            __syncwarp();
-            if (active) {
-                keys[dst] = uint32_t(w.b * k + c);
-                ids[dst] = uint32_t(w.b * n + base + r * 32 + w.lane);
-            }
+            place_round(w.cnt, c, __match_any_sync(0xffffffffu, c), w.lane, uint32_t(w.b * k + c),
+                        uint32_t(w.b * n + base + r * 32 + w.lane), keys, ids);
         }
     }
 }
@@ -286,17 +294,8 @@ __global__ void __launch_bounds__(32 * kQuarterWarps)
 #pragma unroll
     for (int r = 0; r < RW; r++) {
         if (r0 + r * 32 >= i1) break;
-        const int c = lab[r];
-        const bool active = c >= 0;
-        uint32_t dst = 0;
-        if (active) dst = mine[c] + __popc(peers[r] & ((1u << lane) - 1u));
-        __syncwarp();
-        if (active && lane == __ffs(peers[r]) - 1) mine[c] += __popc(peers[r]);
-        __syncwarp();
-        if (active) {
-            keys[dst] = uint32_t(b * k + c);
-            ids[dst] = uint32_t(b * n + r0 + r * 32 + lane);
-        }
+        place_round(mine, lab[r], peers[r], lane, uint32_t(b * k + lab[r]), uint32_t(b * n + r0 + r * 32 + lane), keys,
+                    ids);
     }
 }
 
@@ -554,6 +553,9 @@ SortInverseUpdate::SortInverseUpdate(int64_t batch, int64_t n, int64_t d, int64_
     startw_.allocate(clusters, "cluster start weights");
     if (counting_) {
         tile_ = tile_for(k, batch * n);
+        quarters_ = k >= kQuarterMinK && k <= kQuarterMaxK && tile_ <= 32 * kRounds &&
+                    !env_switched_off("FLASH_SCATTER_QUARTERS");
+        counted_ = !env_switched_off("FLASH_LABEL_COUNTS");
         const int64_t hist_len = batch * k * ceil_div(n, tile_);
         hist_.allocate(hist_len, "tile histograms");
         FLASH_CUDA_CHECK(cudaMemsetAsync(hist_.get(), 0, sizeof(uint32_t) * hist_len, stream));
@@ -609,8 +611,7 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
         column_scan<<<unsigned(batch_ * groups), 32 * kColumnWarps, 0, stream>>>(hist_.get(), k_, tiles, groups,
                                                                                  group_sizes_.get());
         FLASH_LAUNCH_CHECK("column_scan");
-        if (k_ >= kQuarterMinK && k_ <= kQuarterMaxK && tile_ <= 32 * kRounds &&
-            !env_switched_off("FLASH_SCATTER_QUARTERS"))
+        if (quarters_)
             tile_scatter_quarters<<<unsigned(total_tiles), 32 * kQuarterWarps, (kQuarterWarps + 1) * k_ * 4, stream>>>(
                 labels, n_, rows, k_, tile_, tiles, hist_.get(), group_sizes_.get(), keys_.get(), ids_.get(),
                 starts_.get());

@@ -45,9 +45,7 @@ class SortInverseUpdate {
     /// (AssignArgs::tile_counts; then run with labels_counted): (batch, count_tiles(), k) rows
     /// of count_tile() points, zero between runs. Null where this instance sorts by radix, or
     /// with FLASH_LABEL_COUNTS=0 (the histogram kernel then counts).
-    uint32_t* label_counts() const {
-        return counting_ && !env_switched_off("FLASH_LABEL_COUNTS") ? hist_.get() : nullptr;
-    }
+    uint32_t* label_counts() const { return counted_ ? hist_.get() : nullptr; }
     int64_t count_tile() const { return tile_; }
     int64_t count_tiles() const { return counting_ ? (n_ + tile_ - 1) / tile_ : 0; }
 
@@ -69,6 +67,8 @@ class SortInverseUpdate {
     int64_t batch_, n_, d_, k_;
     int sms_;                                  // of the device (the chunk sums' load width)
     bool counting_;                            // counting sort (else CUB radix sort)
+    bool counted_ = false;                     // counting: labels counted by the assignment (FLASH_LABEL_COUNTS)
+    bool quarters_ = false;                    // counting: four warps per scatter tile (FLASH_SCATTER_QUARTERS)
     int64_t tile_ = 0;                         // points per histogram tile (counting sort)
     int end_bit_ = 0;                          // radix-sort key bits
     DeviceBuffer<uint32_t> hist_;              // (batch, tiles, k) counts, scanned in place, zeroed by the scatter
