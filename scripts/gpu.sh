@@ -181,6 +181,8 @@ run() {
   run_suite gpu_tests "$bin/test_cuda_engine"
   FLASH_UPDATE_SORT=counting run_suite gpu_tests_counting_update "$bin/test_cuda_engine"
   FLASH_UPDATE_SORT=radix run_suite gpu_tests_radix_update "$bin/test_cuda_engine"
+  FLASH_CUDA_GRAPH=0 run_suite gpu_tests_eager "$bin/test_cuda_engine"        # kernels launched one by one
+  FLASH_PDL=0 run_suite gpu_tests_plain_launches "$bin/test_cuda_engine"      # no programmatic dependent launch
   run_suite sharded_tests "$bin/test_sharded"
   run_suite python_gpu python_gpu
   if [ -z "${QUICK:-}" ]; then

@@ -67,6 +67,11 @@ struct AssignArgs {
     // launch of its own. Integer atomics: the same counts in any order. Null: not counted.
     uint32_t* tile_counts = nullptr;
     int64_t count_tile = 0, count_tiles = 0;
+
+    // The wgmma kernels are launched as dependents of the kernel before them (pdl.cuh). Set:
+    // the points and their norms were not written by that kernel (a Lloyd iteration after the
+    // first), so each block loads its point tile before waiting for it; else it waits first.
+    bool early_points = false;
 };
 
 #ifdef __CUDACC__

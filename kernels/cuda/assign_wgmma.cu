@@ -32,6 +32,7 @@
 #include "kernels/cuda/argmin.cuh"
 #include "kernels/cuda/assign.cuh"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/split_scale.cuh"
 #include "kernels/cuda/tma.cuh"
 #include "kernels/cuda/wgmma_ops.cuh"
@@ -183,6 +184,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap(); // built for sm_90a only; the host never launches it elsewhere
 #else
+    if (!a.early_points) pdl_wait(); // (see AssignArgs::early_points)
+    pdl_trigger();                   // the update's first kernel may launch (it waits for this grid's end)
     constexpr int NT = NWG * 128, BM = NWG * 64, NACC = BN / 2;
     constexpr int KSTEPS = (SPLIT ? KW / 2 : KW) / 16; // k16 steps over one operand part
     constexpr int LO = KW / 2 * 8;                       // element offset of the lo part (SPLIT)
@@ -342,6 +345,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     }
     if constexpr (TMA) __syncthreads(); // initialised before any thread arrives
     load_points(slot(g), b, m0);
+    if (a.early_points) pdl_wait(); // the centroids and every output: after the previous kernel
     load_first_pair(pair, b);
     cp_async_commit();
     if constexpr (PERSIST) { // the second tile in flight from the start
@@ -823,7 +827,7 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
         if (!make_tile_map(&map, centroid_rows(a), std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
                            centroid_width(a, P), centroid_stride(a, P), BN))
             throw std::runtime_error("faiss-flash: the driver refused the centroid tensor map");
-    kernel<<<unsigned(blocks), NWG * 128, smem, stream>>>(a, tiles, per_block, vec, map);
+    launch_dependent(kernel, unsigned(blocks), NWG * 128, smem, stream, a, tiles, per_block, vec, map);
 }
 
 // The closed set of configurations, variant 0 = the heuristic's choice:

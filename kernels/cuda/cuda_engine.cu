@@ -254,6 +254,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
             iteration.set_recorded_event(ev[2 * it + 1]);
             iteration.launch(s);
         } else {
+            a.early_points = it > 0; // the points are the same as the last iteration's
             assign_part();
             update_part(it, ev[2 * it + 1]);
         }

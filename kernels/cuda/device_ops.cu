@@ -1,5 +1,3 @@
-#include "kernels/cuda/device_ops.cuh"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -7,6 +5,8 @@
 
 #include "kernels/cuda/centroid_rows.cuh"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/device_ops.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/split_scale.cuh"
 
 namespace flash::cuda_engine {
@@ -128,6 +128,8 @@ __device__ double imbalance_factor(double h1, double h2, int64_t k, double* sh) 
 __global__ void __launch_bounds__(kSplitThreads)
     split_empty(float* centroids, float* counts, int64_t k, int64_t d, int64_t k_frozen, int64_t n,
                 const uint32_t* sizes, StatsHistory stats, CentroidCopies prepared) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     const int64_t b = blockIdx.x, batch = gridDim.x;
     float* cb = centroids + b * k * d + k_frozen * d;
     float* hb = counts + b * k + k_frozen;
@@ -492,7 +494,8 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
 void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d, int64_t k_frozen,
                                  int64_t n, const uint32_t* sizes, const StatsHistory& stats, cudaStream_t s,
                                  const CentroidCopies& prepared) {
-    split_empty<<<unsigned(batch), kSplitThreads, 0, s>>>(centroids, counts, k, d, k_frozen, n, sizes, stats, prepared);
+    launch_dependent(split_empty, unsigned(batch), kSplitThreads, 0, s, centroids, counts, k, d, k_frozen, n, sizes,
+                     stats, prepared);
     FLASH_LAUNCH_CHECK("split_empty");
 }
 

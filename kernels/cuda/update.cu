@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/update.cuh"
 #include "kernels/lloyd_common.h"
 
@@ -69,6 +70,8 @@ struct WarpTile {
 // tile-major, hist[(b * tiles + t) * k + c] (one contiguous row per tile: coalesced stores).
 __global__ void tile_histogram(const int32_t* labels, int64_t n, int64_t rows, int64_t k, int64_t tile, int64_t tiles,
                                int64_t total_tiles, uint32_t* hist) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     extern __shared__ uint32_t counters[];
     const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
     if (!w.valid) return;
@@ -110,6 +113,8 @@ __device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, int lane) {
 // warps in contiguous segments: one pass sums the segments, one rewrites them.
 __global__ void __launch_bounds__(32 * kColumnWarps)
     column_scan(uint32_t* hist, int64_t k, int64_t tiles, int64_t groups, uint32_t* group_sizes) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     constexpr int kBatch = 8; // loads in flight per thread
     __shared__ uint32_t seg[kColumnWarps][32];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -214,6 +219,8 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
                              int64_t tiles, int64_t total_tiles, uint32_t* __restrict__ pos,
                              const uint32_t* __restrict__ group_sizes, uint32_t* __restrict__ keys,
                              uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     extern __shared__ uint32_t counters[];
     const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
     if (!w.valid) return;
@@ -254,6 +261,8 @@ __global__ void __launch_bounds__(32 * kQuarterWarps)
     tile_scatter_quarters(const int32_t* __restrict__ labels, int64_t n, int64_t rows, int64_t k, int64_t tile,
                           int64_t tiles, uint32_t* __restrict__ pos, const uint32_t* __restrict__ group_sizes,
                           uint32_t* __restrict__ keys, uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     constexpr int W = kQuarterWarps, RW = kRounds / W; // rounds per warp
     extern __shared__ uint32_t counters[];             // the tile's k counters, then each warp's k
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -302,6 +311,8 @@ __global__ void __launch_bounds__(32 * kQuarterWarps)
 // Radix path: sort keys (global cluster ids) and point ids. No counters: the cluster starts
 // come from the sorted keys (cluster_starts), the sizes from the starts (finish_clusters).
 __global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t total, uint32_t* keys, uint32_t* ids) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (g >= total) return;
     keys[g] = uint32_t((g / n) * k + labels[g]);
@@ -312,6 +323,8 @@ __global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t t
 // where the next non-empty one does, or at `total`): position p starts the clusters after
 // keys[p - 1] up to keys[p]; p == total, those after the last key.
 __global__ void cluster_starts(const uint32_t* keys, int64_t total, int64_t clusters, uint32_t* starts) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (p > total) return;
     const int64_t lo = p == 0 ? 0 : int64_t(keys[p - 1]) + 1;
@@ -340,6 +353,8 @@ __global__ void __launch_bounds__(kThreads)
     chunk_pieces_vec(const T* x, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks, int64_t rows,
                      int64_t total_chunks, const float* weights, float* head, float* headw, float* startp,
                      float* startw) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     using Raw = std::conditional_t<V * sizeof(T) == 16, uint4, uint2>;
     static_assert(V * sizeof(T) == 16 || V * sizeof(T) == 8, "16- or 8-byte loads");
     constexpr int U = 16; // rows' loads in flight
@@ -409,6 +424,8 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     chunk_pieces(const void* x, DType dtype, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks,
                  int64_t rows, const float* weights, float* head, float* headw, float* startp, float* startw) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     const int64_t q = blockIdx.x;
     const auto [p0, p1] = chunk_span(q, chunks, rows);
     for (int64_t j = threadIdx.x; j <= d; j += blockDim.x) { // j == d: the weights
@@ -452,6 +469,8 @@ __global__ void __launch_bounds__(kThreads)
                     int64_t chunks, const float* head, const float* headw, const float* startp, const float* startw,
                     uint32_t* sizes, float* centroids, float* counts, double* sums, double* wsums,
                     unsigned long long* ucounts, CentroidCopies prepared) {
+    pdl_wait(); // (launched with launch_dependent)
+    pdl_trigger();
     const int64_t c = blockIdx.x, b = c / k;
     const int64_t s0 = starts[c];
     const int64_t s1 = c + 1 < clusters ? starts[c + 1] : clusters / k * rows;
@@ -578,9 +597,9 @@ void SortInverseUpdate::run(const void* x, DType dtype, const int32_t* labels, c
                             bool labels_counted) {
     const int64_t clusters = batch_ * k_;
     sort_and_sum(x, dtype, n_, labels, weights, stream, labels_counted);
-    finish_clusters<false><<<unsigned(clusters), kThreads, 0, stream>>>(
-        k_, d_, k_frozen, starts_.get(), clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(),
-        startw_.get(), sizes_.get(), centroids, counts, nullptr, nullptr, nullptr, prepared);
+    launch_dependent(finish_clusters<false>, unsigned(clusters), kThreads, 0, stream, k_, d_, k_frozen, starts_.get(),
+                     clusters, n_, ceil_div(n_, kChunk), head_.get(), headw_.get(), startp_.get(), startw_.get(),
+                     sizes_.get(), centroids, counts, nullptr, nullptr, nullptr, prepared);
     FLASH_LAUNCH_CHECK("finish_clusters");
 }
 
@@ -590,9 +609,9 @@ void SortInverseUpdate::accumulate(const void* x, DType dtype, int64_t rows, con
     if (batch_ != 1 || rows > n_ || rows <= 0)
         throw std::logic_error("SortInverseUpdate::accumulate: one problem of at most n rows");
     sort_and_sum(x, dtype, rows, labels, weights, stream);
-    finish_clusters<true><<<unsigned(k_), kThreads, 0, stream>>>(
-        k_, d_, 0, starts_.get(), k_, rows, ceil_div(rows, kChunk), head_.get(), headw_.get(), startp_.get(),
-        startw_.get(), nullptr, nullptr, nullptr, sums, wsums, counts, CentroidCopies{});
+    launch_dependent(finish_clusters<true>, unsigned(k_), kThreads, 0, stream, k_, d_, 0, starts_.get(), k_, rows,
+                     ceil_div(rows, kChunk), head_.get(), headw_.get(), startp_.get(), startw_.get(), nullptr, nullptr,
+                     nullptr, sums, wsums, counts, CentroidCopies{});
     FLASH_LAUNCH_CHECK("finish_clusters");
 }
 
@@ -604,29 +623,31 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
         const int warps = warps_for(k_, total_tiles);
         const size_t smem = size_t(warps) * k_ * 4;
         if (!counted) {
-            tile_histogram<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
-                labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get());
+            launch_dependent(tile_histogram, blocks_for(total_tiles, warps), 32 * warps, smem, stream, labels, n_, rows,
+                             k_, tile_, tiles, total_tiles, hist_.get());
             FLASH_LAUNCH_CHECK("tile_histogram");
         }
-        column_scan<<<unsigned(batch_ * groups), 32 * kColumnWarps, 0, stream>>>(hist_.get(), k_, tiles, groups,
-                                                                                 group_sizes_.get());
+        launch_dependent(column_scan, unsigned(batch_ * groups), 32 * kColumnWarps, 0, stream, hist_.get(), k_, tiles,
+                         groups, group_sizes_.get());
         FLASH_LAUNCH_CHECK("column_scan");
         if (quarters_)
-            tile_scatter_quarters<<<unsigned(total_tiles), 32 * kQuarterWarps, (kQuarterWarps + 1) * k_ * 4, stream>>>(
-                labels, n_, rows, k_, tile_, tiles, hist_.get(), group_sizes_.get(), keys_.get(), ids_.get(),
-                starts_.get());
+            launch_dependent(tile_scatter_quarters, unsigned(total_tiles), 32 * kQuarterWarps,
+                             (kQuarterWarps + 1) * k_ * 4, stream, labels, n_, rows, k_, tile_, tiles, hist_.get(),
+                             group_sizes_.get(), keys_.get(), ids_.get(), starts_.get());
         else
-            tile_scatter<<<blocks_for(total_tiles, warps), 32 * warps, smem, stream>>>(
-                labels, n_, rows, k_, tile_, tiles, total_tiles, hist_.get(), group_sizes_.get(), keys_.get(),
-                ids_.get(), starts_.get());
+            launch_dependent(tile_scatter, blocks_for(total_tiles, warps), 32 * warps, smem, stream, labels, n_, rows,
+                             k_, tile_, tiles, total_tiles, hist_.get(), group_sizes_.get(), keys_.get(), ids_.get(),
+                             starts_.get());
         FLASH_LAUNCH_CHECK("tile_scatter");
     } else {
-        make_keys<<<blocks_for(total, 256), 256, 0, stream>>>(labels, n_, k_, total, keys_in_.get(), ids_in_.get());
+        launch_dependent(make_keys, blocks_for(total, 256), 256, 0, stream, labels, n_, k_, total, keys_in_.get(),
+                         ids_in_.get());
         FLASH_LAUNCH_CHECK("make_keys");
         size_t bytes = temp_bytes_;
         FLASH_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp_.get(), bytes, keys_in_.get(), keys_.get(), ids_in_.get(),
                                                          ids_.get(), total, 0, end_bit_, stream));
-        cluster_starts<<<blocks_for(total + 1, 256), 256, 0, stream>>>(keys_.get(), total, clusters, starts_.get());
+        launch_dependent(cluster_starts, blocks_for(total + 1, 256), 256, 0, stream, keys_.get(), total, clusters,
+                         starts_.get());
         FLASH_LAUNCH_CHECK("cluster_starts");
     }
     const int64_t chunks = ceil_div(rows, kChunk), total_chunks = batch_ * chunks;
@@ -644,8 +665,8 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
     auto vec_pieces = [&](auto* typed) { // typed: x as const T*
         using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
         auto kernel = narrow ? chunk_pieces_vec<T, 4> : chunk_pieces_vec<T, 16 / sizeof(T)>; // (fp32: both V = 4)
-        kernel<<<blocks, kThreads, 0, stream>>>(typed, d_, keys_.get(), ids_.get(), chunks, rows, total_chunks, weights,
-                                                head_.get(), headw_.get(), startp_.get(), startw_.get());
+        launch_dependent(kernel, blocks, kThreads, 0, stream, typed, d_, keys_.get(), ids_.get(), chunks, rows,
+                         total_chunks, weights, head_.get(), headw_.get(), startp_.get(), startw_.get());
     };
     if (vectorised && dtype == DType::F32)
         vec_pieces(static_cast<const float*>(x));
@@ -654,8 +675,8 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
     else if (vectorised)
         vec_pieces(static_cast<const __nv_bfloat16*>(x));
     else
-        chunk_pieces<<<blocks, kThreads, 0, stream>>>(x, dtype, d_, keys_.get(), ids_.get(), chunks, rows, weights,
-                                                      head_.get(), headw_.get(), startp_.get(), startw_.get());
+        launch_dependent(chunk_pieces, blocks, kThreads, 0, stream, x, dtype, d_, keys_.get(), ids_.get(), chunks, rows,
+                         weights, head_.get(), headw_.get(), startp_.get(), startw_.get());
     FLASH_LAUNCH_CHECK("chunk_pieces");
 }
 

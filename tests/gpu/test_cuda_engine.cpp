@@ -565,6 +565,53 @@ TEST(CudaEngine, CountingAndRadixUpdatesGiveTheSameBits) {
         unsetenv("FLASH_UPDATE_SORT");
 }
 
+// How the iteration's kernels are launched (one graph per iteration or one by one; each kernel
+// as a programmatic dependent of the one before, the assignment loading its points before it
+// waits, or plainly) changes only when they start: the same bits. Shapes: the assignment's
+// block-per-tile and persistent configurations, the fp32 filter, a batch.
+TEST(CudaEngine, LaunchModesGiveTheSameBits) {
+    REQUIRE_GPU();
+    struct Shape {
+        int64_t B, n, d, k;
+        flash::DType t;
+    };
+    const Shape shapes[] = {{1, 30000, 128, 1024, flash::DType::F16},
+                            {2, 8000, 64, 50, flash::DType::BF16},
+                            {2, 10000, 100, 300, flash::DType::F32}};
+    // A suite may set either switch: put them back after.
+    std::vector<std::pair<const char*, std::string>> saved;
+    for (const char* name : {"FLASH_CUDA_GRAPH", "FLASH_PDL"})
+        if (const char* v = std::getenv(name)) saved.emplace_back(name, v);
+    for (const auto& sh : shapes) {
+        SCOPED_TRACE("n=" + std::to_string(sh.n) + " k=" + std::to_string(sh.k) +
+                     " dtype=" + std::to_string(int(sh.t)));
+        const auto x = flash_test::gaussian_mixture(sh.B * sh.n, sh.d, 40, 7);
+        std::vector<uint16_t> xh(x.size());
+        for (size_t i = 0; i < x.size(); i++) xh[i] = sh.t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+        const void* data = sh.t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
+        std::vector<float> c0(sh.B * sh.k * sh.d);
+        for (int64_t b = 0; b < sh.B; b++)
+            std::memcpy(&c0[b * sh.k * sh.d], &x[(b * sh.n + 5) * sh.d], sizeof(float) * sh.k * sh.d);
+        std::vector<float> c[4];
+        std::vector<double> obj[4];
+        for (int v = 0; v < 4; v++) { // (graph, dependent launches): on/on, off/on, on/off, off/off
+            setenv("FLASH_CUDA_GRAPH", v % 2 ? "0" : "1", 1);
+            setenv("FLASH_PDL", v / 2 ? "0" : "1", 1);
+            c[v] = c0;
+            const auto stats = flash::run_lloyd(host_points(data, sh.n, sh.d, sh.t, sh.B), c[v].data(),
+                                                options(sh.k, 4, flash::Backend::CUDA));
+            for (const auto& s : stats) obj[v].push_back(s.back().obj);
+        }
+        for (int v = 1; v < 4; v++) {
+            EXPECT_EQ(std::memcmp(c[0].data(), c[v].data(), sizeof(float) * c[0].size()), 0) << "mode " << v;
+            EXPECT_EQ(obj[0], obj[v]) << "mode " << v;
+        }
+    }
+    unsetenv("FLASH_CUDA_GRAPH");
+    unsetenv("FLASH_PDL");
+    for (const auto& [name, value] : saved) setenv(name, value.c_str(), 1);
+}
+
 TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
     REQUIRE_GPU();
     const int64_t n = 6000, d = 24, k = 40;
