@@ -149,6 +149,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     if (opt.weights)
         FLASH_CUDA_CHECK(cudaMemcpyAsync(weights.get(), opt.weights, sizeof(float) * B * n, cudaMemcpyHostToDevice, s));
     launch_row_norms(xd.ptr, x.dtype, B * n, d, xnorm.get(), s);
+    prepare_split_draws();
 
     AssignArgs a;
     a.x = xd.ptr;

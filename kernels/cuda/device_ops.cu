@@ -2,6 +2,11 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <mutex>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <vector>
 
 #include "kernels/cuda/centroid_rows.cuh"
 #include "kernels/cuda/check.cuh"
@@ -47,10 +52,20 @@ __global__ void prepare_centroids(const float* c, int64_t rows, CentroidCopies o
 }
 
 // FAISS' split rule (flash::split_empty_clusters) for one problem per block, with the same
-// std::mt19937(1234) stream, made parallel: the generator's 624-word state is twisted by 624
-// threads at once, and the scan "first cj = 0, 1, ... with r < p[cj]" tests a whole batch of
-// draws in parallel and keeps the first success. Same draws, same choices, same bits.
+// std::mt19937(1234) stream, made parallel: the scan "first cj = 0, 1, ... with r < p[cj]" tests
+// a whole round of draws in parallel and keeps the first success. The stream restarts from the
+// same seed every iteration, so its first kTableDraws draws are constants, computed once on
+// the host (split_draws, uploaded per device by prepare_split_draws): a round tests 1024 of
+// them with no generator work (at k = 1024, n = 65536 a split takes ~1000 draws). Past the
+// table the kernel seeds the generator, twists it past the table (624 threads at once) and goes
+// on batch by batch. Same draws, same choices, same bits.
 constexpr int kMtN = 624, kMtM = 397, kSplitThreads = 1024;
+constexpr int kTableDraws = 64 * kMtN; // a whole number of the generator's batches
+// The problem's cluster weights are kept in shared memory up to this many clusters (the
+// rounds, the weight updates and the heavy-cluster count then touch no global memory), and so
+// are the two rows a split writes up to kSplitThreads wide (their preparation reads them there).
+constexpr int64_t kSplitSharedWeights = 16384;
+__device__ float split_draws[kTableDraws];
 
 __device__ uint32_t mt_temper(uint32_t y) {
     y ^= y >> 11;
@@ -134,6 +149,11 @@ __global__ void __launch_bounds__(kSplitThreads)
     float* cb = centroids + b * k * d + k_frozen * d;
     float* hb = counts + b * k + k_frozen;
     const int64_t kk = k - k_frozen;
+    extern __shared__ float shared_weights[];
+    const bool staged = kk <= kSplitSharedWeights;
+    float* hs = staged ? shared_weights : hb; // the weights the split reads and changes
+    __shared__ int heavy_count;               // clusters of weight above 1
+    if (threadIdx.x == 0) heavy_count = 0;
     // Every load first, one memory latency instead of four: the stats cursor and the objective
     // (thread 0 writes the row), the sizes (imbalance) and the weighted sizes of the clusters
     // that may split.
@@ -144,10 +164,11 @@ __global__ void __launch_bounds__(kSplitThreads)
     for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
         const double h = sizes[b * k + c];
         const float w = c >= k_frozen ? hb[c - k_frozen] : 1.f; // (frozen: neither empty nor heavy)
+        if (staged && c >= k_frozen) hs[c - k_frozen] = w;
         h1 += h;
         h2 += h * h;
         empty |= w == 0.f;
-        heavy |= w > 1.f;
+        heavy += w > 1.f;
     }
     double* obj_out = reinterpret_cast<double*>(stats.rows + size_t(row) * stats.row_bytes); // (thread 0)
     double* imbalance = obj_out + batch;
@@ -167,101 +188,123 @@ __global__ void __launch_bounds__(kSplitThreads)
     };
     {
         __shared__ double sh[64];
-        const double f = imbalance_factor(h1, h2, k, sh);
+        const double f = imbalance_factor(h1, h2, k, sh); // (a block barrier: heavy_count is set)
         if (threadIdx.x == 0) imbalance[b] = f;
     }
+    if (heavy) atomicAdd(&heavy_count, heavy);
     __shared__ uint32_t mt[kMtN];
     __shared__ float draws[kMtN];
     __shared__ int first;
     __shared__ int64_t heaviest;
-    const int any_empty = __syncthreads_or(empty);
-    int any_heavy = __syncthreads_or(heavy);
+    const int any_empty = __syncthreads_or(empty); // (also: the weights staged, heavy_count summed)
+    int any_heavy = heavy_count > 0;
     if (!any_empty) {
         if (threadIdx.x == 0) finish_row(0);
         return;
     }
-    if (threadIdx.x == 0) { // std::mt19937 seeding is a sequential recurrence
-        mt[0] = 1234u;
-        for (int i = 1; i < kMtN; i++) mt[i] = 1812433253u * (mt[i - 1] ^ (mt[i - 1] >> 30)) + uint32_t(i);
-    }
-    __syncthreads();
-    int used = kMtN; // draws consumed from the current batch
+    int64_t consumed = 0; // draws of this iteration's stream used so far
+    int used = kMtN;      // past the table: draws used from the current batch
+    bool seeded = false;  // past the table: the generator positioned there
     int nsplit = 0;
     const float denom = (float)(n - kk);
-    // FAISS' split of empty cluster ci (all threads of the block).
-    auto split_into = [&](int64_t ci) {
+    // FAISS' choice for empty cluster ci (all threads of the block): the cluster cj it splits
+    // (the draws' scan), with the weights updated; the caller writes the rows.
+    auto choose = [&](int64_t ci) -> int64_t {
         int64_t cj = -1, start = 0;
         if (!any_heavy) { // FAISS would loop forever: take the heaviest cluster
             if (threadIdx.x == 0) {
                 int64_t h = 0;
                 for (int64_t c = 1; c < kk; c++)
-                    if (hb[c] > hb[h]) h = c;
+                    if (hs[c] > hs[h]) h = c;
                 heaviest = h;
             }
             __syncthreads();
             cj = heaviest;
         }
         while (cj < 0) {
-            if (used == kMtN) {
+            // A round: candidate (start + i) % kk against draw consumed + i, for i < R.
+            const bool table = consumed < kTableDraws;
+            if (!table && used == kMtN) {
+                if (!seeded) { // std::mt19937 seeding is a sequential recurrence; then past the table
+                    if (threadIdx.x == 0) {
+                        mt[0] = 1234u;
+                        for (int i = 1; i < kMtN; i++)
+                            mt[i] = 1812433253u * (mt[i - 1] ^ (mt[i - 1] >> 30)) + uint32_t(i);
+                    }
+                    __syncthreads();
+                    for (int i = 0; i < kTableDraws / kMtN; i++) mt_twist(mt);
+                    seeded = true;
+                }
                 mt_twist(mt);
                 if (threadIdx.x < kMtN) draws[threadIdx.x] = float(mt_temper(mt[threadIdx.x])) * 0x1p-32f;
                 used = 0;
             }
-            if (threadIdx.x == 0) first = kMtN;
+            const int R =
+                table ? int(kTableDraws - consumed < int64_t(blockDim.x) ? kTableDraws - consumed : int64_t(blockDim.x))
+                      : kMtN - used;
+            if (threadIdx.x == 0) first = R;
             __syncthreads();
-            const int t = used + int(threadIdx.x);
-            if (t < kMtN) {
+            if (int(threadIdx.x) < R) {
+                const float r = table ? split_draws[consumed + threadIdx.x] : draws[used + threadIdx.x];
                 const int64_t c = (start + threadIdx.x) % kk;
-                const float p = (hb[c] - 1.0) / denom;
-                if (draws[t] < p) atomicMin(&first, t);
+                const float p = (hs[c] - 1.0) / denom;
+                if (r < p) atomicMin(&first, int(threadIdx.x));
             }
             __syncthreads();
-            const int f = first;
-            if (f < kMtN) {
-                cj = (start + (f - used)) % kk;
-                used = f + 1;
-            } else {
-                start = (start + (kMtN - used)) % kk;
-                used = kMtN;
-            }
+            const int f = first, taken = f < R ? f + 1 : R;
+            if (f < R)
+                cj = (start + f) % kk;
+            else
+                start = (start + R) % kk;
+            consumed += taken;
+            if (!table) used += taken;
             __syncthreads();
         }
-        const double eps = 1 / 1024.;
-        for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-            const float v = cb[cj * d + j];
-            if (j % 2 == 0) {
-                cb[ci * d + j] = v * (1 + eps);
-                cb[cj * d + j] = v * (1 - eps);
-            } else {
-                cb[ci * d + j] = v * (1 - eps);
-                cb[cj * d + j] = v * (1 + eps);
-            }
+        if (threadIdx.x == 0) { // FAISS' weights; the heavy clusters counted on (only these two changed)
+            const float old = hs[cj];
+            hs[ci] = hs[cj] / 2;
+            hs[cj] -= hs[ci];
+            heavy_count += int(hs[cj] > 1.f) - int(old > 1.f) + int(hs[ci] > 1.f);
         }
         __syncthreads();
-        if (prepared.norms && threadIdx.x < 32) { // the two changed rows, prepared again
-            prepare_centroid_row(centroids, b * k + k_frozen + ci, d, prepared, threadIdx.x);
-            prepare_centroid_row(centroids, b * k + k_frozen + cj, d, prepared, threadIdx.x);
-        }
-        if (threadIdx.x == 0) {
-            hb[ci] = hb[cj] / 2;
-            hb[cj] -= hb[ci];
-        }
-        __syncthreads();
-        heavy = 0;
-        for (int64_t c = threadIdx.x; c < kk; c += blockDim.x) heavy |= hb[c] > 1.f;
-        any_heavy = __syncthreads_or(heavy);
+        any_heavy = heavy_count > 0;
         nsplit++;
+        return cj;
     };
     // The empty clusters, blockDim.x candidates at a time, listed in order and split one by
     // one (a split only fills the empty cluster and halves a non-empty one, so the list of
     // the later candidates stays valid).
     __shared__ int64_t empties[kSplitThreads];
+    __shared__ float split_rows[2][kSplitThreads];
+    const double eps = 1 / 1024.;
+    const bool rows_staged = d <= kSplitThreads;
     for (int64_t base = 0; base < kk; base += blockDim.x) {
         const int64_t c = base + threadIdx.x;
-        const int nempty = compact_in_order(c < kk && hb[c] == 0.f, c, empties);
-        for (int q = 0; q < nempty; q++) split_into(empties[q]);
+        const int nempty = compact_in_order(c < kk && hs[c] == 0.f, c, empties);
+        for (int q = 0; q < nempty; q++) {
+            const int64_t ci = empties[q], cj = choose(ci);
+            for (int64_t j = threadIdx.x; j < d; j += blockDim.x) { // FAISS' two rows from cj's
+                const float v = cb[cj * d + j];
+                const float vi = j % 2 == 0 ? float(v * (1 + eps)) : float(v * (1 - eps));
+                const float vj = j % 2 == 0 ? float(v * (1 - eps)) : float(v * (1 + eps));
+                cb[ci * d + j] = vi;
+                cb[cj * d + j] = vj;
+                if (rows_staged) split_rows[0][j] = vi, split_rows[1][j] = vj;
+            }
+            __syncthreads();
+            if (prepared.norms && threadIdx.x < 32) { // the two changed rows, prepared again
+                const int64_t ri = b * k + k_frozen + ci, rj = b * k + k_frozen + cj;
+                prepare_centroid_row_from(rows_staged ? split_rows[0] : centroids + ri * d, ri, d, prepared,
+                                          threadIdx.x);
+                prepare_centroid_row_from(rows_staged ? split_rows[1] : centroids + rj * d, rj, d, prepared,
+                                          threadIdx.x);
+            }
+            __syncthreads(); // split_rows is rewritten by the next split
+        }
         __syncthreads(); // empties is rewritten for the next candidates
     }
+    if (staged)
+        for (int64_t c = threadIdx.x; c < kk; c += blockDim.x) hb[c] = hs[c];
     if (threadIdx.x == 0) finish_row(nsplit);
 }
 
@@ -491,10 +534,42 @@ void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, D
     FLASH_LAUNCH_CHECK("prepare_centroids");
 }
 
+namespace {
+std::mutex split_draws_mu;
+std::set<int> split_draws_devices; // devices whose split_draws are uploaded
+
+bool split_draws_ready(int dev) {
+    std::lock_guard<std::mutex> lock(split_draws_mu);
+    return split_draws_devices.count(dev) > 0;
+}
+} // namespace
+
+void prepare_split_draws() {
+    int dev = 0;
+    FLASH_CUDA_CHECK(cudaGetDevice(&dev));
+    if (split_draws_ready(dev)) return;
+    static const std::vector<float> table = [] {
+        std::vector<float> t(kTableDraws);
+        std::mt19937 rng(1234);
+        for (auto& r : t) r = float(rng()) * 0x1p-32f; // rng() / float(rng.max()), as the CPU engine draws
+        return t;
+    }();
+    FLASH_CUDA_CHECK(cudaMemcpyToSymbol(split_draws, table.data(), sizeof(float) * kTableDraws));
+    std::lock_guard<std::mutex> lock(split_draws_mu);
+    split_draws_devices.insert(dev);
+}
+
 void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch, int64_t k, int64_t d, int64_t k_frozen,
                                  int64_t n, const uint32_t* sizes, const StatsHistory& stats, cudaStream_t s,
                                  const CentroidCopies& prepared) {
-    launch_dependent(split_empty, unsigned(batch), kSplitThreads, 0, s, centroids, counts, k, d, k_frozen, n, sizes,
+    int dev = 0;
+    FLASH_CUDA_CHECK(cudaGetDevice(&dev));
+    if (!split_draws_ready(dev)) // (not from inside a graph capture: run_lloyd prepares them first)
+        throw std::logic_error("faiss-flash: prepare_split_draws() not called on this device");
+    const int64_t kk = k - k_frozen;
+    const size_t smem = kk <= kSplitSharedWeights ? sizeof(float) * size_t(kk) : 0;
+    set_max_dynamic_smem(reinterpret_cast<const void*>(split_empty), smem);
+    launch_dependent(split_empty, unsigned(batch), kSplitThreads, smem, s, centroids, counts, k, d, k_frozen, n, sizes,
                      stats, prepared);
     FLASH_LAUNCH_CHECK("split_empty");
 }

@@ -30,6 +30,10 @@ struct StatsHistory {
     unsigned* cursor = nullptr;  // (2)
 };
 
+/// Uploads the split's table of the generator's first draws to the current device (once per
+/// device; call before launch_split_empty_clusters, outside any graph capture).
+void prepare_split_draws();
+
 /// FAISS' empty-cluster split for each problem, on the device (its mt19937 stream included).
 /// counts: (batch, k) weighted sizes; sizes: (batch, k) plain sizes (required). Writes the iteration's
 /// stats row of `stats`: the objective copied from stats.obj, FAISS' imbalance factor of the

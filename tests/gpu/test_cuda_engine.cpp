@@ -663,6 +663,44 @@ TEST(CudaEngine, EmptyClustersSplitLikeFaiss) {
     EXPECT_EQ(cg, cc);
 }
 
+// Past the split kernel's shared-memory weights (more than 16384 clusters): the same choices
+// from the weights in global memory.
+TEST(CudaEngine, SplitsBeyondTheSharedWeightsMatchTheCpu) {
+    REQUIRE_GPU();
+    const int64_t d = 4, k = 17000, n = 34000;
+    const auto base = flash_test::integer_points(3000, d, 40, 43);
+    std::vector<float> x(n * d);
+    for (int64_t i = 0; i < n; i++) std::memcpy(&x[i * d], &base[(i * 7919 % 3000) * d], sizeof(float) * d);
+    std::vector<float> c0(k * d);
+    for (int64_t c = 0; c < k; c++) std::memcpy(&c0[c * d], &base[(c % 3000) * d], sizeof(float) * d);
+    auto cg = c0, cc = c0;
+    const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 1, flash::Backend::CUDA));
+    const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 1, flash::Backend::CPU));
+    EXPECT_GT(sc[0][0].nsplit, 1000);
+    EXPECT_EQ(sg[0][0].nsplit, sc[0][0].nsplit);
+    EXPECT_EQ(cg, cc);
+}
+
+// Rows too wide for the split kernel's shared row slots (d > 8192): one split at a time in
+// global memory, the same choices and rows.
+TEST(CudaEngine, SplitsOfWideRowsMatchTheCpu) {
+    REQUIRE_GPU();
+    const int64_t d = 8200, k = 20, n = 200;
+    const auto base = flash_test::integer_points(5, d, 20, 47);
+    std::vector<float> x(n * d);
+    for (int64_t i = 0; i < n; i++) std::memcpy(&x[i * d], &base[(i % 5) * d], sizeof(float) * d);
+    std::vector<float> c0(k * d);
+    for (int64_t c = 0; c < k; c++) std::memcpy(&c0[c * d], &base[(c % 5) * d], sizeof(float) * d);
+    auto cg = c0, cc = c0;
+    // One iteration: the split rows of the next would tie exactly (x is as far from v (1 + eps) as
+    // from v (1 - eps)), and rounding, not the rule, would break those ties.
+    const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 1, flash::Backend::CUDA));
+    const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 1, flash::Backend::CPU));
+    EXPECT_GT(sc[0][0].nsplit, 5);
+    EXPECT_EQ(sg[0][0].nsplit, sc[0][0].nsplit);
+    EXPECT_EQ(cg, cc);
+}
+
 TEST(CudaEngine, ManyEmptyClustersUseTheSameRandomStreamAsFaiss) {
     REQUIRE_GPU();
     // 300 distinct integer points, k = 2000: about 1700 clusters go empty in the first
