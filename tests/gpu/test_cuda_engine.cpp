@@ -663,60 +663,41 @@ TEST(CudaEngine, EmptyClustersSplitLikeFaiss) {
     EXPECT_EQ(cg, cc);
 }
 
-// Past the split kernel's shared-memory weights (more than 16384 clusters): the same choices
-// from the weights in global memory.
-TEST(CudaEngine, SplitsBeyondTheSharedWeightsMatchTheCpu) {
-    REQUIRE_GPU();
-    const int64_t d = 4, k = 17000, n = 34000;
-    const auto base = flash_test::integer_points(3000, d, 40, 43);
+// One iteration on n points drawn from `distinct` integer points with k centroids on them (most
+// go empty): the GPU's split must make the CPU engine's (FAISS') choices and rows, bit for bit.
+// (One iteration: in the next, a point would be exactly as far from a split's v (1 + eps) as from
+// its v (1 - eps), and rounding, not the rule, would break those ties.)
+void expect_splits_like_cpu(int64_t n, int64_t d, int64_t k, int64_t distinct, uint64_t seed, int min_splits) {
+    const auto base = flash_test::integer_points(distinct, d, 40, seed);
     std::vector<float> x(n * d);
-    for (int64_t i = 0; i < n; i++) std::memcpy(&x[i * d], &base[(i * 7919 % 3000) * d], sizeof(float) * d);
+    for (int64_t i = 0; i < n; i++) std::memcpy(&x[i * d], &base[(i * 7919 % distinct) * d], sizeof(float) * d);
     std::vector<float> c0(k * d);
-    for (int64_t c = 0; c < k; c++) std::memcpy(&c0[c * d], &base[(c % 3000) * d], sizeof(float) * d);
+    for (int64_t c = 0; c < k; c++) std::memcpy(&c0[c * d], &base[(c % distinct) * d], sizeof(float) * d);
     auto cg = c0, cc = c0;
     const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 1, flash::Backend::CUDA));
     const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 1, flash::Backend::CPU));
-    EXPECT_GT(sc[0][0].nsplit, 1000);
+    EXPECT_GT(sc[0][0].nsplit, min_splits);
     EXPECT_EQ(sg[0][0].nsplit, sc[0][0].nsplit);
     EXPECT_EQ(cg, cc);
 }
 
-// Rows too wide for the split kernel's shared row slots (d > 8192): one split at a time in
-// global memory, the same choices and rows.
-TEST(CudaEngine, SplitsOfWideRowsMatchTheCpu) {
-    REQUIRE_GPU();
-    const int64_t d = 8200, k = 20, n = 200;
-    const auto base = flash_test::integer_points(5, d, 20, 47);
-    std::vector<float> x(n * d);
-    for (int64_t i = 0; i < n; i++) std::memcpy(&x[i * d], &base[(i % 5) * d], sizeof(float) * d);
-    std::vector<float> c0(k * d);
-    for (int64_t c = 0; c < k; c++) std::memcpy(&c0[c * d], &base[(c % 5) * d], sizeof(float) * d);
-    auto cg = c0, cc = c0;
-    // One iteration: the split rows of the next would tie exactly (x is as far from v (1 + eps) as
-    // from v (1 - eps)), and rounding, not the rule, would break those ties.
-    const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 1, flash::Backend::CUDA));
-    const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 1, flash::Backend::CPU));
-    EXPECT_GT(sc[0][0].nsplit, 5);
-    EXPECT_EQ(sg[0][0].nsplit, sc[0][0].nsplit);
-    EXPECT_EQ(cg, cc);
-}
-
+// About 1700 clusters go empty: the split consumes draws past the generator's table (64 x 624).
 TEST(CudaEngine, ManyEmptyClustersUseTheSameRandomStreamAsFaiss) {
     REQUIRE_GPU();
-    // 300 distinct integer points, k = 2000: about 1700 clusters go empty in the first
-    // iteration, so the split consumes several 624-draw batches of the generator.
-    const int64_t d = 8, k = 2000, n = 30000;
-    const auto base = flash_test::integer_points(300, d, 50, 41);
-    std::vector<float> x(n * d);
-    for (int64_t i = 0; i < n; i++) std::memcpy(&x[i * d], &base[(i * 7919 % 300) * d], sizeof(float) * d);
-    std::vector<float> c0(k * d);
-    for (int64_t c = 0; c < k; c++) std::memcpy(&c0[c * d], &base[(c % 300) * d], sizeof(float) * d);
-    auto cg = c0, cc = c0;
-    const auto sg = flash::run_lloyd(host_points(x.data(), n, d), cg.data(), options(k, 1, flash::Backend::CUDA));
-    const auto sc = flash::run_lloyd(host_points(x.data(), n, d), cc.data(), options(k, 1, flash::Backend::CPU));
-    EXPECT_GT(sc[0][0].nsplit, 624);
-    EXPECT_EQ(sg[0][0].nsplit, sc[0][0].nsplit);
-    EXPECT_EQ(cg, cc);
+    expect_splits_like_cpu(30000, 8, 2000, 300, 41, 624);
+}
+
+// Past the split kernel's shared-memory weights (more than 16384 clusters): the weights in
+// global memory.
+TEST(CudaEngine, SplitsBeyondTheSharedWeightsMatchTheCpu) {
+    REQUIRE_GPU();
+    expect_splits_like_cpu(34000, 4, 17000, 3000, 43, 1000);
+}
+
+// Rows wider than the split kernel's shared rows (d > 1024): read back from global memory.
+TEST(CudaEngine, SplitsOfWideRowsMatchTheCpu) {
+    REQUIRE_GPU();
+    expect_splits_like_cpu(200, 1100, 20, 5, 47, 5);
 }
 
 TEST(CudaEngine, DeviceResidentInputAndNanCheck) {
