@@ -1,8 +1,9 @@
 // Programmatic dependent launch (sm_90): a kernel of the iteration's chain is launched while
 // the one before it still runs; its blocks become resident, wait at pdl_wait() until the
 // previous grid has completed and its writes are visible, and then start without the launch
-// gap between two dependent kernels (about a microsecond each in a graph, several per
-// iteration at the small latency-bound configs). A kernel launched with launch_dependent must
+// gap between two dependent kernels (launched one by one, 3-4 us per small iteration on an H100;
+// inside a captured graph, whose kernel boundaries cost well under a microsecond, within 1 us:
+// bench/RESULTS.md run 28). A kernel launched with launch_dependent must
 // call pdl_wait() before its first access to memory another kernel writes or reads; a kernel
 // that calls pdl_trigger() lets its dependents launch once all its blocks have started (without
 // it they launch when it ends). Both are no-ops where there is no such dependency.
