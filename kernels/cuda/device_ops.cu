@@ -152,6 +152,12 @@ __global__ void __launch_bounds__(kSplitThreads)
     extern __shared__ float shared_weights[];
     const bool staged = kk <= kSplitSharedWeights;
     float* hs = staged ? shared_weights : hb; // the weights the split reads and changes
+    // Staged: also each cluster's acceptance threshold p = (w - 1) / (n - kk) as FAISS rounds it
+    // (a double division, to float), kept up to date for the two clusters a split changes: a
+    // round then compares with it instead of dividing for every candidate.
+    float* ps = shared_weights + (kk + 3) / 4 * 4;
+    const float denom = (float)(n - kk);
+    auto threshold = [&](float w) -> float { return (w - 1.0) / denom; };
     __shared__ int heavy_count;               // clusters of weight above 1
     if (threadIdx.x == 0) heavy_count = 0;
     // Every load first, one memory latency instead of four: the stats cursor and the objective
@@ -164,7 +170,7 @@ __global__ void __launch_bounds__(kSplitThreads)
     for (int64_t c = threadIdx.x; c < k; c += blockDim.x) {
         const double h = sizes[b * k + c];
         const float w = c >= k_frozen ? hb[c - k_frozen] : 1.f; // (frozen: neither empty nor heavy)
-        if (staged && c >= k_frozen) hs[c - k_frozen] = w;
+        if (staged && c >= k_frozen) hs[c - k_frozen] = w, ps[c - k_frozen] = threshold(w);
         h1 += h;
         h2 += h * h;
         empty |= w == 0.f;
@@ -206,7 +212,6 @@ __global__ void __launch_bounds__(kSplitThreads)
     int used = kMtN;      // past the table: draws used from the current batch
     bool seeded = false;  // past the table: the generator positioned there
     int nsplit = 0;
-    const float denom = (float)(n - kk);
     // FAISS' choice for empty cluster ci (all threads of the block): the cluster cj it splits
     // (the draws' scan), with the weights updated; the caller writes the rows.
     auto choose = [&](int64_t ci) -> int64_t {
@@ -246,8 +251,12 @@ __global__ void __launch_bounds__(kSplitThreads)
             __syncthreads();
             if (int(threadIdx.x) < R) {
                 const float r = table ? split_draws[consumed + threadIdx.x] : draws[used + threadIdx.x];
-                const int64_t c = (start + threadIdx.x) % kk;
-                const float p = (hs[c] - 1.0) / denom;
+                int64_t c = start + threadIdx.x; // (start < kk)
+                if (kk >= int64_t(blockDim.x))
+                    c -= c >= kk ? kk : 0;
+                else
+                    c = int(c) % int(kk);
+                const float p = staged ? ps[c] : threshold(hs[c]);
                 if (r < p) atomicMin(&first, int(threadIdx.x));
             }
             __syncthreads();
@@ -264,6 +273,7 @@ __global__ void __launch_bounds__(kSplitThreads)
             const float old = hs[cj];
             hs[ci] = hs[cj] / 2;
             hs[cj] -= hs[ci];
+            if (staged) ps[ci] = threshold(hs[ci]), ps[cj] = threshold(hs[cj]);
             heavy_count += int(hs[cj] > 1.f) - int(old > 1.f) + int(hs[ci] > 1.f);
         }
         __syncthreads();
@@ -567,7 +577,7 @@ void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch,
     if (!split_draws_ready(dev)) // (not from inside a graph capture: run_lloyd prepares them first)
         throw std::logic_error("faiss-flash: prepare_split_draws() not called on this device");
     const int64_t kk = k - k_frozen;
-    const size_t smem = kk <= kSplitSharedWeights ? sizeof(float) * size_t(kk) : 0;
+    const size_t smem = kk <= kSplitSharedWeights ? 2 * sizeof(float) * size_t((kk + 3) / 4 * 4) : 0;
     set_max_dynamic_smem(reinterpret_cast<const void*>(split_empty), smem);
     launch_dependent(split_empty, unsigned(batch), kSplitThreads, smem, s, centroids, counts, k, d, k_frozen, n, sizes,
                      stats, prepared);
