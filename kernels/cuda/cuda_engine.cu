@@ -117,6 +117,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     const bool phases = std::getenv("FLASH_CUDA_PHASE_TIMES") != nullptr;
     HostClock clock(phases || std::getenv("FLASH_CUDA_CALL_TIMES")); // host time of each setup step
     DeviceScope scope(pick_device(x, opt.cuda_device));
+    prepare_split_draws(); // (synchronous the first time on a device: before any work is queued)
     Stream stream;
     cudaStream_t s = stream.get();
     StreamAllocations pooled(s);
@@ -149,7 +150,6 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     if (opt.weights)
         FLASH_CUDA_CHECK(cudaMemcpyAsync(weights.get(), opt.weights, sizeof(float) * B * n, cudaMemcpyHostToDevice, s));
     launch_row_norms(xd.ptr, x.dtype, B * n, d, xnorm.get(), s);
-    prepare_split_draws();
 
     AssignArgs a;
     a.x = xd.ptr;

@@ -143,8 +143,7 @@ __device__ double imbalance_factor(double h1, double h2, int64_t k, double* sh) 
 __global__ void __launch_bounds__(kSplitThreads)
     split_empty(float* centroids, float* counts, int64_t k, int64_t d, int64_t k_frozen, int64_t n,
                 const uint32_t* sizes, StatsHistory stats, CentroidCopies prepared) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start(); // (launched with launch_dependent)
     const int64_t b = blockIdx.x, batch = gridDim.x;
     float* cb = centroids + b * k * d + k_frozen * d;
     float* hb = counts + b * k + k_frozen;
@@ -155,7 +154,7 @@ __global__ void __launch_bounds__(kSplitThreads)
     // Staged: also each cluster's acceptance threshold p = (w - 1) / (n - kk) as FAISS rounds it
     // (a double division, to float), kept up to date for the two clusters a split changes: a
     // round then compares with it instead of dividing for every candidate.
-    float* ps = shared_weights + (kk + 3) / 4 * 4;
+    float* ps = staged ? shared_weights + (kk + 3) / 4 * 4 : nullptr;
     const float denom = (float)(n - kk);
     auto threshold = [&](float w) -> float { return (w - 1.0) / denom; };
     __shared__ int heavy_count;               // clusters of weight above 1
@@ -244,9 +243,7 @@ __global__ void __launch_bounds__(kSplitThreads)
                 if (threadIdx.x < kMtN) draws[threadIdx.x] = float(mt_temper(mt[threadIdx.x])) * 0x1p-32f;
                 used = 0;
             }
-            const int R =
-                table ? int(kTableDraws - consumed < int64_t(blockDim.x) ? kTableDraws - consumed : int64_t(blockDim.x))
-                      : kMtN - used;
+            const int R = table ? int(min(int64_t(blockDim.x), kTableDraws - consumed)) : kMtN - used;
             if (threadIdx.x == 0) first = R;
             __syncthreads();
             if (int(threadIdx.x) < R) {

@@ -30,6 +30,13 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+// The start of every kernel launched with launch_dependent: wait for the kernel before it, then
+// let the one after it launch (at most two grids of the chain resident at once).
+__device__ __forceinline__ void pdl_start() {
+    pdl_wait();
+    pdl_trigger();
+}
+
 // Read at every launch (a getenv per launch: cheap beside it), so tests can switch it.
 inline bool pdl_enabled() {
     return !env_switched_off("FLASH_PDL");

@@ -70,8 +70,7 @@ struct WarpTile {
 // tile-major, hist[(b * tiles + t) * k + c] (one contiguous row per tile: coalesced stores).
 __global__ void tile_histogram(const int32_t* labels, int64_t n, int64_t rows, int64_t k, int64_t tile, int64_t tiles,
                                int64_t total_tiles, uint32_t* hist) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start(); // (launched with launch_dependent)
     extern __shared__ uint32_t counters[];
     const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
     if (!w.valid) return;
@@ -113,8 +112,7 @@ __device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, int lane) {
 // warps in contiguous segments: one pass sums the segments, one rewrites them.
 __global__ void __launch_bounds__(32 * kColumnWarps)
     column_scan(uint32_t* hist, int64_t k, int64_t tiles, int64_t groups, uint32_t* group_sizes) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start();              // (launched with launch_dependent)
     constexpr int kBatch = 8; // loads in flight per thread
     __shared__ uint32_t seg[kColumnWarps][32];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -219,8 +217,7 @@ __global__ void tile_scatter(const int32_t* __restrict__ labels, int64_t n, int6
                              int64_t tiles, int64_t total_tiles, uint32_t* __restrict__ pos,
                              const uint32_t* __restrict__ group_sizes, uint32_t* __restrict__ keys,
                              uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start(); // (launched with launch_dependent)
     extern __shared__ uint32_t counters[];
     const WarpTile w(counters, k, rows, tile, tiles, total_tiles);
     if (!w.valid) return;
@@ -261,8 +258,7 @@ __global__ void __launch_bounds__(32 * kQuarterWarps)
     tile_scatter_quarters(const int32_t* __restrict__ labels, int64_t n, int64_t rows, int64_t k, int64_t tile,
                           int64_t tiles, uint32_t* __restrict__ pos, const uint32_t* __restrict__ group_sizes,
                           uint32_t* __restrict__ keys, uint32_t* __restrict__ ids, uint32_t* __restrict__ starts) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start();                                       // (launched with launch_dependent)
     constexpr int W = kQuarterWarps, RW = kRounds / W; // rounds per warp
     extern __shared__ uint32_t counters[];             // the tile's k counters, then each warp's k
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -311,8 +307,7 @@ __global__ void __launch_bounds__(32 * kQuarterWarps)
 // Radix path: sort keys (global cluster ids) and point ids. No counters: the cluster starts
 // come from the sorted keys (cluster_starts), the sizes from the starts (finish_clusters).
 __global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t total, uint32_t* keys, uint32_t* ids) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start(); // (launched with launch_dependent)
     const int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (g >= total) return;
     keys[g] = uint32_t((g / n) * k + labels[g]);
@@ -323,8 +318,7 @@ __global__ void make_keys(const int32_t* labels, int64_t n, int64_t k, int64_t t
 // where the next non-empty one does, or at `total`): position p starts the clusters after
 // keys[p - 1] up to keys[p]; p == total, those after the last key.
 __global__ void cluster_starts(const uint32_t* keys, int64_t total, int64_t clusters, uint32_t* starts) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start(); // (launched with launch_dependent)
     const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
     if (p > total) return;
     const int64_t lo = p == 0 ? 0 : int64_t(keys[p - 1]) + 1;
@@ -353,8 +347,7 @@ __global__ void __launch_bounds__(kThreads)
     chunk_pieces_vec(const T* x, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks, int64_t rows,
                      int64_t total_chunks, const float* weights, float* head, float* headw, float* startp,
                      float* startw) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start(); // (launched with launch_dependent)
     using Raw = std::conditional_t<V * sizeof(T) == 16, uint4, uint2>;
     static_assert(V * sizeof(T) == 16 || V * sizeof(T) == 8, "16- or 8-byte loads");
     constexpr int U = 16; // rows' loads in flight
@@ -424,8 +417,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     chunk_pieces(const void* x, DType dtype, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks,
                  int64_t rows, const float* weights, float* head, float* headw, float* startp, float* startw) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start(); // (launched with launch_dependent)
     const int64_t q = blockIdx.x;
     const auto [p0, p1] = chunk_span(q, chunks, rows);
     for (int64_t j = threadIdx.x; j <= d; j += blockDim.x) { // j == d: the weights
@@ -469,8 +461,7 @@ __global__ void __launch_bounds__(kThreads)
                     int64_t chunks, const float* head, const float* headw, const float* startp, const float* startw,
                     uint32_t* sizes, float* centroids, float* counts, double* sums, double* wsums,
                     unsigned long long* ucounts, CentroidCopies prepared) {
-    pdl_wait(); // (launched with launch_dependent)
-    pdl_trigger();
+    pdl_start(); // (launched with launch_dependent)
     const int64_t c = blockIdx.x, b = c / k;
     const int64_t s0 = starts[c];
     const int64_t s1 = c + 1 < clusters ? starts[c + 1] : clusters / k * rows;
