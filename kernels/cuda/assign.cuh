@@ -72,6 +72,17 @@ struct AssignArgs {
     // the points and their norms were not written by that kernel (a Lloyd iteration after the
     // first), so each block loads its point tile before waiting for it; else it waits first.
     bool early_points = false;
+
+    // fp16 / bf16, the wgmma block-per-tile kernels (null: not used): shift[b * k + c] bounds how
+    // far centroid c (its rounded row) moved since the assignment that wrote labels and
+    // distances, which then hold that assignment's results (a label < 0 or a NaN shift: no
+    // bound for that point). The centroid a point had then gives an upper bound of its value
+    // now, (sqrt(D) + shift)^2 - ||x||^2 (inner product: -D + ||x|| shift), plus twice the
+    // products' error; the point's running minimum starts there, so that a tile is searched for
+    // its minimum's column only where it holds a value below the bound (at k = 1024 nearly every
+    // tile was, for some row of a warp). Every value is still computed and compared: the same
+    // argmin, for less bookkeeping.
+    const float* shift = nullptr;
 };
 
 #ifdef __CUDACC__

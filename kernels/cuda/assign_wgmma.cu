@@ -356,6 +356,36 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         cp_async_commit();
     }
 
+    // BOUND: where each row's running minimum starts (AssignArgs::shift), read while the tiles
+    // load. The margin 2e, e = 2^-14 (||x|| + ||c|| + shift)^2, is above the error of the value
+    // last time (D) and now: the products' accumulation (2^-21 per k16 step), the norms' and
+    // the epilogue's rounding, and that of this bound itself.
+    constexpr bool BOUND = P == Pass::Plain && !PERSIST;
+    float start[2] = {FLT_MAX, FLT_MAX};
+    if constexpr (BOUND) {
+        if (a.shift) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
+                if (row >= n) continue;
+                const int64_t o = b * n + row;
+                const int p = a.labels[o];
+                if (p < 0 || p >= k) continue;
+                const float D = a.distances[o], xn = a.xnorm[o], sh = a.shift[b * k + p];
+                const float X = sqrtf(xn), C = sqrtf(a.cnorm[b * k + p]);
+                float t;
+                if (l2) {
+                    const float e = 0x1p-14f * (X + C + sh) * (X + C + sh);
+                    const float r = sqrtf(fmaxf(D, 0.f) + e) + sh;
+                    t = fmaf(r, r, -xn) + 2.f * e;
+                } else {
+                    t = -D + X * sh + 0x1p-12f * X * (C + sh);
+                }
+                if (t < FLT_MAX) start[h] = t; // (a NaN shift: no bound)
+            }
+        }
+    }
+
     // AREG: fragments of k-step s (hi part; SPLIT: lo part at KSTEPS + s). Lane l addresses row
     // l % 8 of 8 x 8 matrix l / 8: rows +8 for odd matrices, k +8 for matrices 2 and 3.
     constexpr int NFRAG = AREG ? (SPLIT ? 2 : 1) * KSTEPS : 1;
@@ -414,7 +444,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
 
     // Rows lane / 4 and lane / 4 + 8 of this warp: the running minimum (value, index) and,
     // SPLIT, the second-smallest value.
-    Best best[2] = {best_init(), best_init()};
+    Best best[2] = {{start[0], INT_MAX}, {start[1], INT_MAX}};
     float second[2] = {FLT_MAX, FLT_MAX};
 
     // FILTER: a point's candidates are the centroids whose value is within margin (twice the
@@ -743,6 +773,9 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             } else if (lane % 4 == 0 && row < n) {
                 const int64_t o = b * n + row;
                 if constexpr (!PERSIST) xn[h] = a.xnorm[o];
+                // BOUND: no value below the start (which the error analysis rules out) would
+                // leave no index; the point keeps its label (a valid cluster) rather than that.
+                if (BOUND && bestr[h].i == INT_MAX) bestr[h].i = a.labels[o];
                 a.labels[o] = bestr[h].i;
                 if constexpr (!SPLIT) count_label(a, b, row, bestr[h].i);
                 // SPLIT: no distance here; launch_assign's fp32 pass writes every point's.

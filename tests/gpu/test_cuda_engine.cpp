@@ -612,6 +612,70 @@ TEST(CudaEngine, LaunchModesGiveTheSameBits) {
     for (const auto& [name, value] : saved) setenv(name, value.c_str(), 1);
 }
 
+// Each point's running minimum may start from a bound on its value for its last centroid
+// (AssignArgs::shift): fewer column searches, the same argmin. The same bits with and without
+// it (FLASH_ASSIGN_BOUND=0) over several iterations: L2 and inner product, rows moved by the
+// update, the split (empty clusters: k above the data's centres) and the spherical
+// normalisation (moves measured by the preparation kernel), frozen rows, weights, d = 256, a
+// batch, data far from the origin with tight clusters (values near each other relative to
+// the error margin), duplicated points (exact ties).
+TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
+    REQUIRE_GPU();
+    struct Shape {
+        int64_t B, n, d, k;
+        flash::DType t;
+        flash::Metric m;
+        bool spherical, frozen, weighted, far, dup;
+    };
+    using flash::DType;
+    using flash::Metric;
+    const Shape shapes[] = {{1, 30000, 128, 1024, DType::F16, Metric::L2, false, false, false, false, false},
+                            {2, 9000, 256, 300, DType::BF16, Metric::L2, false, true, true, false, false},
+                            {1, 20000, 64, 500, DType::F16, Metric::InnerProduct, true, false, false, false, false},
+                            {1, 20000, 96, 700, DType::F16, Metric::InnerProduct, false, false, false, false, true},
+                            {1, 25000, 128, 800, DType::F16, Metric::L2, false, false, false, true, false},
+                            {2, 12000, 32, 2000, DType::F16, Metric::L2, false, false, false, false, true}};
+    std::string saved;
+    if (const char* v = std::getenv("FLASH_ASSIGN_BOUND")) saved = v;
+    for (const auto& sh : shapes) {
+        SCOPED_TRACE("B=" + std::to_string(sh.B) + " n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d) +
+                     " k=" + std::to_string(sh.k));
+        auto x = flash_test::gaussian_mixture(sh.B * sh.n, sh.d, 40, 11, sh.far ? 0.05f : 4.0f);
+        if (sh.far)
+            for (size_t i = 0; i < x.size(); i++) x[i] += 20.f;
+        if (sh.dup) // every fourth point repeats the one before
+            for (int64_t i = 1; i < sh.B * sh.n; i += 4)
+                std::memcpy(&x[i * sh.d], &x[(i - 1) * sh.d], sizeof(float) * sh.d);
+        std::vector<uint16_t> xh(x.size());
+        for (size_t i = 0; i < x.size(); i++) xh[i] = sh.t == DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+        std::vector<float> w(sh.B * sh.n);
+        for (size_t i = 0; i < w.size(); i++) w[i] = float(1 + i % 3);
+        std::vector<float> c0(sh.B * sh.k * sh.d);
+        for (int64_t b = 0; b < sh.B; b++) // (with dup, some initial centroids are equal: exact ties)
+            std::memcpy(&c0[b * sh.k * sh.d], &x[(b * sh.n + 1) * sh.d], sizeof(float) * sh.k * sh.d);
+        std::vector<float> c[2];
+        std::vector<double> obj[2];
+        for (int v = 0; v < 2; v++) {
+            setenv("FLASH_ASSIGN_BOUND", v ? "1" : "0", 1);
+            auto o = options(sh.k, 6, flash::Backend::CUDA);
+            o.metric = sh.m;
+            o.spherical = sh.spherical;
+            if (sh.frozen) o.k_frozen = 7;
+            if (sh.weighted) o.weights = w.data();
+            c[v] = c0;
+            const auto stats = flash::run_lloyd(host_points(xh.data(), sh.n, sh.d, sh.t, sh.B), c[v].data(), o);
+            for (const auto& s : stats)
+                for (const auto& it : s) obj[v].push_back(it.obj);
+        }
+        EXPECT_EQ(std::memcmp(c[0].data(), c[1].data(), sizeof(float) * c[0].size()), 0);
+        EXPECT_EQ(obj[0], obj[1]);
+    }
+    if (saved.empty())
+        unsetenv("FLASH_ASSIGN_BOUND");
+    else
+        setenv("FLASH_ASSIGN_BOUND", saved.c_str(), 1);
+}
+
 TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
     REQUIRE_GPU();
     const int64_t n = 6000, d = 24, k = 40;
