@@ -62,8 +62,7 @@ __global__ void prepare_centroids(const float* c, int64_t rows, CentroidCopies o
 constexpr int kMtN = 624, kMtM = 397, kSplitThreads = 1024;
 constexpr int kTableDraws = 64 * kMtN; // a whole number of the generator's batches
 // The problem's cluster weights are kept in shared memory up to this many clusters (the
-// rounds, the weight updates and the heavy-cluster count then touch no global memory), and so
-// are the two rows a split writes up to kSplitThreads wide (their preparation reads them there).
+// rounds, the weight updates and the heavy-cluster count then touch no global memory).
 constexpr int64_t kSplitSharedWeights = 16384;
 __device__ float split_draws[kTableDraws];
 
@@ -199,34 +198,50 @@ __global__ void __launch_bounds__(kSplitThreads)
     if (heavy) atomicAdd(&heavy_count, heavy);
     __shared__ uint32_t mt[kMtN];
     __shared__ float draws[kMtN];
-    __shared__ int first;
+    // A round's first success, (index << 32 | its cluster's weight bits): three of them in
+    // rotation, so that a round needs one barrier (see choose).
+    constexpr unsigned long long kNone = ~0ull;
+    __shared__ unsigned long long first[3];
     __shared__ int64_t heaviest;
+    __shared__ float heaviest_w;
+    if (threadIdx.x < 3) first[threadIdx.x] = kNone;
     const int any_empty = __syncthreads_or(empty); // (also: the weights staged, heavy_count summed)
-    int any_heavy = heavy_count > 0;
     if (!any_empty) {
         if (threadIdx.x == 0) finish_row(0);
         return;
     }
-    int64_t consumed = 0; // draws of this iteration's stream used so far
-    int used = kMtN;      // past the table: draws used from the current batch
-    bool seeded = false;  // past the table: the generator positioned there
-    int nsplit = 0;
+    int heavy_now = heavy_count; // kept by every thread from here (all compute the same updates)
+    int64_t consumed = 0;        // draws of this iteration's stream used so far
+    int used = kMtN;             // past the table: draws used from the current batch
+    bool seeded = false;         // past the table: the generator positioned there
+    int nsplit = 0, slot = 0;
+    // The last split's two clusters and their new weights: thread 0 stores them after the
+    // split, and the next split's first round may test those clusters before a barrier has made
+    // the stores visible, so every thread uses these instead.
+    int64_t last_i = -1, last_j = -1;
+    float last_wi = 0.f, last_wj = 0.f;
     // FAISS' choice for empty cluster ci (all threads of the block): the cluster cj it splits
     // (the draws' scan), with the weights updated; the caller writes the rows.
+    // No thread reads a weight that thread 0 may be storing: the split's weight comes with the
+    // round's first success (or the heaviest cluster), and the last split's from registers.
     auto choose = [&](int64_t ci) -> int64_t {
         int64_t cj = -1, start = 0;
-        if (!any_heavy) { // FAISS would loop forever: take the heaviest cluster
+        float old = 0.f;      // cj's weight
+        if (heavy_now == 0) { // FAISS would loop forever: take the heaviest cluster
             if (threadIdx.x == 0) {
                 int64_t h = 0;
                 for (int64_t c = 1; c < kk; c++)
                     if (hs[c] > hs[h]) h = c;
-                heaviest = h;
+                heaviest = h, heaviest_w = hs[h];
             }
             __syncthreads();
-            cj = heaviest;
+            cj = heaviest, old = heaviest_w;
+            __syncthreads(); // (heaviest is rewritten by the next such choice)
         }
         while (cj < 0) {
-            // A round: candidate (start + i) % kk against draw consumed + i, for i < R.
+            // A round: candidate (start + i) % kk against draw consumed + i, for i < R. One
+            // barrier: the round's slot was reset two rounds ago (after a barrier that every
+            // thread passed after reading it), and this one's is reset in two rounds.
             const bool table = consumed < kTableDraws;
             if (!table && used == kMtN) {
                 if (!seeded) { // std::mt19937 seeding is a sequential recurrence; then past the table
@@ -241,11 +256,10 @@ __global__ void __launch_bounds__(kSplitThreads)
                 }
                 mt_twist(mt);
                 if (threadIdx.x < kMtN) draws[threadIdx.x] = float(mt_temper(mt[threadIdx.x])) * 0x1p-32f;
+                __syncthreads();
                 used = 0;
             }
             const int R = table ? int(min(int64_t(blockDim.x), kTableDraws - consumed)) : kMtN - used;
-            if (threadIdx.x == 0) first = R;
-            __syncthreads();
             if (int(threadIdx.x) < R) {
                 const float r = table ? split_draws[consumed + threadIdx.x] : draws[used + threadIdx.x];
                 int64_t c = start + threadIdx.x; // (start < kk)
@@ -253,38 +267,51 @@ __global__ void __launch_bounds__(kSplitThreads)
                     c -= c >= kk ? kk : 0;
                 else
                     c = int(c) % int(kk);
-                const float p = staged ? ps[c] : threshold(hs[c]);
-                if (r < p) atomicMin(&first, int(threadIdx.x));
+                float p, w = 0.f;
+                if (c == last_i)
+                    w = last_wi, p = threshold(w);
+                else if (c == last_j)
+                    w = last_wj, p = threshold(w);
+                else
+                    p = staged ? ps[c] : threshold(hs[c]);
+                if (r < p) {
+                    if (c != last_i && c != last_j) w = hs[c];
+                    atomicMin(&first[slot], (uint64_t(threadIdx.x) << 32) | __float_as_uint(w));
+                }
             }
             __syncthreads();
-            const int f = first, taken = f < R ? f + 1 : R;
+            const unsigned long long key = first[slot];
+            if (threadIdx.x == 0) first[(slot + 2) % 3] = kNone;
+            slot = (slot + 1) % 3;
+            const int f = key == kNone ? R : int(key >> 32);
+            const int taken = f < R ? f + 1 : R;
             if (f < R)
-                cj = (start + f) % kk;
+                cj = (start + f) % kk, old = __uint_as_float(uint32_t(key));
             else
                 start = (start + R) % kk;
             consumed += taken;
             if (!table) used += taken;
-            __syncthreads();
         }
-        if (threadIdx.x == 0) { // FAISS' weights; the heavy clusters counted on (only these two changed)
-            const float old = hs[cj];
-            hs[ci] = hs[cj] / 2;
-            hs[cj] -= hs[ci];
-            if (staged) ps[ci] = threshold(hs[ci]), ps[cj] = threshold(hs[cj]);
-            heavy_count += int(hs[cj] > 1.f) - int(old > 1.f) + int(hs[ci] > 1.f);
+        // FAISS' weights, computed by every thread; thread 0 stores them. The heavy clusters
+        // counted on.
+        const float wi = old / 2, wj = old - wi;
+        last_i = ci, last_j = cj, last_wi = wi, last_wj = wj;
+        heavy_now += int(wj > 1.f) - int(old > 1.f) + int(wi > 1.f);
+        if (threadIdx.x == 0) {
+            hs[ci] = wi, hs[cj] = wj;
+            if (staged) ps[ci] = threshold(wi), ps[cj] = threshold(wj);
         }
-        __syncthreads();
-        any_heavy = heavy_count > 0;
         nsplit++;
         return cj;
     };
     // The empty clusters, blockDim.x candidates at a time, listed in order and split one by
     // one (a split only fills the empty cluster and halves a non-empty one, so the list of
-    // the later candidates stays valid).
+    // the later candidates stays valid). Thread t writes element t of both rows (the same
+    // thread for every split, so a row split again is read back in program order); the rows a
+    // group of candidates changed are prepared once, after its splits, a warp per row.
     __shared__ int64_t empties[kSplitThreads];
-    __shared__ float split_rows[2][kSplitThreads];
+    __shared__ int changed[2 * kSplitThreads];
     const double eps = 1 / 1024.;
-    const bool rows_staged = d <= kSplitThreads;
     for (int64_t base = 0; base < kk; base += blockDim.x) {
         const int64_t c = base + threadIdx.x;
         const int nempty = compact_in_order(c < kk && hs[c] == 0.f, c, empties);
@@ -292,23 +319,24 @@ __global__ void __launch_bounds__(kSplitThreads)
             const int64_t ci = empties[q], cj = choose(ci);
             for (int64_t j = threadIdx.x; j < d; j += blockDim.x) { // FAISS' two rows from cj's
                 const float v = cb[cj * d + j];
-                const float vi = j % 2 == 0 ? float(v * (1 + eps)) : float(v * (1 - eps));
-                const float vj = j % 2 == 0 ? float(v * (1 - eps)) : float(v * (1 + eps));
-                cb[ci * d + j] = vi;
-                cb[cj * d + j] = vj;
-                if (rows_staged) split_rows[0][j] = vi, split_rows[1][j] = vj;
+                cb[ci * d + j] = j % 2 == 0 ? float(v * (1 + eps)) : float(v * (1 - eps));
+                cb[cj * d + j] = j % 2 == 0 ? float(v * (1 - eps)) : float(v * (1 + eps));
             }
-            __syncthreads();
-            if (prepared.norms && threadIdx.x < 32) { // the two changed rows, prepared again
-                const int64_t ri = b * k + k_frozen + ci, rj = b * k + k_frozen + cj;
-                prepare_centroid_row_from(rows_staged ? split_rows[0] : centroids + ri * d, ri, d, prepared,
-                                          threadIdx.x);
-                prepare_centroid_row_from(rows_staged ? split_rows[1] : centroids + rj * d, rj, d, prepared,
-                                          threadIdx.x);
-            }
-            __syncthreads(); // split_rows is rewritten by the next split
+            if (threadIdx.x == 0) changed[2 * q] = int(ci), changed[2 * q + 1] = int(cj);
         }
-        __syncthreads(); // empties is rewritten for the next candidates
+        __syncthreads(); // the rows and the list of changed ones written
+        if (prepared.norms) {
+            const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+            for (int e = warp; e < 2 * nempty; e += blockDim.x / 32) { // the last entry of each row
+                const int r = changed[e];
+                bool later = false;
+                for (int e2 = e + 1 + lane; e2 < 2 * nempty; e2 += 32) later |= changed[e2] == r;
+                if (__any_sync(0xffffffffu, later)) continue;
+                const int64_t row = b * k + k_frozen + r;
+                prepare_centroid_row(centroids, row, d, prepared, lane);
+            }
+        }
+        __syncthreads(); // empties and changed are rewritten for the next candidates
     }
     if (staged)
         for (int64_t c = threadIdx.x; c < kk; c += blockDim.x) hb[c] = hs[c];
