@@ -200,6 +200,10 @@ run() {
       --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
     run_suite racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
     run_suite initcheck compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
+    # the assignment's start bound reads the last iteration's labels, distances and shifts
+    # (racecheck on it takes minutes: left to the filter above)
+    run_suite initcheck_bound compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" \
+      --gtest_filter=CudaEngine.BoundedSearchGivesTheSameBits
     run_suite initcheck_sharded compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_sharded" \
       --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
   fi
