@@ -73,16 +73,14 @@ struct AssignArgs {
     // first), so each block loads its point tile before waiting for it; else it waits first.
     bool early_points = false;
 
-    // fp16 / bf16, the wgmma block-per-tile kernels (null: not used): shift[b * k + c] bounds how
-    // far centroid c (its rounded row) moved since the assignment that wrote labels and
-    // distances, which then hold that assignment's results (a label < 0 or a NaN shift: no
-    // bound for that point). The centroid a point had then gives an upper bound of its value
-    // now, (sqrt(D) + shift)^2 - ||x||^2 (inner product: -D + ||x|| shift), plus twice the
-    // products' error; the point's running minimum starts there, so that a tile is searched for
-    // its minimum's column only where it holds a value below the bound (at k = 1024 nearly every
-    // tile was, for some row of a warp). Every value is still computed and compared: the same
-    // argmin, for less bookkeeping.
-    const float* shift = nullptr;
+    // The wgmma block-per-tile kernels, plain (fp16 / bf16, TF32 mode's view) and the fp32
+    // filter: labels holds the last assignment's labels (-1: none) when they start. Each row's
+    // running minimum then starts from its value for that centroid, computed in the kernel's
+    // prologue with fp32 FMA from the same rounded rows and raised by twice the bound on its
+    // difference from the tensor-core value: a tile is searched for its minimum's column (the
+    // filter: looked at for candidates) only where it holds a value below that, instead of at
+    // nearly every early tile. Every value is still computed and compared: the same argmin.
+    bool start_from_labels = false;
 };
 
 #ifdef __CUDACC__

@@ -27,6 +27,7 @@
 #include <cfloat>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/argmin.cuh"
@@ -75,6 +76,19 @@ __device__ __forceinline__ int volatile_tid() {
     int t;
     asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
     return t;
+}
+// Two packed fp16 / bf16 values as floats.
+template <class T>
+__device__ __forceinline__ float2 pair_to_float2(uint32_t w) {
+    if constexpr (std::is_same_v<T, __half>) {
+        __half2 h;
+        memcpy(&h, &w, sizeof h);
+        return __half22float2(h);
+    } else {
+        __nv_bfloat162 h;
+        memcpy(&h, &w, sizeof h);
+        return __bfloat1622float2(h);
+    }
 }
 // Generic-proxy writes (cp.async, st.shared) made visible to wgmma's async-proxy reads.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -356,32 +370,16 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         cp_async_commit();
     }
 
-    // BOUND: where each row's running minimum starts (AssignArgs::shift), read while the tiles
-    // load. The margin 2e, e = 2^-14 (||x|| + ||c|| + shift)^2, is above the error of the value
-    // last time (D) and now: the products' accumulation (2^-21 per k16 step), the norms' and
-    // the epilogue's rounding, and that of this bound itself.
-    constexpr bool BOUND = P == Pass::Plain && !PERSIST;
-    float start[2] = {FLT_MAX, FLT_MAX};
-    if constexpr (BOUND) {
-        if (a.shift) {
+    // START (AssignArgs::start_from_labels): each row's last label, read while the tiles load;
+    // its value for that centroid is computed once the point tile has landed.
+    constexpr bool START = (P == Pass::Plain && !PERSIST) || FILTER;
+    int prior[2] = {-1, -1};
+    if constexpr (START) {
+        if (a.start_from_labels) {
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
-                if (row >= n) continue;
-                const int64_t o = b * n + row;
-                const int p = a.labels[o];
-                if (p < 0 || p >= k) continue;
-                const float D = a.distances[o], xn = a.xnorm[o], sh = a.shift[b * k + p];
-                const float X = sqrtf(xn), C = sqrtf(a.cnorm[b * k + p]);
-                float t;
-                if (l2) {
-                    const float e = 0x1p-14f * (X + C + sh) * (X + C + sh);
-                    const float r = sqrtf(fmaxf(D, 0.f) + e) + sh;
-                    t = fmaf(r, r, -xn) + 2.f * e;
-                } else {
-                    t = -D + X * sh + 0x1p-12f * X * (C + sh);
-                }
-                if (t < FLT_MAX) start[h] = t; // (a NaN shift: no bound)
+                if (row < n) prior[h] = a.labels[b * n + row];
             }
         }
     }
@@ -444,7 +442,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
 
     // Rows lane / 4 and lane / 4 + 8 of this warp: the running minimum (value, index) and,
     // SPLIT, the second-smallest value.
-    Best best[2] = {{start[0], INT_MAX}, {start[1], INT_MAX}};
+    Best best[2] = {best_init(), best_init()};
     float second[2] = {FLT_MAX, FLT_MAX};
 
     // FILTER: a point's candidates are the centroids whose value is within margin (twice the
@@ -637,6 +635,64 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             cp_async_wait<0>(); // the point tile and the first pair landed
         fence_proxy_async();
         __syncthreads();
+        if constexpr (START) {
+            // Row h's value for its last centroid p, pen + scale x.c with x.c in fp32 FMA over the
+            // rows the products read (the quad's lanes a quarter of the columns each), raised by
+            // 2^-14 |scale| ||x|| ||c|| (the tensor cores' accumulation, 2^-21 per k16 step, and
+            // the FMA's, d 2^-24, each of sum |x_i c_i| <= ||x|| ||c||, with room) and 2^-22 of
+            // its terms (the roundings of the value itself): at least what the tile loop computes
+            // for p, so the row's minimum is at most this start.
+            constexpr int QW = KW / 4; // columns per lane
+            const T* const xs = slot(g);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int p = prior[h];
+                const bool known = a.start_from_labels && p >= 0 && p < k; // (the quad's four lanes alike)
+                float xx = 0.f, cc = 0.f, xc = 0.f;
+                if (known) {
+                    const int rr = wg * 64 + warp * 16 + lane / 4 + 8 * h;
+                    const T* crow = c0 + (b * k + p) * ld;
+#pragma unroll
+                    for (int u = 0; u < QW / 8; u++) {
+                        const int col = (lane % 4) * QW + u * 8;
+                        if (col >= width) break;
+                        const uint4 xw =
+                            *reinterpret_cast<const uint4*>(xs + ((rr / 8) * (KW / 8) + col / 8) * 64 + (rr % 8) * 8);
+                        uint4 cw;
+                        if (vec && col + 8 <= width) {
+                            cw = *reinterpret_cast<const uint4*>(crow + col);
+                        } else {
+                            unsigned short e[8];
+                            const unsigned short* c16 = reinterpret_cast<const unsigned short*>(crow);
+#pragma unroll
+                            for (int t = 0; t < 8; t++) e[t] = col + t < width ? c16[col + t] : 0;
+                            cw = make_uint4(e[0] | (uint32_t(e[1]) << 16), e[2] | (uint32_t(e[3]) << 16),
+                                            e[4] | (uint32_t(e[5]) << 16), e[6] | (uint32_t(e[7]) << 16));
+                        }
+                        const uint32_t xv[4] = {xw.x, xw.y, xw.z, xw.w}, cv[4] = {cw.x, cw.y, cw.z, cw.w};
+#pragma unroll
+                        for (int t = 0; t < 4; t++) {
+                            const float2 xf = pair_to_float2<T>(xv[t]), cf = pair_to_float2<T>(cv[t]);
+                            xx = fmaf(xf.x, xf.x, fmaf(xf.y, xf.y, xx));
+                            cc = fmaf(cf.x, cf.x, fmaf(cf.y, cf.y, cc));
+                            xc = fmaf(xf.x, cf.x, fmaf(xf.y, cf.y, xc));
+                        }
+                    }
+                }
+#pragma unroll
+                for (int off = 1; off < 4; off <<= 1) {
+                    xx += __shfl_xor_sync(0xffffffffu, xx, off);
+                    cc += __shfl_xor_sync(0xffffffffu, cc, off);
+                    xc += __shfl_xor_sync(0xffffffffu, xc, off);
+                }
+                if (known) {
+                    const float pen = l2 ? a.cnorm[b * k + p] : 0.f, sp = scale * xc;
+                    const float v = fmaf(scale, xc, pen);
+                    const float up = v + fabsf(scale) * 0x1p-14f * sqrtf(xx * cc) + 0x1p-22f * (fabsf(pen) + fabsf(sp));
+                    if (up < best[h].v) best[h].v = up; // (not NaN)
+                }
+            }
+        }
         if constexpr (AREG) load_fragments(slot(g));
         // Rows lane / 4 and lane / 4 + 8 of this warp; PERSIST: their ||x||^2 read now, its
         // latency hidden behind the products (a block-per-tile kernel reads it at the end: two
@@ -773,9 +829,9 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             } else if (lane % 4 == 0 && row < n) {
                 const int64_t o = b * n + row;
                 if constexpr (!PERSIST) xn[h] = a.xnorm[o];
-                // BOUND: no value below the start (which the error analysis rules out) would
-                // leave no index; the point keeps its label (a valid cluster) rather than that.
-                if (BOUND && bestr[h].i == INT_MAX) bestr[h].i = a.labels[o];
+                // START: no value at or below the start (which the error analysis rules out)
+                // would leave no index; the point keeps its label (a valid cluster) rather than that.
+                if (START && bestr[h].i == INT_MAX) bestr[h].i = a.labels[o];
                 a.labels[o] = bestr[h].i;
                 if constexpr (!SPLIT) count_label(a, b, row, bestr[h].i);
                 // SPLIT: no distance here; launch_assign's fp32 pass writes every point's.

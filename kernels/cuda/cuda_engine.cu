@@ -130,16 +130,14 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     DeviceBuffer<int32_t> labels(B * n, "labels");
     DeviceBuffer<unsigned char> lowp(x.dtype == DType::F32 ? 0 : B * k * d * 2, "rounded centroids");
     DeviceBuffer<float> weights(opt.weights ? B * n : 0, "weights");
-    // fp16 / bf16 from k = kBoundMinK: each centroid's move since the last assignment, which
-    // bounds every point's value for its last centroid (AssignArgs::shift). Below it the bound's
-    // reads at each block's start cost about what the searches it spares save (bench/RESULTS.md,
-    // run 29). FLASH_ASSIGN_BOUND=0: not used; =1: also below kBoundMinK.
+    // From k = kBoundMinK each point's running minimum starts from its value for the centroid
+    // it had last iteration (AssignArgs::start_from_labels). Below it the reads at each block's
+    // start cost about what they spare (bench/RESULTS.md, run 29). FLASH_ASSIGN_BOUND=0: not
+    // used; =1: also below kBoundMinK.
     constexpr int64_t kBoundMinK = 4096;
     const char* bound_env = std::getenv("FLASH_ASSIGN_BOUND");
     const bool bound_forced = bound_env && std::string(bound_env) == "1";
-    const bool bounded = x.dtype != DType::F32 && niter > 1 && !env_switched_off("FLASH_ASSIGN_BOUND") &&
-                         (k >= kBoundMinK || bound_forced);
-    DeviceBuffer<float> shift(bounded ? B * k : 0, "centroid shifts");
+    const bool bounded = niter > 1 && !env_switched_off("FLASH_ASSIGN_BOUND") && (k >= kBoundMinK || bound_forced);
     // Per-iteration stats: row `it` of the history [obj (B doubles) | imbalance (B doubles) |
     // nsplit (B ints)], written by the iteration's split kernel at a cursor it moves on (a
     // captured graph replays it; a copy per iteration cost 2-4 us at the small configs).
@@ -193,25 +191,21 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         a.count_tile = update.count_tile();
         a.count_tiles = update.count_tiles();
     }
-    if (bounded) { // (after the autotuner's launches, which write labels): no label, no bound
+    if (bounded) { // (after the autotuner's launches, which write labels): no label, no start
         FLASH_CUDA_CHECK(cudaMemsetAsync(labels.get(), 0xff, sizeof(int32_t) * B * n, s));
-        a.shift = shift.get();
+        a.start_from_labels = true;
+        half.view.start_from_labels = true; // (TF32 mode: the fp16 view's pass writes these labels)
     }
     clock.mark("prepare");
 
     // One iteration in two parts; an event between them times the assignment. Without post-
     // processing the update's finish and the split prepare the rows they write (the same
     // per-row function as the preparation pass, so the same bits): one launch less.
-    // (Each preparation measures how far the rows it writes moved: the update's finish sets, the
-    // split adds.)
     const bool prepared_in_update = !opt.spherical && !opt.int_centroids;
     const CentroidCopies copies =
-        prepared_in_update ? CentroidCopies{x.dtype, lowp.get(), cnorm.get(), shift.get()} : CentroidCopies{};
-    CentroidCopies split_copies = copies;
-    split_copies.add_shift = true;
+        prepared_in_update ? CentroidCopies{x.dtype, lowp.get(), cnorm.get()} : CentroidCopies{};
     auto assign_part = [&] {
-        if (!prepared_in_update)
-            launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s, shift.get());
+        if (!prepared_in_update) launch_prepare_centroids(cen.get(), B * k, d, x.dtype, lowp.get(), cnorm.get(), s);
         split.prepare(a, cen.get(), s);
         half.prepare(a, cen.get(), s);
         launch_assign(a, variant, s);
@@ -252,7 +246,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         FLASH_CUDA_CHECK(cudaStreamWaitEvent(s, fork[1], 0)); // the objective, long done by now
         join_on_exit.eager = false;
         launch_split_empty_clusters(cen.get(), counts.get(), B, k, d, opt.k_frozen, n, update.sizes(), history, s,
-                                    split_copies);
+                                    copies);
         if (it >= 0 && phases) FLASH_CUDA_CHECK(cudaEventRecord(pev[3 * it + 1], s));
         launch_post_process(cen.get(), B * k, d, opt.spherical, opt.int_centroids, s);
     };

@@ -564,8 +564,8 @@ void launch_max_norm(const float* norms, int64_t batch, int64_t k, float* cmax, 
 }
 
 void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, DType dtype, void* lowp, float* norms,
-                              cudaStream_t s, float* shift) {
-    prepare_centroids<<<warp_blocks(rows), 256, 0, s>>>(centroids, rows, CentroidCopies{dtype, lowp, norms, shift}, d);
+                              cudaStream_t s) {
+    prepare_centroids<<<warp_blocks(rows), 256, 0, s>>>(centroids, rows, CentroidCopies{dtype, lowp, norms}, d);
     FLASH_LAUNCH_CHECK("prepare_centroids");
 }
 

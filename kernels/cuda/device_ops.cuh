@@ -14,10 +14,9 @@ namespace flash::cuda_engine {
 void launch_row_norms(const void* x, DType dtype, int64_t rows, int64_t d, float* norms, cudaStream_t s);
 
 /// Centroids as the assignment kernel reads them: for fp16 / bf16 a rounded copy in
-/// `lowp`; norms of what is used in the product (rounded values for fp16 / bf16). shift (fp16 /
-/// bf16, optional): each row's move from the copy it replaces in lowp (CentroidCopies::shift).
+/// `lowp`; norms of what is used in the product (rounded values for fp16 / bf16).
 void launch_prepare_centroids(const float* centroids, int64_t rows, int64_t d, DType dtype, void* lowp, float* norms,
-                              cudaStream_t s, float* shift = nullptr);
+                              cudaStream_t s);
 
 /// The per-iteration stats history on the device: rows of row_bytes (at least batch * (2
 /// doubles + 1 int), a multiple of 8), [objective (batch doubles) | imbalance (batch doubles) |

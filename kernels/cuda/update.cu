@@ -468,10 +468,7 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t size = uint32_t(s1 - s0);
     if constexpr (!ACCUMULATE) {
         if (threadIdx.x == 0) sizes[c] = size;
-        if (c % k < k_frozen) { // kept: it has not moved
-            if (prepared.shift && threadIdx.x == 0) prepared.shift[c] = 0.f;
-            return;
-        }
+        if (c % k < k_frozen) return;
     } else if (size == 0) {
         return;
     }

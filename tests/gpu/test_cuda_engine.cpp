@@ -612,34 +612,39 @@ TEST(CudaEngine, LaunchModesGiveTheSameBits) {
     for (const auto& [name, value] : saved) setenv(name, value.c_str(), 1);
 }
 
-// Each point's running minimum may start from a bound on its value for its last centroid
-// (AssignArgs::shift): fewer column searches, the same argmin. The same bits with and without
-// it (FLASH_ASSIGN_BOUND=0) over several iterations: L2 and inner product, rows moved by the
-// update, the split (empty clusters: k above the data's centres) and the spherical
-// normalisation (moves measured by the preparation kernel), frozen rows, weights, d = 256, a
-// batch, data far from the origin with tight clusters (values near each other relative to
-// the error margin), duplicated points (exact ties).
+// Each row's running minimum may start from its value for the centroid it had last iteration
+// (AssignArgs::start_from_labels): fewer column searches (the fp32 filter: fewer candidates
+// looked at), the same argmin. The same bits with and without it (FLASH_ASSIGN_BOUND=0 / 1)
+// over several iterations: L2 and inner product, splits (k above the data's centres), the
+// spherical normalisation, frozen rows, weights, d = 256 and odd widths, a batch, data far from
+// the origin with tight clusters, duplicated points (exact ties), exact fp32 through the filter
+// (tagged below k = 4096, searching from it) and TF32 mode.
 TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
     REQUIRE_GPU();
     struct Shape {
         int64_t B, n, d, k;
         flash::DType t;
         flash::Metric m;
-        bool spherical, frozen, weighted, far, dup;
+        bool spherical, frozen, weighted, far, dup, tf32;
     };
     using flash::DType;
     using flash::Metric;
-    const Shape shapes[] = {{1, 30000, 128, 1024, DType::F16, Metric::L2, false, false, false, false, false},
-                            {2, 9000, 256, 300, DType::BF16, Metric::L2, false, true, true, false, false},
-                            {1, 20000, 64, 500, DType::F16, Metric::InnerProduct, true, false, false, false, false},
-                            {1, 20000, 96, 700, DType::F16, Metric::InnerProduct, false, false, false, false, true},
-                            {1, 25000, 128, 800, DType::F16, Metric::L2, false, false, false, true, false},
-                            {2, 12000, 32, 2000, DType::F16, Metric::L2, false, false, false, false, true}};
+    const Shape shapes[] = {
+        {1, 30000, 128, 1024, DType::F16, Metric::L2, false, false, false, false, false, false},
+        {2, 9000, 256, 300, DType::BF16, Metric::L2, false, true, true, false, false, false},
+        {1, 20000, 64, 500, DType::F16, Metric::InnerProduct, true, false, false, false, false, false},
+        {1, 20000, 90, 700, DType::F16, Metric::InnerProduct, false, false, false, false, true, false},
+        {1, 25000, 128, 800, DType::F16, Metric::L2, false, false, false, true, false, false},
+        {2, 12000, 32, 2000, DType::F16, Metric::L2, false, false, false, false, true, false},
+        {1, 20000, 128, 4200, DType::F16, Metric::L2, false, false, false, false, false, false},
+        {1, 16000, 100, 600, DType::F32, Metric::L2, false, false, false, false, true, false},
+        {1, 16000, 64, 4100, DType::F32, Metric::InnerProduct, false, false, false, true, false, false},
+        {1, 16000, 128, 900, DType::F32, Metric::L2, false, false, true, false, false, true}};
     std::string saved;
     if (const char* v = std::getenv("FLASH_ASSIGN_BOUND")) saved = v;
     for (const auto& sh : shapes) {
         SCOPED_TRACE("B=" + std::to_string(sh.B) + " n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d) +
-                     " k=" + std::to_string(sh.k));
+                     " k=" + std::to_string(sh.k) + " dtype=" + std::to_string(int(sh.t)));
         auto x = flash_test::gaussian_mixture(sh.B * sh.n, sh.d, 40, 11, sh.far ? 0.05f : 4.0f);
         if (sh.far)
             for (size_t i = 0; i < x.size(); i++) x[i] += 20.f;
@@ -648,6 +653,7 @@ TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
                 std::memcpy(&x[i * sh.d], &x[(i - 1) * sh.d], sizeof(float) * sh.d);
         std::vector<uint16_t> xh(x.size());
         for (size_t i = 0; i < x.size(); i++) xh[i] = sh.t == DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+        const void* data = sh.t == DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
         std::vector<float> w(sh.B * sh.n);
         for (size_t i = 0; i < w.size(); i++) w[i] = float(1 + i % 3);
         std::vector<float> c0(sh.B * sh.k * sh.d);
@@ -662,8 +668,9 @@ TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
             o.spherical = sh.spherical;
             if (sh.frozen) o.k_frozen = 7;
             if (sh.weighted) o.weights = w.data();
+            if (sh.tf32) o.fp32_mode = flash::Fp32Mode::TF32;
             c[v] = c0;
-            const auto stats = flash::run_lloyd(host_points(xh.data(), sh.n, sh.d, sh.t, sh.B), c[v].data(), o);
+            const auto stats = flash::run_lloyd(host_points(data, sh.n, sh.d, sh.t, sh.B), c[v].data(), o);
             for (const auto& s : stats)
                 for (const auto& it : s) obj[v].push_back(it.obj);
         }
