@@ -635,7 +635,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             cp_async_wait<0>(); // the point tile and the first pair landed
         fence_proxy_async();
         __syncthreads();
-        if constexpr (START) {
+        if (START && a.start_from_labels) { // (the same for the whole grid)
             // Row h's value for its last centroid p, pen + scale x.c with x.c in fp32 FMA over the
             // rows the products read (the quad's lanes a quarter of the columns each), raised by
             // 2^-14 |scale| ||x|| ||c|| (the tensor cores' accumulation, 2^-21 per k16 step, and
@@ -647,7 +647,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int p = prior[h];
-                const bool known = a.start_from_labels && p >= 0 && p < k; // (the quad's four lanes alike)
+                const bool known = p >= 0 && p < k; // (the quad's four lanes alike)
                 float xx = 0.f, cc = 0.f, xc = 0.f;
                 if (known) {
                     const int rr = wg * 64 + warp * 16 + lane / 4 + 8 * h;
