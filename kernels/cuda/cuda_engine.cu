@@ -130,14 +130,15 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     DeviceBuffer<int32_t> labels(B * n, "labels");
     DeviceBuffer<unsigned char> lowp(x.dtype == DType::F32 ? 0 : B * k * d * 2, "rounded centroids");
     DeviceBuffer<float> weights(opt.weights ? B * n : 0, "weights");
-    // From k = kBoundMinK each point's running minimum starts from its value for the centroid
+    // From k = kStartMinK each point's running minimum starts from its value for the centroid
     // it had last iteration (AssignArgs::start_from_labels). Below it the reads at each block's
-    // start cost about what they spare (bench/RESULTS.md, run 29). FLASH_ASSIGN_BOUND=0: not
-    // used; =1: also below kBoundMinK.
-    constexpr int64_t kBoundMinK = 4096;
-    const char* bound_env = std::getenv("FLASH_ASSIGN_BOUND");
-    const bool bound_forced = bound_env && std::string(bound_env) == "1";
-    const bool bounded = niter > 1 && !env_switched_off("FLASH_ASSIGN_BOUND") && (k >= kBoundMinK || bound_forced);
+    // start cost more than they spare (bench/RESULTS.md, run 29). FLASH_ASSIGN_BOUND=0: not
+    // used; =1: also below kStartMinK.
+    constexpr int64_t kStartMinK = 4096;
+    const char* start_env = std::getenv("FLASH_ASSIGN_BOUND");
+    const bool start_forced = start_env && std::string(start_env) == "1";
+    const bool start_from_labels =
+        niter > 1 && !env_switched_off("FLASH_ASSIGN_BOUND") && (k >= kStartMinK || start_forced);
     // Per-iteration stats: row `it` of the history [obj (B doubles) | imbalance (B doubles) |
     // nsplit (B ints)], written by the iteration's split kernel at a cursor it moves on (a
     // captured graph replays it; a copy per iteration cost 2-4 us at the small configs).
@@ -191,7 +192,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         a.count_tile = update.count_tile();
         a.count_tiles = update.count_tiles();
     }
-    if (bounded) { // (after the autotuner's launches, which write labels): no label, no start
+    if (start_from_labels) { // (after the autotuner's launches, which write labels): no label, no start
         FLASH_CUDA_CHECK(cudaMemsetAsync(labels.get(), 0xff, sizeof(int32_t) * B * n, s));
         a.start_from_labels = true;
         half.view.start_from_labels = true; // (TF32 mode: the fp16 view's pass writes these labels)
