@@ -238,6 +238,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         SCALED ? ldexpf(l2 ? -2.f : -1.f, -(split_scale_exponent(a.xmax[b]) + split_scale_exponent(a.cmax[b])))
               : (l2 ? -2.f : -1.f);
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+    // Rows lane / 4 and lane / 4 + 8 of this warp within the point tile (h = 0, 1).
+    auto tile_row = [&](int h) { return wg * 64 + warp * 16 + lane / 4 + 8 * h; };
 
     // Centroid tile j into stage j % kStages, with its penalties: ||c||^2 (L2) or 0 (inner
     // product), +inf past k (padded rows are zero, so their value is +inf and never wins).
@@ -378,7 +380,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         if (a.start_from_labels) {
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const int64_t row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h;
+                const int64_t row = m0 + tile_row(h);
                 if (row < n) prior[h] = a.labels[b * n + row];
             }
         }
@@ -650,7 +652,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 const bool known = p >= 0 && p < k; // (the quad's four lanes alike)
                 float xx = 0.f, cc = 0.f, xc = 0.f;
                 if (known) {
-                    const int rr = wg * 64 + warp * 16 + lane / 4 + 8 * h;
+                    const int rr = tile_row(h);
                     const T* crow = c0 + (b * k + p) * ld;
 #pragma unroll
                     for (int u = 0; u < QW / 8; u++) {
@@ -697,7 +699,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         // Rows lane / 4 and lane / 4 + 8 of this warp; PERSIST: their ||x||^2 read now, its
         // latency hidden behind the products (a block-per-tile kernel reads it at the end: two
         // registers fewer in the loop).
-        auto row_of = [&](int h) { return m0 + wg * 64 + warp * 16 + lane / 4 + 8 * h; };
+        auto row_of = [&](int h) { return m0 + tile_row(h); };
         auto xnorm_of = [&](int h) { return row_of(h) < n ? a.xnorm[b * n + row_of(h)] : 0.f; }; // (PERSIST)
         float xn[2] = {0.f, 0.f};
         if constexpr (PERSIST) {

@@ -125,8 +125,7 @@ int choose_assign_variant(const AssignArgs& a, cudaStream_t s) {
     if (a.half_view) return choose_assign_variant(*a.half_view, s);
     const int count = assign_variants(a);
     if (const char* forced = std::getenv("FLASH_ASSIGN_VARIANT")) return std::min(std::max(0, std::atoi(forced)), count - 1);
-    const char* tune = std::getenv("FLASH_AUTOTUNE");
-    if (count == 1 || !tune || std::string(tune) != "1") return heuristic_variant(a);
+    if (count == 1 || !env_switched_on("FLASH_AUTOTUNE")) return heuristic_variant(a);
 
     int dev = 0;
     FLASH_CUDA_CHECK(cudaGetDevice(&dev));

@@ -21,13 +21,12 @@ struct CentroidCopies {
     float* norms = nullptr;
 };
 
-/// Row r of the centroids into `out` from its d fp32 values at `row` (global or shared memory:
-/// the same bits), by the 32 lanes of the calling warp.
-__device__ __forceinline__ void prepare_centroid_row_from(const float* row, int64_t r, int64_t d,
-                                                          const CentroidCopies& out, int lane) {
+/// Row r of the fp32 centroids c (rows of d) into `out`, by the 32 lanes of the calling warp.
+__device__ __forceinline__ void prepare_centroid_row(const float* c, int64_t r, int64_t d, const CentroidCopies& out,
+                                                     int lane) {
     float s = 0.f;
     for (int64_t j = lane; j < d; j += 32) {
-        float v = row[j];
+        float v = c[r * d + j];
         if (out.dtype == DType::F16) {
             const __half h = __float2half_rn(v);
             static_cast<__half*>(out.lowp)[r * d + j] = h;
@@ -42,12 +41,6 @@ __device__ __forceinline__ void prepare_centroid_row_from(const float* row, int6
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
     if (lane == 0) out.norms[r] = s;
-}
-
-/// Row r of the fp32 centroids c (rows of d) into `out`, by the 32 lanes of the calling warp.
-__device__ __forceinline__ void prepare_centroid_row(const float* c, int64_t r, int64_t d, const CentroidCopies& out,
-                                                     int lane) {
-    prepare_centroid_row_from(c + r * d, r, d, out, lane);
 }
 
 } // namespace flash::cuda_engine

@@ -44,6 +44,12 @@ inline bool env_switched_off(const char* name) {
     return v && std::string(v) == "0";
 }
 
+/// Whether environment variable `name` switches an opt-in path on (set to "1").
+inline bool env_switched_on(const char* name) {
+    const char* v = std::getenv(name);
+    return v && std::string(v) == "1";
+}
+
 /// Streaming multiprocessors of the current device.
 inline int current_device_sms() {
     int dev = 0, sms = 0;

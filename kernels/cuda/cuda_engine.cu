@@ -135,10 +135,8 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     // start cost more than they spare (bench/RESULTS.md, run 29). FLASH_ASSIGN_BOUND=0: not
     // used; =1: also below kStartMinK.
     constexpr int64_t kStartMinK = 4096;
-    const char* start_env = std::getenv("FLASH_ASSIGN_BOUND");
-    const bool start_forced = start_env && std::string(start_env) == "1";
-    const bool start_from_labels =
-        niter > 1 && !env_switched_off("FLASH_ASSIGN_BOUND") && (k >= kStartMinK || start_forced);
+    const bool start_from_labels = niter > 1 && !env_switched_off("FLASH_ASSIGN_BOUND") &&
+                                   (k >= kStartMinK || env_switched_on("FLASH_ASSIGN_BOUND"));
     // Per-iteration stats: row `it` of the history [obj (B doubles) | imbalance (B doubles) |
     // nsplit (B ints)], written by the iteration's split kernel at a cursor it moves on (a
     // captured graph replays it; a copy per iteration cost 2-4 us at the small configs).

@@ -267,17 +267,11 @@ __global__ void __launch_bounds__(kSplitThreads)
                     c -= c >= kk ? kk : 0;
                 else
                     c = int(c) % int(kk);
-                float p, w = 0.f;
-                if (c == last_i)
-                    w = last_wi, p = threshold(w);
-                else if (c == last_j)
-                    w = last_wj, p = threshold(w);
-                else
-                    p = staged ? ps[c] : threshold(hs[c]);
-                if (r < p) {
-                    if (c != last_i && c != last_j) w = hs[c];
-                    atomicMin(&first[slot], (uint64_t(threadIdx.x) << 32) | __float_as_uint(w));
-                }
+                const bool last = c == last_i || c == last_j;
+                const float w_last = c == last_i ? last_wi : last_wj;
+                const float p = last ? threshold(w_last) : (staged ? ps[c] : threshold(hs[c]));
+                if (r < p)
+                    atomicMin(&first[slot], (uint64_t(threadIdx.x) << 32) | __float_as_uint(last ? w_last : hs[c]));
             }
             __syncthreads();
             const unsigned long long key = first[slot];

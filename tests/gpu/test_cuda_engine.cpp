@@ -25,6 +25,28 @@ namespace {
 
 using flash_test::host_points;
 
+// Puts an environment variable back (value or absence) at the end of the scope: a suite run
+// may set the switch a test sets.
+class ScopedEnv {
+  public:
+    explicit ScopedEnv(const char* name) : name_(name) {
+        if (const char* v = std::getenv(name)) had_ = true, saved_ = v;
+    }
+    ~ScopedEnv() {
+        if (had_)
+            setenv(name_, saved_.c_str(), 1);
+        else
+            unsetenv(name_);
+    }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+    void set(const char* value) const { setenv(name_, value, 1); }
+
+  private:
+    const char* name_;
+    bool had_ = false;
+    std::string saved_;
+};
 
 double dot_d(const float* a, const float* b, int64_t d) {
     double s = 0;
@@ -527,8 +549,7 @@ TEST(CudaEngine, CountingAndRadixUpdatesGiveTheSameBits) {
     const Shape shapes[] = {{2, 40000, 128, 37, 0, false},  {3, 3000, 200, 9, 0, true},
                             {1, 5000, 4, 64, 5, false},     {2, 700, 17, 12, 0, true},
                             {2, 20000, 32, 1500, 0, false}, {1, 30000, 8, 5000, 0, true}};
-    const char* suite = std::getenv("FLASH_UPDATE_SORT"); // a suite may force a sort: put it back after
-    const std::string saved = suite ? suite : "";
+    const ScopedEnv sort("FLASH_UPDATE_SORT"), label_counts("FLASH_LABEL_COUNTS");
     for (const auto& sh : shapes)
         for (auto t : {flash::DType::F32, flash::DType::F16, flash::DType::BF16}) {
             SCOPED_TRACE("n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d) + " dtype=" +
@@ -546,23 +567,18 @@ TEST(CudaEngine, CountingAndRadixUpdatesGiveTheSameBits) {
             // with its own histogram launch, radix sort
             std::vector<float> c[3];
             for (int v = 0; v < 3; v++) {
-                setenv("FLASH_UPDATE_SORT", v == 2 ? "radix" : "counting", 1);
-                setenv("FLASH_LABEL_COUNTS", v == 1 ? "0" : "1", 1);
+                sort.set(v == 2 ? "radix" : "counting");
+                label_counts.set(v == 1 ? "0" : "1");
                 auto o = options(sh.k, 3, flash::Backend::CUDA);
                 o.k_frozen = sh.frozen;
                 if (sh.weighted) o.weights = w.data();
                 c[v] = c0;
                 flash::run_lloyd(host_points(data, sh.n, sh.d, t, sh.B), c[v].data(), o);
             }
-            unsetenv("FLASH_LABEL_COUNTS");
             EXPECT_EQ(c[0], c[1]);
             EXPECT_EQ(c[0], c[2]);
             EXPECT_EQ(std::memcmp(c[0].data(), c0.data(), sizeof(float) * sh.frozen * sh.d), 0) << "frozen rows";
         }
-    if (suite)
-        setenv("FLASH_UPDATE_SORT", saved.c_str(), 1);
-    else
-        unsetenv("FLASH_UPDATE_SORT");
 }
 
 // How the iteration's kernels are launched (one graph per iteration or one by one; each kernel
@@ -578,10 +594,7 @@ TEST(CudaEngine, LaunchModesGiveTheSameBits) {
     const Shape shapes[] = {{1, 30000, 128, 1024, flash::DType::F16},
                             {2, 8000, 64, 50, flash::DType::BF16},
                             {2, 10000, 100, 300, flash::DType::F32}};
-    // A suite may set either switch: put them back after.
-    std::vector<std::pair<const char*, std::string>> saved;
-    for (const char* name : {"FLASH_CUDA_GRAPH", "FLASH_PDL"})
-        if (const char* v = std::getenv(name)) saved.emplace_back(name, v);
+    const ScopedEnv graph("FLASH_CUDA_GRAPH"), pdl("FLASH_PDL");
     for (const auto& sh : shapes) {
         SCOPED_TRACE("n=" + std::to_string(sh.n) + " k=" + std::to_string(sh.k) +
                      " dtype=" + std::to_string(int(sh.t)));
@@ -595,8 +608,8 @@ TEST(CudaEngine, LaunchModesGiveTheSameBits) {
         std::vector<float> c[4];
         std::vector<double> obj[4];
         for (int v = 0; v < 4; v++) { // (graph, dependent launches): on/on, off/on, on/off, off/off
-            setenv("FLASH_CUDA_GRAPH", v % 2 ? "0" : "1", 1);
-            setenv("FLASH_PDL", v / 2 ? "0" : "1", 1);
+            graph.set(v % 2 ? "0" : "1");
+            pdl.set(v / 2 ? "0" : "1");
             c[v] = c0;
             const auto stats = flash::run_lloyd(host_points(data, sh.n, sh.d, sh.t, sh.B), c[v].data(),
                                                 options(sh.k, 4, flash::Backend::CUDA));
@@ -607,9 +620,6 @@ TEST(CudaEngine, LaunchModesGiveTheSameBits) {
             EXPECT_EQ(obj[0], obj[v]) << "mode " << v;
         }
     }
-    unsetenv("FLASH_CUDA_GRAPH");
-    unsetenv("FLASH_PDL");
-    for (const auto& [name, value] : saved) setenv(name, value.c_str(), 1);
 }
 
 // Each row's running minimum may start from its value for the centroid it had last iteration
@@ -640,8 +650,7 @@ TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
         {1, 16000, 100, 600, DType::F32, Metric::L2, false, false, false, false, true, false},
         {1, 16000, 64, 4100, DType::F32, Metric::InnerProduct, false, false, false, true, false, false},
         {1, 16000, 128, 900, DType::F32, Metric::L2, false, false, true, false, false, true}};
-    std::string saved;
-    if (const char* v = std::getenv("FLASH_ASSIGN_BOUND")) saved = v;
+    const ScopedEnv bound("FLASH_ASSIGN_BOUND");
     for (const auto& sh : shapes) {
         SCOPED_TRACE("B=" + std::to_string(sh.B) + " n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d) +
                      " k=" + std::to_string(sh.k) + " dtype=" + std::to_string(int(sh.t)));
@@ -662,7 +671,7 @@ TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
         std::vector<float> c[2];
         std::vector<double> obj[2];
         for (int v = 0; v < 2; v++) {
-            setenv("FLASH_ASSIGN_BOUND", v ? "1" : "0", 1);
+            bound.set(v ? "1" : "0");
             auto o = options(sh.k, 6, flash::Backend::CUDA);
             o.metric = sh.m;
             o.spherical = sh.spherical;
@@ -677,10 +686,6 @@ TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
         EXPECT_EQ(std::memcmp(c[0].data(), c[1].data(), sizeof(float) * c[0].size()), 0);
         EXPECT_EQ(obj[0], obj[1]);
     }
-    if (saved.empty())
-        unsetenv("FLASH_ASSIGN_BOUND");
-    else
-        setenv("FLASH_ASSIGN_BOUND", saved.c_str(), 1);
 }
 
 TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
