@@ -7,9 +7,11 @@
 // their tiles from the copy engine (TMA) and hand stages over with mbarriers; the others load with
 // per-thread cp.async behind one block barrier per pair. The fold keeps a running
 // (value, index) minimum per point in registers at two instructions per value (a tile's
-// minimum first, its column searched only when it improves). The kernel is bound by issued
-// instructions as much as by the tensor cores, hence the lean fold and the fixed-offset
-// loads. The n x k matrix never leaves the chip.
+// minimum first, its column searched only when it improves; without the start bound, where
+// nearly every tile improves some row, searched on every tile and taken by selects: SELECT).
+// The kernel is bound by issued instructions as much as by the tensor cores, hence the lean
+// fold and the fixed-offset loads (bench/RESULTS.md run 31: the products alone run at 87% of
+// the tensor peak, the fold does not hide behind them). The n x k matrix never leaves the chip.
 //
 // fp32 input (see Pass and AssignArgs): operands are scaled [hi | lo] fp16 rows. The filter
 // (the default) multiplies the hi parts only and keeps, per point, every centroid within its
@@ -186,7 +188,8 @@ constexpr int min_blocks() { return !PERSIST && BN == 64 && NWG == 2 && KW <= 12
 // tile's slot is free once its fragments are in registers); a problem's centroids stay in one
 // stage pair. For small k, where a block's work is one or two products, this hides the load
 // latency that a block per tile pays in full.
-template <class T, int KW, int BN, int NWG, Pass P, bool AREG, bool SWZ, bool PERSIST = false>
+// SELECT (the plain pass of variant 5 without the start bound): see the fold's search below.
+template <class T, int KW, int BN, int NWG, Pass P, bool AREG, bool SWZ, bool PERSIST = false, bool SELECT = false>
 __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()))
     assign_wgmma_kernel(AssignArgs a, int64_t tiles_per_problem, int64_t tiles_per_block, bool vec,
                         const __grid_constant__ CUtensorMap cmap) {
@@ -594,6 +597,18 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
 #pragma unroll
                 for (int q = 0; q < w; q++) m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
             const float t1 = m1[h][0];
+            if constexpr (SELECT) {
+                // Without the start bound (k < kStartMinK), nearly every tile improves some row of
+                // the warp: the column is found on every tile and taken by selects, which costs
+                // less than a divergent branch per row and tile around the search (kernel 46.0 vs
+                // 48.4 us at B=1 N=65536 K=1024; at K=8192, where the start makes the search rare,
+                // 9% more: bench/RESULTS.md run 31).
+                const int col = first_column(t1, h);
+                const bool better = t1 < best[h].v;
+                best[h].v = better ? t1 : best[h].v;
+                best[h].i = better ? col0 + col : best[h].i;
+                continue;
+            }
             if (t1 < best[h].v) {
                 const int col = first_column(t1, h);
                 if constexpr (SPLIT) {
@@ -894,12 +909,13 @@ bool centroids_via_tma(const AssignArgs& a, Pass p) {
     return !disabled && tile_map_possible(centroid_rows(a), a.batch, a.k, centroid_width(a, p), centroid_stride(a, p));
 }
 
-template <class T, int KW, int BN, Pass P, bool AREG, bool SWZ = false, int NWG = 2, bool PERSIST = false>
+template <class T, int KW, int BN, Pass P, bool AREG, bool SWZ = false, int NWG = 2, bool PERSIST = false,
+          bool SELECT = false>
 void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     constexpr int BM = NWG * 64;
     constexpr size_t smem = smem_bytes<T, KW, BN, NWG, PERSIST>();
     static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
-    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, P, AREG, SWZ, PERSIST>;
+    auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, P, AREG, SWZ, PERSIST, SELECT>;
     set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
     const int64_t tiles = (a.n + BM - 1) / BM;
     const int64_t total = tiles * a.batch;
@@ -949,6 +965,8 @@ void launch_width(const AssignArgs& a, int variant, bool vec, cudaStream_t strea
         else if (variant == 4) launch_config<T, KW, 64, P, true, true, 3>(a, vec, stream);
         else if (persistent) // (PERSIST only for Plain: no other instantiation)
             launch_config<T, KW, 64, P, true, true, 2, P == Pass::Plain>(a, vec, stream);
+        else if (P == Pass::Plain && !a.start_from_labels) // (SELECT: Plain only, no other instantiation)
+            launch_config<T, KW, 64, P, true, true, 2, false, P == Pass::Plain>(a, vec, stream);
         else launch_config<T, KW, 64, P, true, true, 2>(a, vec, stream);
     }
 }
