@@ -600,8 +600,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             if constexpr (SELECT) {
                 // Without the start bound (k < kStartMinK), nearly every tile improves some row of
                 // the warp: the column is found on every tile and taken by selects, which costs
-                // less than a divergent branch per row and tile around the search (kernel 46.0 vs
-                // 48.4 us at B=1 N=65536 K=1024; at K=8192, where the start makes the search rare,
+                // less than a divergent branch per row and tile around the search (kernel 46.2 vs
+                // 48.6 us at B=1 N=65536 K=1024; at K=8192, where the start makes the search rare,
                 // 9% more: bench/RESULTS.md run 31).
                 const int col = first_column(t1, h);
                 const bool better = t1 < best[h].v;
@@ -942,8 +942,9 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
 //   1: the same without swizzle; 2: A from shared memory, same tile; 3: A from shared memory,
 //   BN = 64 (less shared memory) where rows are narrower than 256; 4: three warpgroups (192
 //   points per block: a third less centroid traffic from L2 per product), swizzled BN = 64;
-//   5: as 4 with two warpgroups; 6: as 5, persistent over point tiles with the centroids
-//   resident, for k <= 128 and at least two point tiles per problem (else as 5).
+//   5: as 4 with two warpgroups (its plain pass without the start bound in the SELECT form);
+//   6: as 5, persistent over point tiles with the centroids resident, for k <= 128 and at
+//   least two point tiles per problem (else as 5).
 // KW = padded width of a shared-memory row (d, or 2 * dsplit for split fp32).
 // The swizzled block-per-tile configurations (0, 4, 5) take their centroid tiles through the
 // copy engine. Where it cannot take them (rows not a multiple of 16 bytes) or FLASH_NO_TMA=1,
