@@ -200,7 +200,7 @@ run() {
       --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
     run_suite racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
     run_suite initcheck compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
-    # the assignment's start bound reads the last iteration's labels, distances and shifts
+    # the assignment's start reads the last iteration's labels and those centroids' rows
     # (racecheck on it takes minutes: left to the filter above)
     run_suite initcheck_bound compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" \
       --gtest_filter=CudaEngine.BoundedSearchGivesTheSameBits
