@@ -67,7 +67,7 @@ unpack() { # -> $work with bin/ and lib/; LD_LIBRARY_PATH set
 # device tool brings back a limited number of files from $OUT (it once left the tarball behind).
 pack_logs() {
   tar -C "$out" -czf "$dest/logs.tar.gz" . || true
-  for f in device.txt ours.csv ours_tuned.csv peers.csv gpu_time_per_iter.png; do
+  for f in device.txt ours.csv ours_tuned.csv peers.csv clocks.log gpu_time_per_iter.png; do
     [ -f "$out/$f" ] && cp "$out/$f" "$dest/"
   done
   return 0
@@ -207,7 +207,15 @@ run() {
     run_suite initcheck_sharded compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_sharded" \
       --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
   fi
-  "$bin/bench_gpu" --csv "$out/ours.csv" ${BENCH_ARGS:-} | tee "$out/bench.log" || status=1
+  # Both benchmarks pause before each config (SETTLE_MS, default 2000): the clocks recover
+  # from the power limit of the large configs before the short ones are timed. The SM clock and
+  # power, once a second, go to clocks.log.
+  local settle=${SETTLE_MS:-2000} dmon=""
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi dmon -s pc -d 1 > "$out/clocks.log" 2>&1 &
+    dmon=$!
+  fi
+  "$bin/bench_gpu" --csv "$out/ours.csv" --settle-ms "$settle" ${BENCH_ARGS:-} | tee "$out/bench.log" || status=1
   # Every kernel configuration timed once per shape bucket (the autotuner's log lists them),
   # then the per-phase breakdown and the fp32 certificate's re-check share.
   FLASH_AUTOTUNE=1 FLASH_CACHE_DIR="$out" "$bin/bench_gpu" --csv "$out/ours_tuned.csv" ${BENCH_ARGS:-} \
@@ -216,10 +224,11 @@ run() {
   FLASH_CUDA_PHASE_TIMES=1 "$bin/bench_gpu" --repeats 1 ${BENCH_ARGS:-} > "$out/phases.log" 2>&1 || status=1
   grep -E "phases|certificate|filter|^B=" "$out/phases.log" | sort | uniq -c | sort -rn | head -40 || true
   if [ -d .peers/flash_kmeans ]; then
-    python3 bench/peers/run_peers.py --flash-kmeans-path .peers --csv "$out/peers.csv" ${PEER_ARGS:-} \
-      2>&1 | tee "$out/peers.log" || status=1
+    python3 bench/peers/run_peers.py --flash-kmeans-path .peers --csv "$out/peers.csv" --settle-ms "$settle" \
+      ${PEER_ARGS:-} 2>&1 | tee "$out/peers.log" || status=1
     python3 bench/plot_gpu.py "$out/ours.csv" "$out/peers.csv" "$out/gpu_time_per_iter.png" || true
   fi
+  [ -z "$dmon" ] || kill "$dmon" 2> /dev/null || true
   echo
   echo "== summary =="
   printf '%s\n' "${summary[@]}"

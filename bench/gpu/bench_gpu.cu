@@ -1,10 +1,11 @@
 // GPU benchmark of the CUDA engine on named configurations (DESIGN.md section 4).
-//   bench_gpu [--configs name,name,...] [--niter 10] [--repeats 5] [--csv out.csv]
+//   bench_gpu [--configs name,name,...] [--niter 10] [--repeats 5] [--csv out.csv] [--settle-ms 0]
 // Data lives on the device (filled by a hash kernel, not zeros). For each config: one
 // warm-up run, then `repeats` timed runs of `niter` Lloyd iterations; reported:
 //   iter_ms : median GPU time per iteration, CUDA events around the iteration loop
 //   call_ms : median wall time of the whole run_lloyd call / niter (setup included)
 //   TFLOP/s : 2 B N K d / iter_ms
+// --settle-ms: an idle pause before each config (the clocks recover from the power limit).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -15,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/flash_kmeans.h"
@@ -81,13 +83,15 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
     std::string only, csv;
-    int niter = 10, repeats = 5;
+    int niter = 10, repeats = 5, settle_ms = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i], v = argv[i + 1];
         if (a == "--configs") only = "," + v + ",";
         else if (a == "--niter") niter = std::atoi(v.c_str());
         else if (a == "--repeats") repeats = std::atoi(v.c_str());
         else if (a == "--csv") csv = v;
+        else if (a == "--settle-ms")
+            settle_ms = std::atoi(v.c_str());
         else {
             std::fprintf(stderr, "unknown option %s\n", a.c_str());
             return 2;
@@ -101,6 +105,10 @@ int main(int argc, char** argv) {
     std::printf("%-24s %10s %10s %9s\n", "config", "iter_ms", "call_ms", "TFLOP/s");
     for (const Config& c : kConfigs) {
         if (!only.empty() && only.find("," + std::string(c.name) + ",") == std::string::npos) continue;
+        // An idle pause first: after a config that ran at the power limit the clocks stay low
+        // for a while (H100: 1.56-1.64 GHz instead of 1.98 for about a second), which would
+        // otherwise be charged to the short configs that follow (bench/RESULTS.md run 33).
+        if (settle_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
         const size_t esz = c.dtype == flash::DType::F32 ? 4 : 2;
         void* x = nullptr;
         check(cudaMalloc(&x, size_t(c.B) * c.N * c.d * esz), "cudaMalloc points");

@@ -17,6 +17,7 @@ import argparse
 import csv
 import statistics
 import sys
+import time
 
 import torch
 
@@ -110,6 +111,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--csv", default=None)
     ap.add_argument("--skip-dense", default="b1_n8M_k1024_fp16")
+    ap.add_argument("--settle-ms", type=int, default=0,
+                    help="idle pause before each config (as bench_gpu's: clocks recover from the power limit)")
     args = ap.parse_args()
 
     sys.path.insert(0, args.flash_kmeans_path)
@@ -124,6 +127,7 @@ def main():
           f"{'dense torch ms':>15s}")
     for name in args.configs.split(","):
         B, N, K, d, dtype = CONFIGS[name]
+        time.sleep(args.settle_ms / 1000)
         x = make_data(B, N, d, dtype)
         init = x[:, :K].clone()
         fk_ms = fk_iter_ms = fk_iter_min_ms = fk_fit_ms = float("nan")
