@@ -22,6 +22,7 @@ constexpr int64_t kMaxCountingK = 49152; // k up to which each warp's counters f
 constexpr int64_t kSmallRows = 1 << 18;  // batches of at most this many points: short tiles
 constexpr int kColumnWarps = 8;          // warps of a column-scan block (tiles split among them)
 constexpr int kRounds = 32; // 32-label rounds a warp loads at once (tile kernels)
+constexpr int64_t kStagedChunks = 8192; // chunks (512K points) from which the chunk sums stage their ids
 
 // Points per histogram tile. Small batches (latency-bound): 512 (16 rounds of a warp), twice
 // the warps of 1024-point tiles for a histogram of at most 2 k entries per 1024 points (256 and
@@ -340,9 +341,13 @@ __device__ __forceinline__ ChunkSpan chunk_span(int64_t q, int64_t chunks, int64
 // Chunk q summed in order, one piece per cluster it meets: the cluster open at the chunk's
 // start goes to head[q], a cluster starting inside the chunk to startp[c] (a cluster starts
 // inside at most one chunk). V elements per thread (a 16- or 8-byte load): G = d / V threads
-// per row, 128 / G chunks per block. Needs d % V == 0, d / V <= 128 and rows aligned to V
-// elements.
-template <class T, int V>
+// per row, 128 / G chunks per block. Needs d % V == 0, d / V <= 128 (STAGED: >= 2) and rows
+// aligned to V elements. STAGED (large grids): the block's sorted cluster and point ids (its chunks are
+// consecutive positions) are first read into shared memory together, coalesced (dynamic
+// shared memory: 8 * kChunk * 128 / G bytes), instead of 16 broadcast reads per round of rows
+// (B=32 N=65536 K=1024 fp16 210 vs 238 us; on a grid of a few hundred blocks the extra step
+// costs 1 us, bench/RESULTS.md run 33).
+template <class T, int V, bool STAGED>
 __global__ void __launch_bounds__(kThreads)
     chunk_pieces_vec(const T* x, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks, int64_t rows,
                      int64_t total_chunks, const float* weights, float* head, float* headw, float* startp,
@@ -353,14 +358,28 @@ __global__ void __launch_bounds__(kThreads)
     constexpr int U = 16; // rows' loads in flight
     const int G = int(d / V), per_block = kThreads / G;
     const int grp = threadIdx.x / G, lane = threadIdx.x % G;
-    if (grp >= per_block) return;
-    const int64_t q = int64_t(blockIdx.x) * per_block + grp;
-    if (q >= total_chunks) return;
+    const int64_t q0 = int64_t(blockIdx.x) * per_block; // the block's first chunk
+    const uint32_t *kp = keys, *ip = ids;               // staged: the ids of position p at kp[p - base], ip[p - base]
+    int64_t base = 0;
+    if constexpr (STAGED) {
+        extern __shared__ uint32_t staged[]; // [per_block * kChunk] keys, then as many ids
+        base = chunk_span(q0, chunks, rows).p0;
+        const int64_t count = chunk_span(min(total_chunks, q0 + per_block) - 1, chunks, rows).p1 - base;
+        for (int64_t i = threadIdx.x; i < count; i += kThreads) {
+            staged[i] = keys[base + i];
+            staged[per_block * kChunk + i] = ids[base + i];
+        }
+        __syncthreads();
+        kp = staged;
+        ip = staged + per_block * kChunk;
+    }
+    const int64_t q = q0 + grp;
+    if (grp >= per_block || q >= total_chunks) return;
     const auto [p0, p1] = chunk_span(q, chunks, rows);
     float acc[V], w = 0.f;
 #pragma unroll
     for (int e = 0; e < V; e++) acc[e] = 0.f;
-    uint32_t cur = keys[p0];
+    uint32_t cur = kp[p0 - base];
     bool first = true;
     auto flush = [&] {
         float* dst = (first ? head + q * d : startp + int64_t(cur) * d) + lane * V;
@@ -369,28 +388,32 @@ __global__ void __launch_bounds__(kThreads)
         if (lane == 0) (first ? headw[q] : startw[cur]) = w;
     };
     for (int64_t p = p0; p < p1; p += U) {
-        uint32_t key[U], id[U];
+        uint32_t key[U], id[U]; // (not staged: the round's ids first, in registers)
         Raw raw[U];
         float wt[U];
+        if constexpr (!STAGED) {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (p + u < p1) {
+                    key[u] = keys[p + u];
+                    id[u] = ids[p + u];
+                }
+        }
 #pragma unroll
         for (int u = 0; u < U; u++)
             if (p + u < p1) {
-                key[u] = keys[p + u];
-                id[u] = ids[p + u];
-            }
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (p + u < p1) {
-                raw[u] = *reinterpret_cast<const Raw*>(x + int64_t(id[u]) * d + lane * V);
-                wt[u] = weights ? weights[id[u]] : 1.f;
+                const uint32_t i = STAGED ? ip[p + u - base] : id[u];
+                raw[u] = *reinterpret_cast<const Raw*>(x + int64_t(i) * d + lane * V);
+                wt[u] = weights ? weights[i] : 1.f;
             }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if (p + u >= p1) break;
-            if (key[u] != cur) {
+            const uint32_t ku = STAGED ? kp[p + u - base] : key[u];
+            if (ku != cur) {
                 flush();
                 first = false;
-                cur = key[u];
+                cur = ku;
                 w = 0.f;
 #pragma unroll
                 for (int e = 0; e < V; e++) acc[e] = 0.f;
@@ -649,15 +672,23 @@ void SortInverseUpdate::sort_and_sum(const void* x, DType dtype, int64_t rows, c
     const int64_t wide = 16 / dtype_size(dtype);
     const bool narrow = wide == 8 && total_chunks * (d_ / wide) < 4 * 32 * int64_t(sms_);
     const int64_t vec = narrow ? 4 : wide;
+    // Ids staged in shared memory on large grids (see chunk_pieces_vec), with two threads per
+    // row at least (the staged ids of 128 chunks would exceed 48 KiB); FLASH_STAGED_SUMS=0:
+    // never (the same sums, read for every launch so that tests can switch).
+    const bool staged = total_chunks >= kStagedChunks && d_ / vec >= 2 && !env_switched_off("FLASH_STAGED_SUMS");
     const bool vectorised =
         d_ % vec == 0 && d_ / vec <= kThreads && reinterpret_cast<uintptr_t>(x) % (vec * dtype_size(dtype)) == 0;
     const int per_block = vectorised ? int(kThreads / (d_ / vec)) : 1;
     const unsigned blocks = blocks_for(total_chunks, per_block);
+    const size_t staged_bytes = size_t(per_block) * kChunk * 2 * sizeof(uint32_t);
     auto vec_pieces = [&](auto* typed) { // typed: x as const T*
         using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
-        auto kernel = narrow ? chunk_pieces_vec<T, 4> : chunk_pieces_vec<T, 16 / sizeof(T)>; // (fp32: both V = 4)
-        launch_dependent(kernel, blocks, kThreads, 0, stream, typed, d_, keys_.get(), ids_.get(), chunks, rows,
-                         total_chunks, weights, head_.get(), headw_.get(), startp_.get(), startw_.get());
+        constexpr int W = 16 / sizeof(T); // (fp32: both forms V = 4)
+        auto kernel = narrow ? (staged ? chunk_pieces_vec<T, 4, true> : chunk_pieces_vec<T, 4, false>)
+                             : (staged ? chunk_pieces_vec<T, W, true> : chunk_pieces_vec<T, W, false>);
+        launch_dependent(kernel, blocks, kThreads, staged ? staged_bytes : 0, stream, typed, d_, keys_.get(),
+                         ids_.get(), chunks, rows, total_chunks, weights, head_.get(), headw_.get(), startp_.get(),
+                         startw_.get());
     };
     if (vectorised && dtype == DType::F32)
         vec_pieces(static_cast<const float*>(x));

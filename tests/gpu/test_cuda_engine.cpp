@@ -172,6 +172,21 @@ uint16_t to_bf16(float f) {
     return uint16_t(u >> 16);
 }
 
+// x rounded to fp16 or bf16 (t), as raw bits.
+std::vector<uint16_t> rounded_copy(const std::vector<float>& x, flash::DType t) {
+    std::vector<uint16_t> xh(x.size());
+    for (size_t i = 0; i < x.size(); i++) xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+    return xh;
+}
+
+// Initial centroids (B, k, d): rows first .. first + k - 1 of each problem of x (B, n, d).
+std::vector<float> rows_of_each_problem(const std::vector<float>& x, int64_t B, int64_t n, int64_t d, int64_t k,
+                                        int64_t first) {
+    std::vector<float> c0(size_t(B * k * d));
+    for (int64_t b = 0; b < B; b++) std::memcpy(&c0[b * k * d], &x[(b * n + first) * d], sizeof(float) * k * d);
+    return c0;
+}
+
 TEST(CudaEngine, HalfAndBf16AssignmentAgainstReferenceOnRoundedInputs) {
     REQUIRE_GPU();
     uint64_t seed = 500;
@@ -555,14 +570,11 @@ TEST(CudaEngine, CountingAndRadixUpdatesGiveTheSameBits) {
             SCOPED_TRACE("n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d) + " dtype=" +
                          std::to_string(int(t)));
             const auto x = flash_test::gaussian_mixture(sh.B * sh.n, sh.d, 30, 5);
-            std::vector<uint16_t> xh(x.size());
-            for (size_t i = 0; i < x.size(); i++) xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+            const auto xh = rounded_copy(x, t);
             const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
             std::vector<float> w(sh.B * sh.n);
             for (size_t i = 0; i < w.size(); i++) w[i] = float(1 + i % 3);
-            std::vector<float> c0(sh.B * sh.k * sh.d);
-            for (int64_t b = 0; b < sh.B; b++)
-                std::memcpy(&c0[b * sh.k * sh.d], &x[(b * sh.n + 3) * sh.d], sizeof(float) * sh.k * sh.d);
+            const auto c0 = rows_of_each_problem(x, sh.B, sh.n, sh.d, sh.k, 3);
             // counting sort (fp16 / bf16: the histogram counted by the assignment), counting sort
             // with its own histogram launch, radix sort
             std::vector<float> c[3];
@@ -578,6 +590,41 @@ TEST(CudaEngine, CountingAndRadixUpdatesGiveTheSameBits) {
             EXPECT_EQ(c[0], c[1]);
             EXPECT_EQ(c[0], c[2]);
             EXPECT_EQ(std::memcmp(c[0].data(), c0.data(), sizeof(float) * sh.frozen * sh.d), 0) << "frozen rows";
+        }
+}
+
+// The chunk sums read the sorted ids either straight from global memory or, on large grids
+// (8192 chunks of 64 points and more), staged in shared memory per block first: the same sums
+// in the same order. Shapes: 4 and 6 threads per fp16 row (a block of 32 or 21 chunks), 8 and
+// 12 per fp32 row, weights, two problems.
+TEST(CudaEngine, StagedChunkSumsGiveTheSameBits) {
+    REQUIRE_GPU();
+    struct Shape {
+        int64_t B, n, d, k;
+        bool weighted;
+    };
+    const Shape shapes[] = {{2, 262144, 32, 100, false}, {1, 600000, 48, 37, true}};
+    const ScopedEnv staged("FLASH_STAGED_SUMS");
+    for (const auto& sh : shapes)
+        for (auto t : {flash::DType::F32, flash::DType::F16}) {
+            SCOPED_TRACE("n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d) +
+                         " dtype=" + std::to_string(int(t)));
+            const auto x = flash_test::gaussian_mixture(sh.B * sh.n, sh.d, 30, 11);
+            const auto xh = rounded_copy(x, flash::DType::F16);
+            const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
+            std::vector<float> w(sh.B * sh.n);
+            for (size_t i = 0; i < w.size(); i++) w[i] = 0.5f + float(i % 7) * 0.25f;
+            const auto c0 = rows_of_each_problem(x, sh.B, sh.n, sh.d, sh.k, 5);
+            std::vector<float> c[2];
+            for (int v = 0; v < 2; v++) {
+                staged.set(v == 0 ? "1" : "0");
+                auto o = options(sh.k, 3, flash::Backend::CUDA);
+                if (sh.weighted) o.weights = w.data();
+                c[v] = c0;
+                flash::run_lloyd(host_points(data, sh.n, sh.d, t, sh.B), c[v].data(), o);
+            }
+            EXPECT_EQ(c[0], c[1]);
+            EXPECT_NE(c[0], c0);
         }
 }
 
