@@ -342,11 +342,11 @@ __device__ __forceinline__ ChunkSpan chunk_span(int64_t q, int64_t chunks, int64
 // start goes to head[q], a cluster starting inside the chunk to startp[c] (a cluster starts
 // inside at most one chunk). V elements per thread (a 16- or 8-byte load): G = d / V threads
 // per row, 128 / G chunks per block. Needs d % V == 0, d / V <= 128 (STAGED: >= 2) and rows
-// aligned to V elements. STAGED (large grids): the block's sorted cluster and point ids (its chunks are
-// consecutive positions) are first read into shared memory together, coalesced (dynamic
-// shared memory: 8 * kChunk * 128 / G bytes), instead of 16 broadcast reads per round of rows
-// (B=32 N=65536 K=1024 fp16 210 vs 238 us; on a grid of a few hundred blocks the extra step
-// costs 1 us, bench/RESULTS.md run 33).
+// aligned to V elements. STAGED (large grids): the block's sorted cluster and point ids (its
+// chunks are consecutive positions) are first read into shared memory together, coalesced
+// (dynamic shared memory: 8 * kChunk * 128 / G bytes), instead of 16 broadcast reads of each
+// per round of rows (B=32 N=65536 K=1024 fp16 210 vs 238 us; on a grid of a few hundred blocks
+// the extra step costs 1 us, bench/RESULTS.md run 33).
 template <class T, int V, bool STAGED>
 __global__ void __launch_bounds__(kThreads)
     chunk_pieces_vec(const T* x, int64_t d, const uint32_t* keys, const uint32_t* ids, int64_t chunks, int64_t rows,
