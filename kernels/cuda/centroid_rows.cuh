@@ -21,12 +21,13 @@ struct CentroidCopies {
     float* norms = nullptr;
 };
 
-/// Row r of the fp32 centroids c (rows of d) into `out`, by the 32 lanes of the calling warp.
-__device__ __forceinline__ void prepare_centroid_row(const float* c, int64_t r, int64_t d, const CentroidCopies& out,
+/// Row r of the fp32 centroids, whose d values are at `row` (in global or shared memory), into
+/// `out`, by the 32 lanes of the calling warp.
+__device__ __forceinline__ void prepare_centroid_row(const float* row, int64_t r, int64_t d, const CentroidCopies& out,
                                                      int lane) {
     float s = 0.f;
     for (int64_t j = lane; j < d; j += 32) {
-        float v = c[r * d + j];
+        float v = row[j];
         if (out.dtype == DType::F16) {
             const __half h = __float2half_rn(v);
             static_cast<__half*>(out.lowp)[r * d + j] = h;

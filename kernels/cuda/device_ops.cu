@@ -48,7 +48,7 @@ __global__ void row_norms(const void* x, DType dtype, int64_t rows, int64_t d, f
 
 __global__ void prepare_centroids(const float* c, int64_t rows, CentroidCopies out, int64_t d) {
     const int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-    if (r < rows) prepare_centroid_row(c, r, d, out, threadIdx.x % 32);
+    if (r < rows) prepare_centroid_row(c + r * d, r, d, out, threadIdx.x % 32);
 }
 
 // FAISS' split rule (flash::split_empty_clusters) for one problem per block, with the same
@@ -327,7 +327,7 @@ __global__ void __launch_bounds__(kSplitThreads)
                 for (int e2 = e + 1 + lane; e2 < 2 * nempty; e2 += 32) later |= changed[e2] == r;
                 if (__any_sync(0xffffffffu, later)) continue;
                 const int64_t row = b * k + k_frozen + r;
-                prepare_centroid_row(centroids, row, d, prepared, lane);
+                prepare_centroid_row(centroids + row * d, row, d, prepared, lane);
             }
         }
         __syncthreads(); // empties and changed are rewritten for the next candidates

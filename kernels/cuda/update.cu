@@ -23,6 +23,7 @@ constexpr int64_t kSmallRows = 1 << 18;  // batches of at most this many points:
 constexpr int kColumnWarps = 8;          // warps of a column-scan block (tiles split among them)
 constexpr int kRounds = 32; // 32-label rounds a warp loads at once (tile kernels)
 constexpr int64_t kStagedChunks = 8192; // chunks (512K points) from which the chunk sums stage their ids
+constexpr int kFinishRow = 1024;        // widest row the finish prepares from shared memory
 
 // Points per histogram tile. Small batches (latency-bound): 512 (16 rounds of a warp), twice
 // the warps of 1024-point tiles for a histogram of at most 2 k entries per 1024 points (256 and
@@ -498,10 +499,17 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t r0 = s0 - b * rows; // the cluster's first position within its problem
     const int64_t q0 = b * chunks + r0 / kChunk, q1 = size ? b * chunks + (s1 - 1 - b * rows) / kChunk : q0;
     const bool in_head = r0 % kChunk == 0;
-    float w = 0.f;
+    // The weight and the thread's first column in one pass (their reads issued together),
+    // each added in the pieces' order; further columns (d > 128) after.
+    const int64_t j0 = threadIdx.x;
+    float w = 0.f, s0j = 0.f;
     if (size) {
         w = in_head ? headw[q0] : startw[c];
-        for (int64_t q = q0 + 1; q <= q1; q++) w += headw[q];
+        if (j0 < d) s0j = in_head ? head[q0 * d + j0] : startp[c * d + j0];
+        for (int64_t q = q0 + 1; q <= q1; q++) {
+            w += headw[q];
+            if (j0 < d) s0j += head[q * d + j0];
+        }
     }
     if (threadIdx.x == 0) {
         if constexpr (ACCUMULATE) {
@@ -511,22 +519,30 @@ __global__ void __launch_bounds__(kThreads)
             counts[c] = w;
         }
     }
+    // The row as written, also in shared memory for its preparation (d <= kFinishRow).
+    __shared__ float row[kFinishRow];
+    const bool row_shared = !ACCUMULATE && prepared.norms && d <= kFinishRow;
     const float inv = w != 0.f ? 1.f / w : 0.f;
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    for (int64_t j = j0; j < d; j += blockDim.x) {
         float s = 0.f;
-        if (size) {
+        if (j == j0) {
+            s = s0j;
+        } else if (size) {
             s = in_head ? head[q0 * d + j] : startp[c * d + j];
             for (int64_t q = q0 + 1; q <= q1; q++) s += head[q * d + j];
         }
-        if constexpr (ACCUMULATE)
+        if constexpr (ACCUMULATE) {
             sums[c * d + j] += double(s);
-        else
+        } else {
             centroids[c * d + j] = s * inv;
+            if (row_shared) row[j] = s * inv;
+        }
     }
     if constexpr (!ACCUMULATE) {
         if (prepared.norms) {
             __syncthreads(); // the row, written by the whole block
-            if (threadIdx.x < 32) prepare_centroid_row(centroids, c, d, prepared, threadIdx.x);
+            if (threadIdx.x < 32)
+                prepare_centroid_row(row_shared ? row : centroids + c * d, c, d, prepared, threadIdx.x);
         }
     }
 }
