@@ -264,8 +264,7 @@ TEST(CudaEngine, AllKernelVariantsExactOnIntegerData) {
                 std::vector<float> x(B * n * d), c(B * k * d);
                 for (auto& v : x) v = float(val(rng));
                 for (auto& v : c) v = float(val(rng));
-                std::vector<uint16_t> xh(x.size());
-                for (size_t i = 0; i < x.size(); i++) xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+                const auto xh = rounded_copy(x, t);
                 const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
                 for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
                     std::vector<int64_t> want;
@@ -431,12 +430,9 @@ TEST(CudaEngine, SmallShapesEveryPath) {
             const int64_t B = 2, n = 300, k = 130;
             SCOPED_TRACE("dtype=" + std::to_string(int(t)) + " d=" + std::to_string(d));
             const auto x = flash_test::gaussian_mixture(B * n, d, 20, 4000 + d);
-            std::vector<uint16_t> xh(x.size());
-            for (size_t i = 0; i < x.size(); i++) xh[i] = t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+            const auto xh = rounded_copy(x, t);
             const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
-            std::vector<float> c(B * k * d);
-            for (int64_t b = 0; b < B; b++)
-                std::copy(x.begin() + b * n * d, x.begin() + (b * n + k) * d, c.begin() + b * k * d);
+            auto c = rows_of_each_problem(x, B, n, d, k, 0);
             const auto st = flash::run_lloyd(host_points(data, n, d, t, B), c.data(), options(k, 3, flash::Backend::CUDA));
             ASSERT_EQ(st.size(), size_t(B));
             for (const auto& v : c) ASSERT_TRUE(std::isfinite(v));
@@ -496,8 +492,7 @@ TEST(CudaEngine, Fp32Tf32ModeCloseToExact) {
     auto x = flash_test::gaussian_mixture(B * n, d, 40, 71);
     for (int64_t i = n * d; i < B * n * d; i++) x[i] = std::ldexp(x[i], -30);
     for (int64_t i = 0; i < n * d; i++) x[i] = std::ldexp(x[i], 30);
-    std::vector<float> c0(B * k * d);
-    for (int64_t b = 0; b < B; b++) std::memcpy(&c0[b * k * d], &x[(b * n + 11) * d], sizeof(float) * k * d);
+    const auto c0 = rows_of_each_problem(x, B, n, d, k, 11);
     for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
         auto run = [&](flash::Fp32Mode mode) {
             auto c = c0;
@@ -529,11 +524,9 @@ TEST(CudaEngine, RunsAreBitIdenticalAndBatchesEqualSeparateRuns) {
     REQUIRE_GPU();
     const int64_t B = 3, n = 5000, d = 64, k = 50;
     const auto x = flash_test::gaussian_mixture(B * n, d, 60, 77);
-    std::vector<float> c0(B * k * d);
-    for (int64_t b = 0; b < B; b++) std::memcpy(&c0[b * k * d], &x[(b * n + 7) * d], sizeof(float) * k * d);
+    const auto c0 = rows_of_each_problem(x, B, n, d, k, 7);
     for (auto t : {flash::DType::F32, flash::DType::F16}) {
-        std::vector<uint16_t> xh(x.size());
-        for (size_t i = 0; i < x.size(); i++) xh[i] = to_half(x[i]);
+        const auto xh = rounded_copy(x, flash::DType::F16);
         const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
         const size_t esz = t == flash::DType::F32 ? 4 : 2;
         auto c1 = c0, c2 = c0;
@@ -646,12 +639,9 @@ TEST(CudaEngine, LaunchModesGiveTheSameBits) {
         SCOPED_TRACE("n=" + std::to_string(sh.n) + " k=" + std::to_string(sh.k) +
                      " dtype=" + std::to_string(int(sh.t)));
         const auto x = flash_test::gaussian_mixture(sh.B * sh.n, sh.d, 40, 7);
-        std::vector<uint16_t> xh(x.size());
-        for (size_t i = 0; i < x.size(); i++) xh[i] = sh.t == flash::DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+        const auto xh = rounded_copy(x, sh.t);
         const void* data = sh.t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
-        std::vector<float> c0(sh.B * sh.k * sh.d);
-        for (int64_t b = 0; b < sh.B; b++)
-            std::memcpy(&c0[b * sh.k * sh.d], &x[(b * sh.n + 5) * sh.d], sizeof(float) * sh.k * sh.d);
+        const auto c0 = rows_of_each_problem(x, sh.B, sh.n, sh.d, sh.k, 5);
         std::vector<float> c[4];
         std::vector<double> obj[4];
         for (int v = 0; v < 4; v++) { // (graph, dependent launches): on/on, off/on, on/off, off/off
@@ -707,14 +697,12 @@ TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
         if (sh.dup) // every fourth point repeats the one before
             for (int64_t i = 1; i < sh.B * sh.n; i += 4)
                 std::memcpy(&x[i * sh.d], &x[(i - 1) * sh.d], sizeof(float) * sh.d);
-        std::vector<uint16_t> xh(x.size());
-        for (size_t i = 0; i < x.size(); i++) xh[i] = sh.t == DType::F16 ? to_half(x[i]) : to_bf16(x[i]);
+        const auto xh = rounded_copy(x, sh.t);
         const void* data = sh.t == DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
         std::vector<float> w(sh.B * sh.n);
         for (size_t i = 0; i < w.size(); i++) w[i] = float(1 + i % 3);
-        std::vector<float> c0(sh.B * sh.k * sh.d);
-        for (int64_t b = 0; b < sh.B; b++) // (with dup, some initial centroids are equal: exact ties)
-            std::memcpy(&c0[b * sh.k * sh.d], &x[(b * sh.n + 1) * sh.d], sizeof(float) * sh.k * sh.d);
+        // (with dup, some initial centroids are equal: exact ties)
+        const auto c0 = rows_of_each_problem(x, sh.B, sh.n, sh.d, sh.k, 1);
         std::vector<float> c[2];
         std::vector<double> obj[2];
         for (int v = 0; v < 2; v++) {
@@ -848,8 +836,7 @@ TEST(CudaEngine, StagedUploadGivesTheSameBits) {
     REQUIRE_GPU();
     const int64_t n = 200037, d = 128, k = 50;
     const auto x = flash_test::gaussian_mixture(n, d, 20, 31);
-    std::vector<uint16_t> xh(x.size());
-    for (size_t i = 0; i < x.size(); i++) xh[i] = to_half(x[i]);
+    const auto xh = rounded_copy(x, flash::DType::F16);
     for (auto t : {flash::DType::F32, flash::DType::F16}) {
         SCOPED_TRACE("dtype=" + std::to_string(int(t)));
         const void* data = t == flash::DType::F32 ? static_cast<const void*>(x.data()) : xh.data();
