@@ -50,8 +50,9 @@ constexpr int kStages = 4; // centroid tiles: the pair in use and the next pair 
 // parts of the split rows only, one product, keeping every centroid that may be the exact
 // nearest as a candidate (AssignArgs::candidates). Split: hi.hi + hi.lo + lo.hi, with a
 // certificate that lists the points it cannot decide for the fp32 FMA re-check.
-// FilterSearch: the filter without column tags (four instructions per value instead of five):
-// a tile's column is searched for when it comes within reach, rare at large k.
+// FilterSearch: the filter without column tags (the plain pass's two instructions per value
+// instead of five): a tile is searched for its candidates when it comes within reach, rare at
+// large k.
 enum class Pass { Plain, Filter, FilterSearch, Split };
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -167,13 +168,6 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t nrows, int64
 template <bool SWZ, bool PERSIST>
 constexpr bool uses_tma() { return SWZ && !PERSIST; }
 
-// PERSIST: two point-tile slots.
-template <class T, int KW, int BN, int NWG, bool PERSIST = false>
-constexpr size_t smem_bytes() {
-    return 1024 + sizeof(T) * size_t((PERSIST ? 2 : 1) * NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN +
-           sizeof(uint64_t) * 2 * kStages;
-}
-
 // AREG: the warpgroup's A operand (its 64 points) is read from shared memory into registers
 // once and every wgmma takes A from registers; shared-memory bandwidth then serves B only.
 // SWZ: centroid tiles in the 128-byte swizzled layout (else the plain core-matrix layout).
@@ -182,6 +176,41 @@ constexpr size_t smem_bytes() {
 // (PERSIST kernels take one block per SM: their registers would not fit two.)
 template <int KW, int BN, int NWG, bool PERSIST>
 constexpr int min_blocks() { return !PERSIST && BN == 64 && NWG == 2 && KW <= 128 ? 2 : 1; }
+
+// PERSIST: two point-tile slots.
+template <class T, int KW, int BN, int NWG, bool PERSIST = false>
+constexpr size_t tile_smem_bytes() {
+    return 1024 + sizeof(T) * size_t((PERSIST ? 2 : 1) * NWG * 64 + kStages * BN) * KW + sizeof(float) * kStages * BN +
+           sizeof(uint64_t) * 2 * kStages;
+}
+
+// The filter keeps its candidates in the point tile's space (dead once the fragments are in
+// registers): per thread, ML slots per row plus two (see the kernel). Where that space holds
+// fewer than kFilterSlots per row, the block takes more beside it, as much as min_blocks()
+// blocks per SM leave room for (sm_90: 228 KB per SM, 1 KB of it reserved per block). At
+// d = 128 that is 10 slots instead of 7: with one point tile's 32 KB, 0.62% of the points of
+// the 32M K=16384 benchmark (256 centres, 64 centroids each) had more than 7 within reach on one
+// thread and went to the re-check over every centroid, 11% of an iteration; none had more
+// than 27 in all (bench/RESULTS.md run 39). At d = 64: 15 instead of 3.
+constexpr int kFilterSlots = 15;
+template <class T, int KW, int BN, int NWG, bool FILTER>
+constexpr size_t slot_extra_bytes() {
+    if constexpr (!FILTER) {
+        return 0;
+    } else {
+        constexpr size_t tile = sizeof(T) * NWG * 64 * KW, want = size_t(2 * kFilterSlots + 2) * NWG * 128 * 8;
+        constexpr size_t base = tile_smem_bytes<T, KW, BN, NWG>();
+        constexpr size_t limit = 228 * 1024 / min_blocks<KW, BN, NWG, false>() - 1024;
+        constexpr size_t room = limit > base ? (limit - base) / 1024 * 1024 : 0; // (Bs stays 1024-aligned)
+        constexpr size_t need = want > tile ? (want - tile + 1023) / 1024 * 1024 : 0;
+        return need < room ? need : room;
+    }
+}
+
+template <class T, int KW, int BN, int NWG, bool PERSIST = false, bool FILTER = false>
+constexpr size_t smem_bytes() {
+    return tile_smem_bytes<T, KW, BN, NWG, PERSIST>() + slot_extra_bytes<T, KW, BN, NWG, FILTER>();
+}
 
 // PERSIST (k <= 2 BN, AREG, at least two point tiles per problem): each block takes
 // tiles_per_block consecutive point tiles, two of them in flight while one is multiplied (a
@@ -211,12 +240,14 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     const uint32_t pad = (1024 - (sbase & 1023)) & 1023;
     T* As = reinterpret_cast<T*>(smem + pad); // (BM, KW) points, resident
-    T* Bs = As + (PERSIST ? 2 : 1) * BM * KW; // (kStages, BN, KW) centroids
+    // FILTER: candidate slots continue past the point tile (slot_extra_bytes).
+    constexpr size_t EXTRA = slot_extra_bytes<T, KW, BN, NWG, FILTER>();
+    T* Bs = As + (PERSIST ? 2 : 1) * BM * KW + EXTRA / sizeof(T); // (kStages, BN, KW) centroids
     // Bs's shared-window address from sbase in 32-bit arithmetic, not converted back from the
     // generic pointer: it stays in uniform registers, and so do the wgmma descriptors built
     // from it (converted back it sat in an ordinary register: every wgmma paid two R2UR, an add
     // and the descriptor's high word rebuilt).
-    const uint32_t bs_addr = sbase + pad + uint32_t((PERSIST ? 2 : 1) * BM * KW * sizeof(T));
+    const uint32_t bs_addr = sbase + pad + uint32_t((PERSIST ? 2 : 1) * BM * KW * sizeof(T) + EXTRA);
     float* Ns = reinterpret_cast<float*>(Bs + kStages * BN * KW);      // (kStages, BN) penalties
     // TMA: per stage, full (the tile and its penalties landed: the copy engine's bytes, one
     // arrival of thread 0 and one per penalty thread) and empty (every thread is done with it).
@@ -455,11 +486,11 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // value; the exact nearest is among them. The running minimum is the row's (shared by the
     // quad's four lanes each tile); each thread keeps its columns within margin of it (a
     // superset of the final candidates) in up to ML slots per row, in the point tile's space
-    // (dead once the fragments are in registers), dropping those out of reach when the slots
-    // fill up, and remembers the smallest value it had no slot for: a row for which that one
-    // is still within reach at the end goes to the full fp32 re-check. Two more slot pairs per
-    // thread hold the rows' margins and those smallest lost values.
-    constexpr int ML = FILTER ? ((BM * KW * int(sizeof(T))) / (NT * 8) - 2) / 2 : 1;
+    // (dead once the fragments are in registers) and the room beside it (EXTRA), dropping those out of reach when the
+    // slots fill up, and remembers the smallest value it had no slot for: a row for which that one is still within
+    // reach at the end goes to the full fp32 re-check. Two more slot pairs per thread hold the rows' margins and those
+    // smallest lost values.
+    constexpr int ML = FILTER ? std::min(kFilterSlots, int((BM * KW * sizeof(T) + EXTRA) / (NT * 8) - 2) / 2) : 1;
     float2* const slots = reinterpret_cast<float2*>(As);
     auto cand_slot = [&](int q, int h) -> float2& { return slots[(q * 2 + h) * NT + tid]; };
     auto margins = [&]() -> float2& { return slots[2 * ML * NT + tid]; };
@@ -472,7 +503,11 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // the tile's second-smallest value). Columns reach a thread in increasing order and a tile
     // replaces the minimum only when strictly smaller, so ties go to the lowest index.
     //
-    // FILTER folds at five instructions per value instead: each value carries its column within
+    // The filter from k = kSearchK (FilterSearch) folds the same way: a tile whose smallest
+    // value comes within margin of the running minimum is searched for every value within
+    // reach (the candidates), rarely at large k. Below it (Filter, tagged), where nearly every
+    // tile comes within reach for some row of the warp early on, it folds at five instructions
+    // per value instead: each value carries its column within
     // the thread's BN / 4 in its low mantissa bits (moving it by at most 2^-19 of itself, which
     // the margin covers), and two chains per row keep the smallest and second-smallest. A tile
     // whose smallest comes within margin of the running minimum gives that one candidate,
@@ -515,28 +550,42 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 if constexpr (!TAG) return value(i, h, e, p);
                 return __int_as_float((__float_as_int(value(i, h, e, p)) & ~IDX) | (2 * i + e));
             };
-            constexpr int CF = 2;
-            float m1[2][CF], m2[2][CF];
+            // Per row, the tile's smallest value t1 and (TAG) its second-smallest t2.
+            float t1s[2], t2s[2];
+            if constexpr (TAG) {
+                constexpr int CF = 2;
+                float m1[2][CF], m2[2][CF];
 #pragma unroll
-            for (int q = 0; q < 2 * CF; q++) m1[q / CF][q % CF] = m2[q / CF][q % CF] = INFINITY;
-            each_value([&](int i, int h, int e, float2 p) {
-                const float v = tagged(i, h, e, p);
-                if constexpr (!TAG) folded(i, h, e) = v;
-                const int q = (2 * i + e) % CF;
-                m2[h][q] = fminf(m2[h][q], fmaxf(m1[h][q], v));
-                m1[h][q] = fminf(m1[h][q], v);
-            });
-            auto column = [&](float v, int h) { // of a value of row h in this tile
-                if constexpr (TAG) {
-                    const int t = __float_as_int(v) & IDX;
-                    return col0 + (t / 2) * 8 + t % 2;
+                for (int q = 0; q < 2 * CF; q++) m1[q / CF][q % CF] = m2[q / CF][q % CF] = INFINITY;
+                each_value([&](int i, int h, int e, float2 p) {
+                    const float v = tagged(i, h, e, p);
+                    const int q = (2 * i + e) % CF;
+                    m2[h][q] = fminf(m2[h][q], fmaxf(m1[h][q], v));
+                    m1[h][q] = fminf(m1[h][q], v);
+                });
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    t1s[h] = fminf(m1[h][0], m1[h][1]);
+                    t2s[h] = fminf(fmaxf(m1[h][0], m1[h][1]), fminf(m2[h][0], m2[h][1]));
                 }
-                return col0 + first_column(v, h);
-            };
+            } else {
+                // FilterSearch: the plain pass's fold (two instructions per value, four chains),
+                // each value left in its register; a tile within reach is searched for every value
+                // within reach, which costs what finding the first one's column would.
+                constexpr int CH = 4;
+                float m1[2][CH];
+                each_value([&](int i, int h, int e, float2 p) {
+                    const float v = folded(i, h, e) = value(i, h, e, p);
+                    float& m = m1[h][(2 * i + e) % CH];
+                    m = 2 * i + e < CH ? v : fminf(m, v);
+                });
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    t1s[h] = t2s[h] = fminf(fminf(m1[h][0], m1[h][2]), fminf(m1[h][1], m1[h][3]));
+            }
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const float t1 = fminf(m1[h][0], m1[h][1]);
-                const float t2 = fminf(fmaxf(m1[h][0], m1[h][1]), fminf(m2[h][0], m2[h][1]));
+                const float t1 = t1s[h], t2 = t2s[h];
                 float row_min = fminf(t1, __shfl_xor_sync(0xffffffffu, t1, 1));
                 row_min = fminf(row_min, __shfl_xor_sync(0xffffffffu, row_min, 2));
                 best[h].v = fminf(best[h].v, row_min);
@@ -560,8 +609,9 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                         l = fminf(l, v);
                     }
                 };
-                if (!(t2 <= thr)) {
-                    keep(t1, column(t1, h));
+                if (TAG && !(t2 <= thr)) {
+                    const int t = __float_as_int(t1) & IDX; // the column's tag
+                    keep(t1, col0 + (t / 2) * 8 + t % 2);
                 } else {
 #pragma unroll
                     for (int i = 0; i < BN / 8; i++) {
@@ -913,7 +963,7 @@ template <class T, int KW, int BN, Pass P, bool AREG, bool SWZ = false, int NWG 
           bool SELECT = false>
 void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     constexpr int BM = NWG * 64;
-    constexpr size_t smem = smem_bytes<T, KW, BN, NWG, PERSIST>();
+    constexpr size_t smem = smem_bytes < T, KW, BN, NWG, PERSIST, P == Pass::Filter || P == Pass::FilterSearch > ();
     static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
     auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, P, AREG, SWZ, PERSIST, SELECT>;
     set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);

@@ -355,20 +355,20 @@ TEST(CudaEngine, Fp32RecheckOverCentroidChunks) {
 }
 
 // The exact fp32 filter keeps, per point, the centroids within its error margin of the smallest
-// tensor-core value (seven per thread and row in the kernel, four threads per row) and
-// resolves them with fp32 FMA; a point with more goes to the re-check over every centroid.
-// Each point here has exactly `copies` tied nearest centroids: 3 (resolved among the
-// candidates, ties to the lowest index), 12 (resolved among them at d = 128; d = 64 has three
-// slots per thread and row, so some rows run out) and 40 (rows out of slots: the lost-value
-// path). Labels and distances exact, bit for bit. k = 1200 and 4800: the kernel with column
-// tags and the one that searches a tile for its column (from k = 4096).
+// tensor-core value (ten per thread and row in the kernel at d = 128, fifteen at d = 64, four
+// threads per row) and resolves them with fp32 FMA; a point with more goes to the re-check over
+// every centroid. Each point here has exactly `copies` tied nearest centroids: 3 and 12
+// (resolved among the candidates, ties to the lowest index), 40 (more than the 31 candidate
+// slots of a point: the re-check) and 64 (about 16 per thread: rows out of their threads'
+// slots, the lost-value path). Labels and distances exact, bit for bit. k = 1200 and 4800: the
+// kernel with column tags and the one that searches a tile for its column (from k = 4096).
 TEST(CudaEngine, Fp32FilterCandidatesAndOverflow) {
     REQUIRE_GPU();
     const int64_t n = 600, B = 2;
     std::mt19937 rng(91);
     for (int64_t k : {1200, 4800})
         for (int64_t d : {64, 128})
-            for (int64_t copies : {3, 12, 40}) {
+            for (int64_t copies : {3, 12, 40, 64}) {
                 std::vector<float> x, c;
                 tied_integer_problem(B, n, d, k, copies, 7, rng, x, c);
                 for (auto m : {flash::Metric::L2, flash::Metric::InnerProduct}) {
