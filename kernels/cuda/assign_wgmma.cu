@@ -503,7 +503,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // the tile's second-smallest value). Columns reach a thread in increasing order and a tile
     // replaces the minimum only when strictly smaller, so ties go to the lowest index.
     //
-    // The filter from k = kSearchK (FilterSearch) folds the same way: a tile whose smallest
+    // The filter from k = kSearchK (FilterSearch) folds the same way (tile_minima): a tile whose smallest
     // value comes within margin of the running minimum is searched for every value within
     // reach (the candidates), rarely at large k. Below it (Filter, tagged), where nearly every
     // tile comes within reach for some row of the warp early on, it folds at five instructions
@@ -544,6 +544,27 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                     if (folded(i, h, e) == v) col = i * 8 + e;
             return col;
         };
+        // The two-instruction fold: each value into its register, and per row the tile's
+        // minimum, in four chains each started from its first value (not from +inf: one
+        // instruction less per chain).
+        auto tile_minima = [&](float(&t1)[2]) {
+            constexpr int CH = 4;
+            static_assert(BN / 8 * 2 >= CH, "a chain per column pair of the first tiles");
+            float m1[2][CH];
+            each_value([&](int i, int h, int e, float2 p) {
+                const float v = folded(i, h, e) = value(i, h, e, p);
+                float& m = m1[h][(2 * i + e) % CH];
+                m = 2 * i + e < CH ? v : fminf(m, v);
+            });
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+#pragma unroll
+                for (int w = CH / 2; w > 0; w /= 2)
+#pragma unroll
+                    for (int q = 0; q < w; q++) m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
+                t1[h] = m1[h][0];
+            }
+        };
         if constexpr (FILTER) {
             constexpr int IDX = BN / 4 - 1; // the column bits (BN / 4 a power of two)
             auto tagged = [&](int i, int h, int e, float2 p) {
@@ -572,22 +593,25 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 // FilterSearch: the plain pass's fold (two instructions per value, four chains),
                 // each value left in its register; a tile within reach is searched for every value
                 // within reach, which costs what finding the first one's column would.
-                constexpr int CH = 4;
-                float m1[2][CH];
-                each_value([&](int i, int h, int e, float2 p) {
-                    const float v = folded(i, h, e) = value(i, h, e, p);
-                    float& m = m1[h][(2 * i + e) % CH];
-                    m = 2 * i + e < CH ? v : fminf(m, v);
-                });
+                tile_minima(t1s);
 #pragma unroll
-                for (int h = 0; h < 2; h++)
-                    t1s[h] = t2s[h] = fminf(fminf(m1[h][0], m1[h][2]), fminf(m1[h][1], m1[h][3]));
+                for (int h = 0; h < 2; h++) t2s[h] = t1s[h];
             }
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const float t1 = t1s[h], t2 = t2s[h];
-                float row_min = fminf(t1, __shfl_xor_sync(0xffffffffu, t1, 1));
-                row_min = fminf(row_min, __shfl_xor_sync(0xffffffffu, row_min, 2));
+                // The threshold follows the row's minimum over the quad's lanes, except where
+                // the start (AssignArgs::start_from_labels, a bound on the row's minimum that every
+                // lane holds from the first tile, from the second iteration on) keeps it close:
+                // there each lane's own
+                // minimum does, a threshold at least as high (a superset of candidates, filtered at
+                // the end against the row's), and the fold saves two shuffles and two
+                // instructions per row and tile (32M K=16384: 337 / 343 vs 349 ms per iteration).
+                float row_min = t1;
+                if (TAG || !a.start_from_labels) {
+                    row_min = fminf(row_min, __shfl_xor_sync(0xffffffffu, row_min, 1));
+                    row_min = fminf(row_min, __shfl_xor_sync(0xffffffffu, row_min, 2));
+                }
                 best[h].v = fminf(best[h].v, row_min);
                 const float margin = h ? margins().y : margins().x, thr = best[h].v + margin;
                 if (!(t1 <= thr) || !(t1 < INFINITY)) continue; // nothing within reach (the usual case)
@@ -630,23 +654,11 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             }
             return;
         }
-        // Four chains per row, each started from its first value (not from +inf: one
-        // instruction less per chain).
-        constexpr int CH = 4;
-        static_assert(BN / 8 * 2 >= CH, "a chain per column pair of the first tiles");
-        float m1[2][CH];
-        each_value([&](int i, int h, int e, float2 p) {
-            const float v = folded(i, h, e) = value(i, h, e, p);
-            float& m = m1[h][(2 * i + e) % CH];
-            m = 2 * i + e < CH ? v : fminf(m, v);
-        });
+        float t1s[2];
+        tile_minima(t1s);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-#pragma unroll
-            for (int w = CH / 2; w > 0; w /= 2)
-#pragma unroll
-                for (int q = 0; q < w; q++) m1[h][q] = fminf(m1[h][q], m1[h][q + w]);
-            const float t1 = m1[h][0];
+            const float t1 = t1s[h];
             if constexpr (SELECT) {
                 // Without the start bound (k < kStartMinK), nearly every tile improves some row of
                 // the warp: the column is found on every tile and taken by selects, which costs
