@@ -484,12 +484,13 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // FILTER: a point's candidates are the centroids whose value is within margin (twice the
     // bound on each value's error, built from the measured rounding residuals) of its smallest
     // value; the exact nearest is among them. The running minimum is the row's (shared by the
-    // quad's four lanes each tile); each thread keeps its columns within margin of it (a
-    // superset of the final candidates) in up to ML slots per row, in the point tile's space
-    // (dead once the fragments are in registers) and the room beside it (EXTRA), dropping those out of reach when the
-    // slots fill up, and remembers the smallest value it had no slot for: a row for which that one is still within
-    // reach at the end goes to the full fp32 re-check. Two more slot pairs per thread hold the rows' margins and those
-    // smallest lost values.
+    // quad's four lanes each tile; with the start bound, each lane's own: see the fold); each
+    // thread keeps its columns within margin of it (a superset of the final candidates) in up to
+    // ML slots per row, in the point tile's space (dead once the fragments are in registers)
+    // and the room beside it (EXTRA), dropping those out of reach when the slots fill up, and
+    // remembers the smallest value it had no slot for: a row for which that one is still within
+    // reach at the end goes to the full fp32 re-check. Two more slot pairs per thread hold the
+    // rows' margins and those smallest lost values.
     constexpr int ML = FILTER ? std::min(kFilterSlots, int((BM * KW * sizeof(T) + EXTRA) / (NT * 8) - 2) / 2) : 1;
     float2* const slots = reinterpret_cast<float2*>(As);
     auto cand_slot = [&](int q, int h) -> float2& { return slots[(q * 2 + h) * NT + tid]; };
@@ -503,13 +504,13 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
     // the tile's second-smallest value). Columns reach a thread in increasing order and a tile
     // replaces the minimum only when strictly smaller, so ties go to the lowest index.
     //
-    // The filter from k = kSearchK (FilterSearch) folds the same way (tile_minima): a tile whose smallest
-    // value comes within margin of the running minimum is searched for every value within
-    // reach (the candidates), rarely at large k. Below it (Filter, tagged), where nearly every
-    // tile comes within reach for some row of the warp early on, it folds at five instructions
-    // per value instead: each value carries its column within
-    // the thread's BN / 4 in its low mantissa bits (moving it by at most 2^-19 of itself, which
-    // the margin covers), and two chains per row keep the smallest and second-smallest. A tile
+    // The filter from k = kSearchK (FilterSearch) folds the same way (tile_minima): a tile whose
+    // smallest value comes within margin of the running minimum is searched for every value
+    // within reach (the candidates), rarely at large k. Below it (Filter, tagged), where nearly
+    // every tile comes within reach for some row of the warp early on, it folds at five
+    // instructions per value instead: each value carries its column within the thread's BN / 4
+    // in its low mantissa bits (moving it by at most 2^-19 of itself, which the margin covers),
+    // and two chains per row keep the smallest and second-smallest. A tile
     // whose smallest comes within margin of the running minimum gives that one candidate,
     // column included, with no second pass; only when its second-smallest does too (two of the
     // thread's columns within reach in one tile, rare) is the tile searched for all of them.
@@ -601,12 +602,12 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             for (int h = 0; h < 2; h++) {
                 const float t1 = t1s[h], t2 = t2s[h];
                 // The threshold follows the row's minimum over the quad's lanes, except where
-                // the start (AssignArgs::start_from_labels, a bound on the row's minimum that every
-                // lane holds from the first tile, from the second iteration on) keeps it close:
-                // there each lane's own
-                // minimum does, a threshold at least as high (a superset of candidates, filtered at
-                // the end against the row's), and the fold saves two shuffles and two
-                // instructions per row and tile (32M K=16384: 337 / 343 vs 349 ms per iteration).
+                // the start (AssignArgs::start_from_labels, a bound on the row's minimum that
+                // every lane holds from the first tile, from the second iteration on) keeps it
+                // close: there each lane's own minimum sets it, a threshold at least as high (a
+                // superset of candidates, filtered at the end against the row's), and the fold
+                // saves two shuffles and two instructions per row and tile (32M K=16384: 337 / 343
+                // vs 349 ms per iteration).
                 float row_min = t1;
                 if (TAG || !a.start_from_labels) {
                     row_min = fminf(row_min, __shfl_xor_sync(0xffffffffu, row_min, 1));
@@ -975,7 +976,8 @@ template <class T, int KW, int BN, Pass P, bool AREG, bool SWZ = false, int NWG 
           bool SELECT = false>
 void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     constexpr int BM = NWG * 64;
-    constexpr size_t smem = smem_bytes < T, KW, BN, NWG, PERSIST, P == Pass::Filter || P == Pass::FilterSearch > ();
+    constexpr bool FILTER = P == Pass::Filter || P == Pass::FilterSearch;
+    constexpr size_t smem = smem_bytes<T, KW, BN, NWG, PERSIST, FILTER>();
     static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
     auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, P, AREG, SWZ, PERSIST, SELECT>;
     set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
