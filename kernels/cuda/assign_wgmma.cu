@@ -715,6 +715,8 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             cp_async_wait<0>(); // the point tile and the first pair landed
         fence_proxy_async();
         __syncthreads();
+        // FILTER: per row, an upper bound on its exact minimum (see below); +inf: none.
+        [[maybe_unused]] float exact_up[2] = {INFINITY, INFINITY};
         if (START && a.start_from_labels) { // (the same for the whole grid)
             // Row h's value for its last centroid p, pen + scale x.c with x.c in fp32 FMA over the
             // rows the products read (the quad's lanes a quarter of the columns each), raised by
@@ -771,6 +773,40 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                     const float up = v + fabsf(scale) * 0x1p-14f * sqrtf(xx * cc) + 0x1p-22f * (fabsf(pen) + fabsf(sp));
                     if (up < best[h].v) best[h].v = up; // (not NaN)
                 }
+                if constexpr (FILTER) {
+                    // The exact value for p from the fp32 rows (the filter reads their hi parts):
+                    // pen - 2 x.c (or -x.c) with x.c in fp32 FMA, raised by three times the bound
+                    // on an fp32 FMA value's rounding, e = 1.05 (d + 2) 2^-24 ||x|| max ||c|| (a
+                    // chain of at most d + 2 terms and additions, of sum |x_i c_i| <= ||x|| ||c||)
+                    // plus 2^-22 of the terms: at least the row's exact minimum plus 2 e. So the
+                    // centroid that resolve_candidates picks (the smallest fp32 FMA value, within
+                    // 2 e of the exact minimum) has its value within E (half the margin) of
+                    // exact_up: the same pick as from the larger set of candidates.
+                    float fx = 0.f, fc = 0.f, fxc = 0.f;
+                    if (known) {
+                        const float* xr = static_cast<const float*>(a.x) + (b * n + m0 + tile_row(h)) * a.d;
+                        const float* cr = static_cast<const float*>(a.centroids) + (b * k + p) * a.d;
+                        for (int64_t col = lane % 4; col < a.d; col += 4) {
+                            const float xv = xr[col], cv = cr[col];
+                            fx = fmaf(xv, xv, fx);
+                            fc = fmaf(cv, cv, fc);
+                            fxc = fmaf(xv, cv, fxc);
+                        }
+                    }
+#pragma unroll
+                    for (int off = 1; off < 4; off <<= 1) {
+                        fx += __shfl_xor_sync(0xffffffffu, fx, off);
+                        fc += __shfl_xor_sync(0xffffffffu, fc, off);
+                        fxc += __shfl_xor_sync(0xffffffffu, fxc, off);
+                    }
+                    if (known) {
+                        const float pen = l2 ? a.cnorm[b * k + p] : 0.f, v = l2 ? pen - 2.f * fxc : -fxc;
+                        const float nx = sqrtf(fx), cm = fmaxf(a.cmax[b], sqrtf(fc));
+                        const float e = (l2 ? 2.f : 1.f) * 1.05f * float(a.d + 2) * 0x1p-24f * nx * cm +
+                                        0x1p-22f * (cm * cm + 2.f * nx * cm);
+                        exact_up[h] = v + 3.f * e + 0x1p-22f * (fabsf(pen) + 2.f * fabsf(fxc));
+                    }
+                }
             }
         }
         if constexpr (AREG) load_fragments(slot(g));
@@ -807,6 +843,13 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                     const float prod = 1.01f * (xr * cm + xh * cr) + 1.05f * float(KSTEPS + 1) * 0x1p-21f * xh * ch;
                     margin[h] = 2.f * ((l2 ? 2.f : 1.f) * prod + 0x1p-23f * vmax) + 0x1p-17f * vmax + 1e-30f;
                 }
+                // A centroid can be the exact nearest only if its value is within E = margin / 2 of
+                // exact_up: the running minimum may start at exact_up - E (a threshold of exact_up +
+                // E instead of the start's tensor value + 2 E, about half the candidates when the
+                // last label is still the nearest). It serves the thresholds only (the filter's
+                // labels come from resolve_candidates), and the exact nearest stays within them.
+#pragma unroll
+            for (int h = 0; h < 2; h++) best[h].v = fminf(best[h].v, exact_up[h] - 0.5f * margin[h]);
             __syncthreads(); // every warp has its fragments: the point tile's space holds candidates
             margins() = make_float2(margin[0], margin[1]);
             lost() = make_float2(INFINITY, INFINITY);
