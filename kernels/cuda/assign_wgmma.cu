@@ -725,6 +725,14 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             // its terms (the roundings of the value itself): at least what the tile loop computes
             // for p, so the row's minimum is at most this start.
             constexpr int QW = KW / 4; // columns per lane
+            auto quad_sums = [](float& u, float& v, float& w) { // each summed over the quad's lanes
+#pragma unroll
+                for (int off = 1; off < 4; off <<= 1) {
+                    u += __shfl_xor_sync(0xffffffffu, u, off);
+                    v += __shfl_xor_sync(0xffffffffu, v, off);
+                    w += __shfl_xor_sync(0xffffffffu, w, off);
+                }
+            };
             const T* const xs = slot(g);
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -761,12 +769,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                         }
                     }
                 }
-#pragma unroll
-                for (int off = 1; off < 4; off <<= 1) {
-                    xx += __shfl_xor_sync(0xffffffffu, xx, off);
-                    cc += __shfl_xor_sync(0xffffffffu, cc, off);
-                    xc += __shfl_xor_sync(0xffffffffu, xc, off);
-                }
+                quad_sums(xx, cc, xc);
                 if (known) {
                     const float pen = l2 ? a.cnorm[b * k + p] : 0.f, sp = scale * xc;
                     const float v = fmaf(scale, xc, pen);
@@ -793,12 +796,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                             fxc = fmaf(xv, cv, fxc);
                         }
                     }
-#pragma unroll
-                    for (int off = 1; off < 4; off <<= 1) {
-                        fx += __shfl_xor_sync(0xffffffffu, fx, off);
-                        fc += __shfl_xor_sync(0xffffffffu, fc, off);
-                        fxc += __shfl_xor_sync(0xffffffffu, fxc, off);
-                    }
+                    quad_sums(fx, fc, fxc);
                     if (known) {
                         const float pen = l2 ? a.cnorm[b * k + p] : 0.f, v = l2 ? pen - 2.f * fxc : -fxc;
                         const float nx = sqrtf(fx), cm = fmaxf(a.cmax[b], sqrtf(fc));
