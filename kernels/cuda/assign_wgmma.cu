@@ -54,6 +54,9 @@ constexpr int kStages = 4; // centroid tiles: the pair in use and the next pair 
 // instead of five): a tile is searched for its candidates when it comes within reach, rare at
 // large k.
 enum class Pass { Plain, Filter, FilterSearch, Split };
+constexpr bool is_filter(Pass p) {
+    return p == Pass::Filter || p == Pass::FilterSearch;
+}
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -224,7 +227,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                         const __grid_constant__ CUtensorMap cmap) {
     static_assert(!PERSIST || AREG, "PERSIST reloads the point tile while the products read the registers");
     static_assert(!PERSIST || P == Pass::Plain, "the persistent kernel has no certificate");
-    constexpr bool SPLIT = P == Pass::Split, FILTER = P == Pass::Filter || P == Pass::FilterSearch;
+    constexpr bool SPLIT = P == Pass::Split, FILTER = is_filter(P);
     constexpr bool SCALED = P != Pass::Plain, TAG = P == Pass::Filter;
     static_assert(!FILTER || AREG, "the filter keeps its candidates in the point tile's space");
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -568,11 +571,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
         };
         if constexpr (FILTER) {
             constexpr int IDX = BN / 4 - 1; // the column bits (BN / 4 a power of two)
-            auto tagged = [&](int i, int h, int e, float2 p) {
-                if constexpr (!TAG) return value(i, h, e, p);
+            auto tagged = [&](int i, int h, int e, float2 p) { // (TAG)
                 return __int_as_float((__float_as_int(value(i, h, e, p)) & ~IDX) | (2 * i + e));
             };
-            // Per row, the tile's smallest value t1 and (TAG) its second-smallest t2.
+            // Per row, the tile's smallest value and (TAG) its second-smallest.
             float t1s[2], t2s[2];
             if constexpr (TAG) {
                 constexpr int CF = 2;
@@ -595,12 +597,10 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 // each value left in its register; a tile within reach is searched for every value
                 // within reach, which costs what finding the first one's column would.
                 tile_minima(t1s);
-#pragma unroll
-                for (int h = 0; h < 2; h++) t2s[h] = t1s[h];
             }
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const float t1 = t1s[h], t2 = t2s[h];
+                const float t1 = t1s[h];
                 // The threshold follows the row's minimum over the quad's lanes, except where
                 // the start (AssignArgs::start_from_labels, a bound on the row's minimum that
                 // every lane holds from the first tile, from the second iteration on) keeps it
@@ -634,22 +634,24 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                         l = fminf(l, v);
                     }
                 };
-                if (TAG && !(t2 <= thr)) {
-                    const int t = __float_as_int(t1) & IDX; // the column's tag
-                    keep(t1, col0 + (t / 2) * 8 + t % 2);
-                } else {
+                if constexpr (TAG) {
+                    if (!(t2s[h] <= thr)) { // one value within reach: its column from its tag
+                        const int t = __float_as_int(t1) & IDX;
+                        keep(t1, col0 + (t / 2) * 8 + t % 2);
+                        continue;
+                    }
+                }
 #pragma unroll
-                    for (int i = 0; i < BN / 8; i++) {
-                        const float2 p = *reinterpret_cast<const float2*>(ns + i * 8); // (TAG)
+                for (int i = 0; i < BN / 8; i++) {                                 // every value within reach
+                    const float2 p = *reinterpret_cast<const float2*>(ns + i * 8); // (TAG)
 #pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            float v;
-                            if constexpr (TAG)
-                                v = tagged(i, h, e, p);
-                            else
-                                v = folded(i, h, e);
-                            if (v <= thr) keep(v, col0 + i * 8 + e);
-                        }
+                    for (int e = 0; e < 2; e++) {
+                        float v;
+                        if constexpr (TAG)
+                            v = tagged(i, h, e, p);
+                        else
+                            v = folded(i, h, e);
+                        if (v <= thr) keep(v, col0 + i * 8 + e);
                     }
                 }
             }
@@ -1017,8 +1019,7 @@ template <class T, int KW, int BN, Pass P, bool AREG, bool SWZ = false, int NWG 
           bool SELECT = false>
 void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
     constexpr int BM = NWG * 64;
-    constexpr bool FILTER = P == Pass::Filter || P == Pass::FilterSearch;
-    constexpr size_t smem = smem_bytes<T, KW, BN, NWG, PERSIST, FILTER>();
+    constexpr size_t smem = smem_bytes<T, KW, BN, NWG, PERSIST, is_filter(P)>();
     static_assert(smem <= 227 * 1024, "tile configuration exceeds shared memory");
     auto kernel = assign_wgmma_kernel<T, KW, BN, NWG, P, AREG, SWZ, PERSIST, SELECT>;
     set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
