@@ -9,6 +9,7 @@
 // path's certificate lists (recheck_fp32_kernel), with the centroids cut into chunks.
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 
 #include "kernels/cuda/argmin.cuh"
 #include "kernels/cuda/assign.cuh"
@@ -194,78 +195,140 @@ __global__ void finish_recheck(AssignArgs a) {
     }
 }
 
-// One warp per point: the distance to its assigned centroid in fp32 FMA arithmetic. The
-// tensor-core products are accurate to about 2^-17 (exact split) or 2^-10 (TF32 mode) of
-// ||x|| ||c||, with a bias from the tensor cores' truncating accumulation, which cancellation in
-// ||x||^2 + ||c||^2 - 2 x.c would expose in the reported distance and the objective. (Measured:
-// 16-byte loads, and four points per warp with all their loads in flight, were no faster.)
+// The fp32 dot product behind every distance this file reports, in one fixed order, so that a
+// point's distance has the same bits whichever pass labelled it (the filter's candidates or the
+// split products): element j joins chain (j / 4) % 8, an FMA chain in increasing j, and the
+// eight chains are added as a butterfly, pairs xor 4, then xor 2, then xor 1: a point is served
+// by a group of G = 8 lanes, a chain each (four points per warp: fewer shuffles and index
+// instructions per product than a warp per point, and more points' loads in flight; four
+// lanes with two chains each were slower, bench/RESULTS.md run 41). VEC: d % 4 == 0 and 16-byte
+// aligned rows (float4 loads), else scalar loads in the same order. The tensor-core products are
+// accurate to about 2^-17 (exact split) or 2^-10 (TF32 mode) of ||x|| ||c||, with a bias from
+// the tensor cores' truncating accumulation, which cancellation in ||x||^2 + ||c||^2 - 2 x.c
+// would expose in the reported distance and the objective: hence fp32 FMA here.
+struct RowDot {
+    static constexpr int G = 8; // lanes per point
+
+    // Row r's 4-element block from column j (lane t's of stripe u: j = 32 u + 4 t), zeros past d.
+    template <bool VEC>
+    __device__ __forceinline__ static float4 block(const float* r, int64_t d, int64_t j) {
+        if constexpr (VEC) {
+            return j < d ? *reinterpret_cast<const float4*>(r + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            return make_float4(j < d ? r[j] : 0.f, j + 1 < d ? r[j + 1] : 0.f, j + 2 < d ? r[j + 2] : 0.f,
+                               j + 3 < d ? r[j + 3] : 0.f);
+        }
+    }
+    // s += x.c over the block's columns below d, in increasing column.
+    __device__ __forceinline__ static float fma_block(float4 x, float4 c, float s, int64_t d, int64_t j) {
+        if (j < d) s = fmaf(x.x, c.x, s);
+        if (j + 1 < d) s = fmaf(x.y, c.y, s);
+        if (j + 2 < d) s = fmaf(x.z, c.z, s);
+        if (j + 3 < d) s = fmaf(x.w, c.w, s);
+        return s;
+    }
+    // The chains' butterfly over the group's eight lanes (all 32 lanes of the warp take part).
+    __device__ __forceinline__ static float group_sum(float v) {
+#pragma unroll
+        for (int off = G / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        return v;
+    }
+};
+
+// The distance of each point to its assigned centroid (the split path and TF32 mode; any d).
+template <bool VEC>
 __global__ void exact_distances(AssignArgs a) {
-    const int64_t g = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-    const int lane = threadIdx.x % 32;
-    if (g >= a.batch * a.n) return;
-    const int64_t b = g / a.n, d = a.d;
-    const int64_t l = a.labels[g];
-    const float* x = static_cast<const float*>(a.x) + g * d;
+    using R = RowDot;
+    constexpr int G = R::G;
+    const int64_t total = a.batch * a.n, g = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / G;
+    if (g - (threadIdx.x % 32) / G >= total) return; // (the warp's first point: whole warps leave)
+    const bool live = g < total;
+    const int t = threadIdx.x % G;
+    const int64_t p = live ? g : total - 1, b = p / a.n, d = a.d;
+    const int64_t l = a.labels[p];
+    const float* x = static_cast<const float*>(a.x) + p * d;
     const float* c = static_cast<const float*>(a.centroids) + (b * a.k + l) * d;
     float s = 0.f;
-    for (int64_t j = lane; j < d; j += 32) s = fmaf(x[j], c[j], s);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0)
-        a.distances[g] = a.metric == Metric::L2 ? fmaxf(a.xnorm[g] + (a.cnorm[b * a.k + l] - 2.f * s), 0.f) : s;
+    for (int64_t j0 = 0; j0 < d; j0 += 32) {
+        const int64_t j = j0 + 4 * t;
+        s = R::fma_block(R::block<VEC>(x, d, j), R::block<VEC>(c, d, j), s, d, j);
+    }
+    s = R::group_sum(s);
+    if (live && t == 0)
+        a.distances[p] = a.metric == Metric::L2 ? fmaxf(a.xnorm[p] + (a.cnorm[b * a.k + l] - 2.f * s), 0.f) : s;
 }
 
-// One warp per point: its candidates' values in fp32 FMA arithmetic (||c||^2 - 2 x.c, or -x.c;
-// the dot products in exact_distances' order, so the distance has the same bits), the smallest
-// (ties to the lowest index) its label, with its distance. A point the filter sent to the
-// re-check (count ~0u) already has its label: its distance only. d <= 128 (the split path's).
-__global__ void resolve_candidates(AssignArgs a) {
-    const int64_t g = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-    const int lane = threadIdx.x % 32;
-    if (g >= a.batch * a.n) return;
-    const int64_t b = g / a.n, d = a.d, k = a.k;
+// Each point's candidates' values in fp32 FMA arithmetic
+// (||c||^2 - 2 x.c, or -x.c; the dot products in RowDot's order), the smallest (ties to the
+// lowest index) its label, with its distance. A point the filter sent to the re-check (count
+// ~0u) already has its label: its distance only. d <= 128 (the split path's): the point's
+// columns stay in registers. The warp walks as many candidates as its longest list, the next
+// index and each candidate's norm read beside its row.
+template <bool VEC>
+__global__ void __launch_bounds__(256) resolve_candidates(AssignArgs a) {
+    using R = RowDot;
+    constexpr int G = R::G, S = 4; // stripes of 32 columns
+    const int64_t total = a.batch * a.n, g = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / G;
+    if (g - (threadIdx.x % 32) / G >= total) return; // (the warp's first point: whole warps leave)
+    const bool live = g < total;
+    const int t = threadIdx.x % G;
+    const int64_t p = live ? g : total - 1, b = p / a.n, d = a.d, k = a.k;
     const bool l2 = a.metric == Metric::L2;
-    const uint32_t* slot = a.candidates + g * kCandidateSlots;
-    const uint32_t count = slot[0];
-    const float* x = static_cast<const float*>(a.x) + g * d;
+    const uint32_t* slot = a.candidates + p * kCandidateSlots;
+    const uint2 head = *reinterpret_cast<const uint2*>(slot); // the count and the first index
+    const float* x = static_cast<const float*>(a.x) + p * d;
     const float* cen = static_cast<const float*>(a.centroids) + b * k * d;
-    constexpr int U = 4; // d <= 32 U
-    float xv[U];
+    const float xn = l2 && t == 0 ? a.xnorm[p] : 0.f;
+    float4 xv[S];
 #pragma unroll
-    for (int u = 0; u < U; u++) xv[u] = lane + 32 * u < d ? x[lane + 32 * u] : 0.f;
-    const int m = count == ~0u ? 1 : int(count);
+    for (int u = 0; u < S; u++) xv[u] = R::block<VEC>(x, d, 32 * u + 4 * t);
+    const bool rechecked = head.x == ~0u;
+    const int m = !live ? 0 : rechecked ? 1 : int(head.x);
+    const int steps = int(__reduce_max_sync(0xffffffffu, unsigned(m)));
+    uint32_t next = rechecked ? uint32_t(a.labels[p]) : head.y;
     float best = INFINITY, best_dot = 0.f;
-    int64_t best_l = INT64_MAX;
-    for (int q = 0; q < m; q++) {
-        const int64_t l = count == ~0u ? int64_t(a.labels[g]) : int64_t(slot[1 + q]);
-        if (l < 0 || l >= k) continue; // (never: the filter keeps real columns only)
-        const float* c = cen + l * d;
+    uint32_t best_l = ~0u;
+    for (int q = 0; q < steps; q++) {
+        const uint32_t l = next;
+        const bool on = q < m && l < k; // (l < k always: the filter keeps real columns only)
+        if (q + 1 < m) next = slot[2 + q];
+        const float* c = cen + int64_t(on ? l : 0) * d;
+        const float pen = on && l2 ? a.cnorm[b * k + l] : 0.f;
         float s = 0.f;
 #pragma unroll
-        for (int u = 0; u < U; u++)
-            if (lane + 32 * u < d) s = fmaf(xv[u], c[lane + 32 * u], s);
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        const float v = l2 ? a.cnorm[b * k + l] - 2.f * s : -s;
-        if (v < best || (v == best && l < best_l) || best_l == INT64_MAX) best = v, best_dot = s, best_l = l;
+        for (int u = 0; u < S; u++) {
+            const int64_t j = 32 * u + 4 * t;
+            if (on && j < d) s = R::fma_block(xv[u], R::block<VEC>(c, d, j), s, d, j);
+        }
+        const float dot = R::group_sum(s);
+        const float v = l2 ? pen - 2.f * dot : -dot;
+        if (on && (v < best || (v == best && l < best_l) || best_l == ~0u)) best = v, best_dot = dot, best_l = l;
     }
-    if (lane == 0) {
-        a.labels[g] = int32_t(best_l);
-        a.distances[g] = l2 ? fmaxf(a.xnorm[g] + (a.cnorm[b * k + best_l] - 2.f * best_dot), 0.f) : best_dot;
+    if (live && t == 0 && best_l != ~0u) { // (a list is never empty)
+        a.labels[p] = int32_t(best_l);
+        a.distances[p] = l2 ? fmaxf(xn + (a.cnorm[b * k + best_l] - 2.f * best_dot), 0.f) : best_dot;
     }
+}
+
+// Whether the fp32 rows allow float4 loads.
+bool vec_rows(const AssignArgs& a) {
+    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    return a.d % 4 == 0 && aligned(a.x) && aligned(a.centroids);
 }
 
 } // namespace
 
 void launch_resolve_candidates(const AssignArgs& a, cudaStream_t stream) {
-    const int64_t warps = a.batch * a.n;
-    resolve_candidates<<<unsigned((warps + 7) / 8), 256, 0, stream>>>(a);
+    const int64_t threads = a.batch * a.n * RowDot::G, blocks = (threads + 255) / 256;
+    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
+    (vec_rows(a) ? resolve_candidates<true> : resolve_candidates<false>)<<<unsigned(blocks), 256, 0, stream>>>(a);
     FLASH_LAUNCH_CHECK("resolve_candidates");
 }
 
 void launch_exact_distances(const AssignArgs& a, cudaStream_t stream) {
-    const int64_t warps = a.batch * a.n;
-    exact_distances<<<unsigned((warps + 7) / 8), 256, 0, stream>>>(a);
+    const int64_t threads = a.batch * a.n * RowDot::G, blocks = (threads + 255) / 256;
+    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
+    (vec_rows(a) ? exact_distances<true> : exact_distances<false>)<<<unsigned(blocks), 256, 0, stream>>>(a);
     FLASH_LAUNCH_CHECK("exact_distances");
 }
 

@@ -379,6 +379,50 @@ TEST(CudaEngine, Fp32FilterCandidatesAndOverflow) {
             }
 }
 
+// The order of every fp32 distance's dot product (assign_fp32.cu, RowDot): element j in chain
+// (j / 4) % 8, each chain an FMA chain in increasing j, the chains added pairwise xor 4, then
+// xor 2, then xor 1.
+float ordered_dot(const float* x, const float* c, int64_t d) {
+    float ch[8] = {};
+    for (int64_t j = 0; j < d; j++) ch[(j / 4) % 8] = std::fmaf(x[j], c[j], ch[(j / 4) % 8]);
+    float q[4];
+    for (int i = 0; i < 4; i++) q[i] = ch[i] + ch[i + 4];
+    return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+// A point's fp32 distance has the same bits whichever pass labelled it: the filter's
+// resolve_candidates and the split products' exact_distances (FLASH_EXACT_FILTER=0) take the
+// dot product in one order. On Gaussian data (rounding in every product) each inner-product
+// distance equals that order's sum for its label, bit for bit: d a multiple of 4 (vector loads)
+// or not, the filter with column tags (k = 1000) and searching (k = 4500), a batch of two.
+TEST(CudaEngine, Fp32DistancesInOneDotProductOrder) {
+    REQUIRE_GPU();
+    const ScopedEnv filter("FLASH_EXACT_FILTER");
+    const int64_t B = 2, n = 3000;
+    uint64_t seed = 300;
+    for (int64_t d : {64, 90, 128})
+        for (int64_t k : {1000, 4500}) {
+            const auto x = flash_test::gaussian_mixture(B * n, d, 20, seed++);
+            const auto c = flash_test::gaussian_mixture(B * k, d, 20, seed++);
+            for (const char* f : {"1", "0"}) {
+                SCOPED_TRACE("d=" + std::to_string(d) + " k=" + std::to_string(k) + " filter=" + f);
+                filter.set(f);
+                std::vector<int64_t> lab(B * n);
+                std::vector<float> dis(B * n);
+                flash::assign_nearest(host_points(x.data(), n, d, flash::DType::F32, B), c.data(), k,
+                                      flash::Metric::InnerProduct, lab.data(), dis.data(), flash::Backend::CUDA);
+                int64_t bad = 0;
+                for (int64_t i = 0; i < B * n; i++) {
+                    ASSERT_GE(lab[i], 0);
+                    ASSERT_LT(lab[i], k);
+                    const float want = ordered_dot(&x[i * d], &c[((i / n) * k + lab[i]) * d], d);
+                    bad += std::memcmp(&want, &dis[i], sizeof(float)) != 0;
+                }
+                EXPECT_EQ(bad, 0) << "distances not in the fixed dot-product order";
+            }
+        }
+}
+
 flash::LloydOptions options(int64_t k, int niter, flash::Backend b) {
     flash::LloydOptions o;
     o.k = k;
