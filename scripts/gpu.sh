@@ -192,8 +192,8 @@ run() {
   fi
   # Fp32Split*: k = 1000, so the TMA kernels reuse their stages (the mbarrier hand-off checked);
   # Fp32FilterCandidates*: the filter's candidate slots (the point tile's space), full tile
-  # searches and lost values
-  sanitize=CudaEngine.TiesGoToLowestIndex:CudaEngine.SmallShapesEveryPath:CudaEngine.EmptyClustersSplitLikeFaiss:CudaEngine.RunsAreBitIdentical*:CudaEngine.Fp32Split*:CudaEngine.Fp32FilterCandidates*
+  # searches and lost values; Fp32Distances*: the resolve and fp32 distance kernels
+  sanitize=CudaEngine.TiesGoToLowestIndex:CudaEngine.SmallShapesEveryPath:CudaEngine.EmptyClustersSplitLikeFaiss:CudaEngine.RunsAreBitIdentical*:CudaEngine.Fp32Split*:CudaEngine.Fp32FilterCandidates*:CudaEngine.Fp32DistancesInOneDotProductOrder
   if [ -z "${QUICK:-}" ] && command -v compute-sanitizer > /dev/null; then
     run_suite memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
     run_suite memcheck_sharded compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_sharded" \

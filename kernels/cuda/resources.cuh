@@ -250,6 +250,10 @@ struct ExactLists {
             xres.allocate(points, "point rounding residuals");
             cres.allocate(cres_problems, "centroid rounding residual bound");
             candidates.allocate(size_t(points) * kCandidateSlots, "candidate lists");
+            // Zeroed once: resolve_candidates reads a point's count and first index in one load,
+            // and a re-checked point's (count ~0u) first index is never written.
+            FLASH_CUDA_CHECK(
+                cudaMemsetAsync(candidates.get(), 0, sizeof(uint32_t) * size_t(points) * kCandidateSlots, s));
         }
     }
     // The lists into `a`; its centroids' bound at cres[problem].
