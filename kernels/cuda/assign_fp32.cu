@@ -258,12 +258,12 @@ __global__ void exact_distances(AssignArgs a) {
         a.distances[p] = a.metric == Metric::L2 ? fmaxf(a.xnorm[p] + (a.cnorm[b * a.k + l] - 2.f * s), 0.f) : s;
 }
 
-// Each point's candidates' values in fp32 FMA arithmetic
-// (||c||^2 - 2 x.c, or -x.c; the dot products in RowDot's order), the smallest (ties to the
-// lowest index) its label, with its distance. A point the filter sent to the re-check (count
-// ~0u) already has its label: its distance only. d <= 128 (the split path's): the point's
-// columns stay in registers. The warp walks as many candidates as its longest list, the next
-// index and each candidate's norm read beside its row.
+// Each point's candidates' values in fp32 FMA arithmetic (||c||^2 - 2 x.c, or -x.c; the dot
+// products in RowDot's order, eight lanes per point), the smallest (ties to the lowest index)
+// its label, with its distance. A point the filter sent to the re-check (count ~0u) already has
+// its label: its distance only. d <= 128 (the split path's): the point's columns stay in
+// registers. The warp walks as many candidates as its longest list, the next index and each
+// candidate's norm read beside its row.
 template <bool VEC>
 __global__ void __launch_bounds__(256) resolve_candidates(AssignArgs a) {
     using R = RowDot;
