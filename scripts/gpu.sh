@@ -8,7 +8,8 @@
 #                          # hook suites on the CUDA engine, compute-sanitizer (memcheck,
 #                          # racecheck, initcheck), the benchmark and the peers; a short table at the end.
 #                          # QUICK=1: only the engine tests, the benchmark, the tuned run, the
-#                          # phases and the peers (no other suites, no sanitizers).
+#                          # phases and the peers (no other suites, no sanitizers). PART=tests or
+#                          # PART=bench: the suites (with the sanitizers) or the benchmarks alone.
 #   scripts/gpu.sh scale   # host data larger than the GPU (issue 5): bench_scale on N = 32M and
 #                          # 200M (SCALE_N), d = 128, fp32 and fp16, K = 4096 and 16384, beside
 #                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host;
@@ -178,57 +179,64 @@ run() {
     summary+=("$(printf '%-34s %-7s %s' "$name" "$r" "$(grep -E '^\[  (PASSED|FAILED|SKIPPED) |^[0-9]+ (passed|failed)|skipped' "$out/$name.log" | tr '\n' ' ' | cut -c1-80)")")
     tail -n 3 "$out/$name.log"
   }
-  run_suite gpu_tests "$bin/test_cuda_engine"
-  FLASH_UPDATE_SORT=counting run_suite gpu_tests_counting_update "$bin/test_cuda_engine"
-  FLASH_UPDATE_SORT=radix run_suite gpu_tests_radix_update "$bin/test_cuda_engine"
-  FLASH_CUDA_GRAPH=0 run_suite gpu_tests_eager "$bin/test_cuda_engine"        # kernels launched one by one
-  FLASH_PDL=0 run_suite gpu_tests_plain_launches "$bin/test_cuda_engine"      # no programmatic dependent launch
-  run_suite sharded_tests "$bin/test_sharded"
-  run_suite python_gpu python_gpu
-  if [ -z "${QUICK:-}" ]; then
-    FLASH_TEST_BACKEND=cuda run_suite hooks_on_cuda "$bin/test_index_hooks"
-    FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
-    run_suite bad_input "$bin/test_bad_input"
+  # PART=tests: the suites and the sanitizers only; PART=bench: the benchmarks and the peers only
+  # (the whole script with the peer no longer fits one 600 s device call).
+  local part=${PART:-all}
+  if [ "$part" != bench ]; then
+    run_suite gpu_tests "$bin/test_cuda_engine"
+    FLASH_UPDATE_SORT=counting run_suite gpu_tests_counting_update "$bin/test_cuda_engine"
+    FLASH_UPDATE_SORT=radix run_suite gpu_tests_radix_update "$bin/test_cuda_engine"
+    FLASH_CUDA_GRAPH=0 run_suite gpu_tests_eager "$bin/test_cuda_engine"        # kernels launched one by one
+    FLASH_PDL=0 run_suite gpu_tests_plain_launches "$bin/test_cuda_engine"      # no programmatic dependent launch
+    run_suite sharded_tests "$bin/test_sharded"
+    run_suite python_gpu python_gpu
+    if [ -z "${QUICK:-}" ]; then
+      FLASH_TEST_BACKEND=cuda run_suite hooks_on_cuda "$bin/test_index_hooks"
+      FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
+      run_suite bad_input "$bin/test_bad_input"
+    fi
+    # Fp32Split*: k = 1000, so the TMA kernels reuse their stages (the mbarrier hand-off checked);
+    # Fp32FilterCandidates*: the filter's candidate slots (the point tile's space), full tile
+    # searches and lost values; Fp32Distances*: the resolve and fp32 distance kernels
+    sanitize=CudaEngine.TiesGoToLowestIndex:CudaEngine.SmallShapesEveryPath:CudaEngine.EmptyClustersSplitLikeFaiss:CudaEngine.RunsAreBitIdentical*:CudaEngine.Fp32Split*:CudaEngine.Fp32FilterCandidates*:CudaEngine.Fp32DistancesInOneDotProductOrder
+    if [ -z "${QUICK:-}" ] && command -v compute-sanitizer > /dev/null; then
+      run_suite memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
+      run_suite memcheck_sharded compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_sharded" \
+        --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
+      run_suite racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
+      run_suite initcheck compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
+      # the assignment's start reads the last iteration's labels and those centroids' rows
+      # (racecheck on it takes minutes: left to the filter above)
+      run_suite initcheck_bound compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" \
+        --gtest_filter=CudaEngine.BoundedSearchGivesTheSameBits
+      run_suite initcheck_sharded compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_sharded" \
+        --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
+    fi
   fi
-  # Fp32Split*: k = 1000, so the TMA kernels reuse their stages (the mbarrier hand-off checked);
-  # Fp32FilterCandidates*: the filter's candidate slots (the point tile's space), full tile
-  # searches and lost values; Fp32Distances*: the resolve and fp32 distance kernels
-  sanitize=CudaEngine.TiesGoToLowestIndex:CudaEngine.SmallShapesEveryPath:CudaEngine.EmptyClustersSplitLikeFaiss:CudaEngine.RunsAreBitIdentical*:CudaEngine.Fp32Split*:CudaEngine.Fp32FilterCandidates*:CudaEngine.Fp32DistancesInOneDotProductOrder
-  if [ -z "${QUICK:-}" ] && command -v compute-sanitizer > /dev/null; then
-    run_suite memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
-    run_suite memcheck_sharded compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/test_sharded" \
-      --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
-    run_suite racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
-    run_suite initcheck compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" --gtest_filter="$sanitize"
-    # the assignment's start reads the last iteration's labels and those centroids' rows
-    # (racecheck on it takes minutes: left to the filter above)
-    run_suite initcheck_bound compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_cuda_engine" \
-      --gtest_filter=CudaEngine.BoundedSearchGivesTheSameBits
-    run_suite initcheck_sharded compute-sanitizer --tool initcheck --error-exitcode 9 "$bin/test_sharded" \
-      --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
+  if [ "$part" != tests ]; then
+    # Both benchmarks pause before each config (SETTLE_MS, default 2000): the clocks recover
+    # from the power limit of the large configs before the short ones are timed. The SM clock and
+    # power, once a second, go to clocks.log.
+    local settle=${SETTLE_MS:-2000} dmon=""
+    if command -v nvidia-smi > /dev/null; then
+      nvidia-smi dmon -s pc -d 1 > "$out/clocks.log" 2>&1 &
+      dmon=$!
+    fi
+    "$bin/bench_gpu" --csv "$out/ours.csv" --settle-ms "$settle" ${BENCH_ARGS:-} | tee "$out/bench.log" || status=1
+    # Every kernel configuration timed once per shape bucket (the autotuner's log lists them),
+    # then the per-phase breakdown and the fp32 certificate's re-check share.
+    FLASH_AUTOTUNE=1 FLASH_CACHE_DIR="$out" "$bin/bench_gpu" --csv "$out/ours_tuned.csv" ${BENCH_ARGS:-} \
+      > "$out/bench_tuned.log" 2>&1 || status=1
+    grep -E "autotune|^B=" "$out/bench_tuned.log" || true
+    FLASH_CUDA_PHASE_TIMES=1 "$bin/bench_gpu" --repeats 1 ${BENCH_ARGS:-} > "$out/phases.log" 2>&1 || status=1
+    grep -E "phases|certificate|filter|^B=" "$out/phases.log" | sort | uniq -c | sort -rn | head -40 || true
+    if [ -d .peers/flash_kmeans ]; then
+      python3 bench/peers/run_peers.py --flash-kmeans-path .peers --csv "$out/peers.csv" --settle-ms "$settle" \
+        ${PEER_ARGS:-} 2>&1 | tee "$out/peers.log" || status=1
+      python3 bench/plot_gpu.py "$out/ours.csv" "$out/peers.csv" "$out/gpu_time_per_iter.png" || true
+    fi
+    [ -z "$dmon" ] || kill "$dmon" 2> /dev/null || true
   fi
-  # Both benchmarks pause before each config (SETTLE_MS, default 2000): the clocks recover
-  # from the power limit of the large configs before the short ones are timed. The SM clock and
-  # power, once a second, go to clocks.log.
-  local settle=${SETTLE_MS:-2000} dmon=""
-  if command -v nvidia-smi > /dev/null; then
-    nvidia-smi dmon -s pc -d 1 > "$out/clocks.log" 2>&1 &
-    dmon=$!
-  fi
-  "$bin/bench_gpu" --csv "$out/ours.csv" --settle-ms "$settle" ${BENCH_ARGS:-} | tee "$out/bench.log" || status=1
-  # Every kernel configuration timed once per shape bucket (the autotuner's log lists them),
-  # then the per-phase breakdown and the fp32 certificate's re-check share.
-  FLASH_AUTOTUNE=1 FLASH_CACHE_DIR="$out" "$bin/bench_gpu" --csv "$out/ours_tuned.csv" ${BENCH_ARGS:-} \
-    > "$out/bench_tuned.log" 2>&1 || status=1
-  grep -E "autotune|^B=" "$out/bench_tuned.log" || true
-  FLASH_CUDA_PHASE_TIMES=1 "$bin/bench_gpu" --repeats 1 ${BENCH_ARGS:-} > "$out/phases.log" 2>&1 || status=1
-  grep -E "phases|certificate|filter|^B=" "$out/phases.log" | sort | uniq -c | sort -rn | head -40 || true
-  if [ -d .peers/flash_kmeans ]; then
-    python3 bench/peers/run_peers.py --flash-kmeans-path .peers --csv "$out/peers.csv" --settle-ms "$settle" \
-      ${PEER_ARGS:-} 2>&1 | tee "$out/peers.log" || status=1
-    python3 bench/plot_gpu.py "$out/ours.csv" "$out/peers.csv" "$out/gpu_time_per_iter.png" || true
-  fi
-  [ -z "$dmon" ] || kill "$dmon" 2> /dev/null || true
   echo
   echo "== summary =="
   printf '%s\n' "${summary[@]}"
