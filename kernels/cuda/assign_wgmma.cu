@@ -842,14 +842,14 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                     const float xh = xl + xr, ch = cm + cr, vmax = ch * ch + 2.f * xh * ch;
                     const float prod = 1.01f * (xr * cm + xh * cr) + 1.05f * float(KSTEPS + 1) * 0x1p-21f * xh * ch;
                     margin[h] = 2.f * ((l2 ? 2.f : 1.f) * prod + 0x1p-23f * vmax) + 0x1p-17f * vmax + 1e-30f;
+                    // A centroid can be the exact nearest only if its value is within E = margin / 2
+                    // of exact_up: the running minimum may start at exact_up - E (a threshold of
+                    // exact_up + E instead of the start's tensor value + 2 E, about half the
+                    // candidates when the last label is still the nearest). It serves the
+                    // thresholds only (the filter's labels come from resolve_candidates), and the
+                    // exact nearest stays within them.
+                    best[h].v = fminf(best[h].v, exact_up[h] - 0.5f * margin[h]);
                 }
-                // A centroid can be the exact nearest only if its value is within E = margin / 2 of
-                // exact_up: the running minimum may start at exact_up - E (a threshold of exact_up +
-                // E instead of the start's tensor value + 2 E, about half the candidates when the
-                // last label is still the nearest). It serves the thresholds only (the filter's
-                // labels come from resolve_candidates), and the exact nearest stays within them.
-#pragma unroll
-            for (int h = 0; h < 2; h++) best[h].v = fminf(best[h].v, exact_up[h] - 0.5f * margin[h]);
             __syncthreads(); // every warp has its fragments: the point tile's space holds candidates
             margins() = make_float2(margin[0], margin[1]);
             lost() = make_float2(INFINITY, INFINITY);
