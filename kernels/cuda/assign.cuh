@@ -120,8 +120,9 @@ int64_t split_fp32_width(int64_t d);
 int assign_variants(const AssignArgs& a);
 
 /// The kernel configuration for a problem: the heuristic, or the autotuner's cached winner
-/// when FLASH_AUTOTUNE=1 (see autotune.cu).
-int choose_assign_variant(const AssignArgs& a, cudaStream_t stream);
+/// when FLASH_AUTOTUNE=1 (see autotune.cu). start_later: the iterations after the first will
+/// start from the last labels (AssignArgs::start_from_labels), so the configurations are timed so.
+int choose_assign_variant(const AssignArgs& a, cudaStream_t stream, bool start_later = false);
 
 /// Dispatch: the single place that chooses the assignment kernel.
 void launch_assign(const AssignArgs& a, int variant, cudaStream_t stream);

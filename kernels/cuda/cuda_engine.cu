@@ -182,7 +182,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         split.prepare(a, cen.get(), s);
         half.prepare(a, cen.get(), s);
     }
-    const int variant = niter > 0 ? choose_assign_variant(a, s) : 0;
+    const int variant = niter > 0 ? choose_assign_variant(a, s, start_from_labels) : 0;
     // fp16 / bf16: the assignment counts its labels into the update's tile histogram (after the
     // variant is chosen: the autotuner's launches must not count).
     if (x.dtype != DType::F32 && update.label_counts()) {

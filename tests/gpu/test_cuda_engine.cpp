@@ -4,22 +4,27 @@
 #include <faiss/Clustering.h>
 #include <faiss/IndexFlat.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <string>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "faiss_ext/FlashClustering.h"
+#include "gpu/require_gpu.h"
 #include "kernels/cpu/half_convert.h"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/cuda_engine.h"
 #include "kernels/flash_kmeans.h"
 #include "test_data.h"
-#include "gpu/require_gpu.h"
 
 namespace {
 
@@ -41,6 +46,7 @@ class ScopedEnv {
     ScopedEnv(const ScopedEnv&) = delete;
     ScopedEnv& operator=(const ScopedEnv&) = delete;
     void set(const char* value) const { setenv(name_, value, 1); }
+    void unset() const { unsetenv(name_); }
 
   private:
     const char* name_;
@@ -765,6 +771,60 @@ TEST(CudaEngine, BoundedSearchGivesTheSameBits) {
         EXPECT_EQ(std::memcmp(c[0].data(), c[1].data(), sizeof(float) * c[0].size()), 0);
         EXPECT_EQ(obj[0], obj[1]);
     }
+}
+
+// FLASH_AUTOTUNE=1: every configuration is timed once per shape bucket (here one whose
+// iterations start from the last labels, which the autotuner then times too), the fastest is
+// written to the cache file and used: the same bits as that configuration forced, and a
+// second run reads the cache instead of timing again.
+TEST(CudaEngine, AutotunerCachesAndUsesItsWinner) {
+    REQUIRE_GPU();
+    char dir[] = "/tmp/flash_autotune_XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    const std::string path = std::string(dir) + "/autotune-v7.txt";
+    const ScopedEnv tune("FLASH_AUTOTUNE"), cache_dir("FLASH_CACHE_DIR"), forced("FLASH_ASSIGN_VARIANT");
+    const int64_t n = 20000, d = 64, k = 4096;
+    const auto x = flash_test::gaussian_mixture(n, d, 40, 5);
+    const auto xh = rounded_copy(x, flash::DType::F16);
+    const auto c0 = rows_of_each_problem(x, 1, n, d, k, 0);
+    auto run = [&] {
+        auto c = c0;
+        flash::run_lloyd(host_points(xh.data(), n, d, flash::DType::F16), c.data(),
+                         options(k, 3, flash::Backend::CUDA));
+        return c;
+    };
+    auto lines = [&] {
+        std::ifstream f(path);
+        std::vector<std::string> v;
+        for (std::string l; std::getline(f, l);) v.push_back(l);
+        return v;
+    };
+    forced.unset();
+    tune.set("1");
+    cache_dir.set(dir);
+    const auto tuned = run();
+    const auto written = lines();
+    ASSERT_EQ(written.size(), 1u) << path;
+    std::istringstream in(written[0]);
+    std::string key;
+    int winner = -1;
+    ASSERT_TRUE(in >> key >> winner);
+    EXPECT_NE(key.find("|dtype1|d6|k12|"), std::string::npos) << key;
+    std::vector<float> ms;
+    for (float m; in >> m;) ms.push_back(m);
+    ASSERT_GT(ms.size(), 1u);
+    ASSERT_GE(winner, 0);
+    ASSERT_LT(winner, int(ms.size()));
+    for (float m : ms) EXPECT_GT(m, 0.f);
+    EXPECT_EQ(*std::min_element(ms.begin(), ms.end()), ms[winner]);
+    const auto cached = run();
+    EXPECT_EQ(lines().size(), 1u) << "timed again instead of reading the cache";
+    forced.set(std::to_string(winner).c_str());
+    const auto by_hand = run();
+    EXPECT_EQ(std::memcmp(tuned.data(), by_hand.data(), sizeof(float) * tuned.size()), 0);
+    EXPECT_EQ(std::memcmp(tuned.data(), cached.data(), sizeof(float) * tuned.size()), 0);
+    std::remove(path.c_str());
+    rmdir(dir);
 }
 
 TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
