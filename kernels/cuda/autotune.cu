@@ -141,7 +141,7 @@ int choose_assign_variant(const AssignArgs& a, cudaStream_t s, bool start_later)
     FLASH_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
     std::ostringstream key;
     key << prop.name << "|dtype" << int(a.dtype) << "|d" << pow2_bucket(a.d) << "|k" << pow2_bucket(a.k) << "|n"
-        << pow2_bucket(a.batch * a.n);
+        << pow2_bucket(a.batch * a.n) << (start_later ? "|start" : ""); // (timed differently: its own entry)
     std::string k = key.str();
     std::replace(k.begin(), k.end(), ' ', '_');
 
