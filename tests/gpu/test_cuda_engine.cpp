@@ -782,7 +782,9 @@ TEST(CudaEngine, AutotunerCachesAndUsesItsWinner) {
     char dir[] = "/tmp/flash_autotune_XXXXXX";
     ASSERT_NE(mkdtemp(dir), nullptr);
     const std::string path = std::string(dir) + "/autotune-v7.txt";
-    const ScopedEnv tune("FLASH_AUTOTUNE"), cache_dir("FLASH_CACHE_DIR"), forced("FLASH_ASSIGN_VARIANT");
+    const ScopedEnv tune("FLASH_AUTOTUNE"), cache_dir("FLASH_CACHE_DIR"), forced("FLASH_ASSIGN_VARIANT"),
+        bound("FLASH_ASSIGN_BOUND");
+    bound.unset(); // (the start from the last labels as by default: on from k = 4096)
     const int64_t n = 20000, d = 64, k = 4096;
     const auto x = flash_test::gaussian_mixture(n, d, 40, 5);
     const auto xh = rounded_copy(x, flash::DType::F16);
