@@ -782,6 +782,14 @@ TEST(CudaEngine, AutotunerCachesAndUsesItsWinner) {
     char dir[] = "/tmp/flash_autotune_XXXXXX";
     ASSERT_NE(mkdtemp(dir), nullptr);
     const std::string path = std::string(dir) + "/autotune-v7.txt";
+    struct Removed { // the cache file and its directory, however the test ends
+        const std::string& file;
+        const char* folder;
+        ~Removed() {
+            std::remove(file.c_str());
+            rmdir(folder);
+        }
+    } removed{path, dir};
     const ScopedEnv tune("FLASH_AUTOTUNE"), cache_dir("FLASH_CACHE_DIR"), forced("FLASH_ASSIGN_VARIANT"),
         bound("FLASH_ASSIGN_BOUND");
     bound.unset(); // (the start from the last labels as by default: on from k = 4096)
@@ -826,8 +834,6 @@ TEST(CudaEngine, AutotunerCachesAndUsesItsWinner) {
     const auto by_hand = run();
     EXPECT_EQ(std::memcmp(tuned.data(), by_hand.data(), sizeof(float) * tuned.size()), 0);
     EXPECT_EQ(std::memcmp(tuned.data(), cached.data(), sizeof(float) * tuned.size()), 0);
-    std::remove(path.c_str());
-    rmdir(dir);
 }
 
 TEST(CudaEngine, WeightsFrozenSphericalIntegerMatchCpu) {
