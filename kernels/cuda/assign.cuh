@@ -4,11 +4,24 @@
 
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cstdint>
+#include <stdexcept>
 
 #include "kernels/flash_kmeans.h"
 
 namespace flash::cuda_engine {
+
+/// Whether p is 16-byte aligned (rows loaded 16 bytes at a time).
+inline bool aligned16(const void* p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+/// A grid size for a launch over every point of a batch: a clear error past the grid's limit.
+inline unsigned launch_blocks(int64_t blocks) {
+    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
+    return unsigned(blocks);
+}
 
 /// Slots per point of AssignArgs::candidates: a count and up to kCandidateSlots - 1 indices
 /// (more than the filter kernel's four threads per row keep: 4 x 7).

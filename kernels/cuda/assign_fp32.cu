@@ -9,7 +9,6 @@
 // path's certificate lists (recheck_fp32_kernel), with the centroids cut into chunks.
 #include <algorithm>
 #include <cstdint>
-#include <stdexcept>
 
 #include "kernels/cuda/argmin.cuh"
 #include "kernels/cuda/assign.cuh"
@@ -312,31 +311,29 @@ __global__ void __launch_bounds__(256) resolve_candidates(AssignArgs a) {
 
 // Whether the fp32 rows allow float4 loads.
 bool vec_rows(const AssignArgs& a) {
-    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    return a.d % 4 == 0 && aligned(a.x) && aligned(a.centroids);
+    return a.d % 4 == 0 && aligned16(a.x) && aligned16(a.centroids);
+}
+
+// The grid of the RowDot kernels: a group of RowDot::G lanes per point, 256 threads per block.
+unsigned row_dot_blocks(const AssignArgs& a) {
+    return launch_blocks((a.batch * a.n * RowDot::G + 255) / 256);
 }
 
 } // namespace
 
 void launch_resolve_candidates(const AssignArgs& a, cudaStream_t stream) {
-    const int64_t threads = a.batch * a.n * RowDot::G, blocks = (threads + 255) / 256;
-    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-    (vec_rows(a) ? resolve_candidates<true> : resolve_candidates<false>)<<<unsigned(blocks), 256, 0, stream>>>(a);
+    (vec_rows(a) ? resolve_candidates<true> : resolve_candidates<false>)<<<row_dot_blocks(a), 256, 0, stream>>>(a);
     FLASH_LAUNCH_CHECK("resolve_candidates");
 }
 
 void launch_exact_distances(const AssignArgs& a, cudaStream_t stream) {
-    const int64_t threads = a.batch * a.n * RowDot::G, blocks = (threads + 255) / 256;
-    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-    (vec_rows(a) ? exact_distances<true> : exact_distances<false>)<<<unsigned(blocks), 256, 0, stream>>>(a);
+    (vec_rows(a) ? exact_distances<true> : exact_distances<false>)<<<row_dot_blocks(a), 256, 0, stream>>>(a);
     FLASH_LAUNCH_CHECK("exact_distances");
 }
 
 void launch_assign_fp32(const AssignArgs& a, cudaStream_t stream) {
     const int64_t tiles = (a.n + BM - 1) / BM;
-    const int64_t blocks = tiles * a.batch;
-    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-    assign_fp32_kernel<<<unsigned(blocks), THREADS, 0, stream>>>(a, tiles);
+    assign_fp32_kernel<<<launch_blocks(tiles * a.batch), THREADS, 0, stream>>>(a, tiles);
     FLASH_LAUNCH_CHECK("assign_fp32_kernel");
 }
 

@@ -349,9 +349,7 @@ void launch_resident(const AssignArgs& a, cudaStream_t stream, bool vec) {
     auto kernel = assign_mma_resident_kernel<T, DPAD, WM, WN, NI>;
     set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
     const int64_t tiles = (a.n + RBM - 1) / RBM;
-    const int64_t blocks = tiles * a.batch;
-    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-    kernel<<<unsigned(blocks), NT, smem, stream>>>(a, tiles, vec);
+    kernel<<<launch_blocks(tiles * a.batch), NT, smem, stream>>>(a, tiles, vec);
 }
 
 // The closed set of resident configurations: variant 0 = 8 warps of 64 x 32, variant 1 =
@@ -376,13 +374,9 @@ void launch_typed(const AssignArgs& a, int variant, bool vec, cudaStream_t strea
         launch_resident_variant<T, 256>(a, variant, stream, vec);
     } else {
         const int64_t tiles = (a.n + BM - 1) / BM;
-        const int64_t blocks = tiles * a.batch;
-        if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
-        assign_mma_kernel<T><<<unsigned(blocks), THREADS, 0, stream>>>(a, tiles, vec);
+        assign_mma_kernel<T><<<launch_blocks(tiles * a.batch), THREADS, 0, stream>>>(a, tiles, vec);
     }
 }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 } // namespace
 

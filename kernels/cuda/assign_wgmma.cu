@@ -740,6 +740,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
             for (int h = 0; h < 2; h++) {
                 const int p = prior[h];
                 const bool known = p >= 0 && p < k; // (the quad's four lanes alike)
+                const float pen = known && l2 ? a.cnorm[b * k + p] : 0.f;
                 float xx = 0.f, cc = 0.f, xc = 0.f;
                 if (known) {
                     const int rr = tile_row(h);
@@ -773,7 +774,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                 }
                 quad_sums(xx, cc, xc);
                 if (known) {
-                    const float pen = l2 ? a.cnorm[b * k + p] : 0.f, sp = scale * xc;
+                    const float sp = scale * xc;
                     const float v = fmaf(scale, xc, pen);
                     const float up = v + fabsf(scale) * 0x1p-14f * sqrtf(xx * cc) + 0x1p-22f * (fabsf(pen) + fabsf(sp));
                     if (up < best[h].v) best[h].v = up; // (not NaN)
@@ -800,7 +801,7 @@ __global__ void __launch_bounds__(NWG * 128, (min_blocks<KW, BN, NWG, PERSIST>()
                     }
                     quad_sums(fx, fc, fxc);
                     if (known) {
-                        const float pen = l2 ? a.cnorm[b * k + p] : 0.f, v = l2 ? pen - 2.f * fxc : -fxc;
+                        const float v = l2 ? pen - 2.f * fxc : -fxc;
                         const float nx = sqrtf(fx), cm = fmaxf(a.cmax[b], sqrtf(fc));
                         const float e = (l2 ? 2.f : 1.f) * 1.05f * float(a.d + 2) * 0x1p-24f * nx * cm +
                                         0x1p-22f * (cm * cm + 2.f * nx * cm);
@@ -1033,14 +1034,13 @@ void launch_config(const AssignArgs& a, bool vec, cudaStream_t stream) {
         const int64_t slots = int64_t(std::max(fit, 1)) * current_device_sms();
         per_block = (total + slots - 1) / slots;
     }
-    const int64_t blocks = (total + per_block - 1) / per_block;
-    if (blocks > INT32_MAX) throw std::invalid_argument("faiss-flash: batch * n too large for one launch");
+    const unsigned blocks = launch_blocks((total + per_block - 1) / per_block);
     CUtensorMap map{};
     if constexpr (uses_tma<SWZ, PERSIST>()) // the caller checked centroids_via_tma
         if (!make_tile_map(&map, centroid_rows(a), std::is_same_v<T, __nv_bfloat16>, a.batch, a.k,
                            centroid_width(a, P), centroid_stride(a, P), BN))
             throw std::runtime_error("faiss-flash: the driver refused the centroid tensor map");
-    launch_dependent(kernel, unsigned(blocks), NWG * 128, smem, stream, a, tiles, per_block, vec, map);
+    launch_dependent(kernel, blocks, NWG * 128, smem, stream, a, tiles, per_block, vec, map);
 }
 
 // The closed set of configurations, variant 0 = the heuristic's choice:
@@ -1100,8 +1100,6 @@ void launch_filter(const AssignArgs& a, cudaStream_t stream) {
     if (a.k >= kSearchK) launch_filter_as<KW, Pass::FilterSearch>(a, stream);
     else launch_filter_as<KW, Pass::Filter>(a, stream);
 }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 } // namespace
 
