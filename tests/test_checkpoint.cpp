@@ -18,9 +18,26 @@
 
 namespace {
 
-std::string tmp_path(const std::string& name) {
-    return testing::TempDir() + "flash_ck_" + std::to_string(getpid()) + "_" + name;
-}
+// A file in the test's temporary directory, absent when the test starts using it and removed,
+// with the checkpoint writer's ".tmp" beside it, however the test ends.
+class TempFile {
+  public:
+    explicit TempFile(const std::string& name)
+        : path_(testing::TempDir() + "flash_ck_" + std::to_string(getpid()) + "_" + name) {
+        remove_all();
+    }
+    ~TempFile() { remove_all(); }
+    TempFile(const TempFile&) = delete;
+    TempFile& operator=(const TempFile&) = delete;
+    const std::string& path() const { return path_; }
+
+  private:
+    void remove_all() const {
+        std::remove(path_.c_str());
+        std::remove((path_ + ".tmp").c_str());
+    }
+    std::string path_;
+};
 
 pid_t spawn(const std::string& out, const std::string& ck, int sleep_ms) {
     const pid_t pid = fork();
@@ -58,16 +75,16 @@ bool wait_for_checkpoint(const std::string& ck, int iters) {
 }
 
 std::string reference_centroids() {
-    const std::string out = tmp_path("ref");
-    EXPECT_EQ(wait_exit(spawn(out, "-", 0)), 0);
-    return slurp(out);
+    const TempFile out("ref");
+    EXPECT_EQ(wait_exit(spawn(out.path(), "-", 0)), 0);
+    return slurp(out.path());
 }
 
 TEST(Checkpoint, KilledProcessResumesToTheSameCentroids) {
     const std::string ref = reference_centroids();
     ASSERT_FALSE(ref.empty());
-    const std::string ck = tmp_path("kill.ckpt"), out = tmp_path("kill.out");
-    std::remove(ck.c_str());
+    const TempFile ck_file("kill.ckpt"), out_file("kill.out");
+    const std::string &ck = ck_file.path(), &out = out_file.path();
     const pid_t pid = spawn(out, ck, 150);
     ASSERT_TRUE(wait_for_checkpoint(ck, 4)) << "no checkpoint appeared";
     kill(pid, SIGKILL);
@@ -77,13 +94,12 @@ TEST(Checkpoint, KilledProcessResumesToTheSameCentroids) {
     EXPECT_LT(mid.iterations_done, 24) << "the process should have been killed mid-way";
     EXPECT_EQ(wait_exit(spawn(out, ck, 0)), 0);
     EXPECT_EQ(slurp(out), ref) << "resumed run differs from the uninterrupted one";
-    std::remove(ck.c_str());
 }
 
 TEST(Checkpoint, SigintStopsBetweenIterationsAndResumes) {
     const std::string ref = reference_centroids();
-    const std::string ck = tmp_path("int.ckpt"), out = tmp_path("int.out");
-    std::remove(ck.c_str());
+    const TempFile ck_file("int.ckpt"), out_file("int.out");
+    const std::string &ck = ck_file.path(), &out = out_file.path();
     const pid_t pid = spawn(out, ck, 150);
     ASSERT_TRUE(wait_for_checkpoint(ck, 2));
     kill(pid, SIGINT);
@@ -93,11 +109,11 @@ TEST(Checkpoint, SigintStopsBetweenIterationsAndResumes) {
     EXPECT_LT(mid.iterations_done, 24);
     EXPECT_EQ(wait_exit(spawn(out, ck, 0)), 0);
     EXPECT_EQ(slurp(out), ref);
-    std::remove(ck.c_str());
 }
 
 TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
-    const std::string ck = tmp_path("other.ckpt");
+    const TempFile ck_file("other.ckpt");
+    const std::string& ck = ck_file.path();
     const auto x = flash_test::gaussian_mixture(500, 4, 5, 9);
     std::vector<float> c(x.begin(), x.begin() + 5 * 4);
     flash::Points p = flash_test::host_points(x.data(), 500, 4);
@@ -113,7 +129,6 @@ TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
     std::ofstream(ck) << "garbage";
     opt.k = 5;
     EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), std::invalid_argument);
-    std::remove(ck.c_str());
 }
 
 TEST(Checkpoint, SegmentedRunEqualsPlainRun) {
@@ -125,9 +140,8 @@ TEST(Checkpoint, SegmentedRunEqualsPlainRun) {
     opt.niter = 9;
     opt.backend = flash::Backend::CPU;
     const auto s1 = flash::run_lloyd(p, c1.data(), opt);
-    const std::string ck = tmp_path("seg.ckpt");
-    std::remove(ck.c_str());
-    opt.checkpoint_path = ck;
+    const TempFile ck("seg.ckpt");
+    opt.checkpoint_path = ck.path();
     opt.checkpoint_every = 4;
     int calls = 0;
     opt.on_iteration = [&](int64_t, int it, const flash::IterationStats&) { EXPECT_EQ(it, calls++); };
@@ -136,7 +150,6 @@ TEST(Checkpoint, SegmentedRunEqualsPlainRun) {
     ASSERT_EQ(s2[0].size(), 9u);
     EXPECT_EQ(calls, 9);
     for (int i = 0; i < 9; i++) EXPECT_EQ(s1[0][i].obj, s2[0][i].obj);
-    std::remove(ck.c_str());
 }
 
 } // namespace
@@ -160,7 +173,8 @@ TEST(Checkpoint, FlashClusteringResumesWithFaissSemantics) {
     faiss::IndexFlatL2 i1(8);
     plain.train(4000, x.data(), i1);
 
-    const std::string ck = tmp_path("clus.ckpt");
+    const TempFile ck_file("clus.ckpt"), redo0("clus.ckpt.redo0"), redo1("clus.ckpt.redo1"); // (one per redo)
+    const std::string& ck = ck_file.path();
     auto first = make();
     first.flash.checkpoint_path = ck;
     first.flash.checkpoint_every = 3;
@@ -176,8 +190,6 @@ TEST(Checkpoint, FlashClusteringResumesWithFaissSemantics) {
     EXPECT_EQ(plain.centroids, again.centroids);
     ASSERT_EQ(again.iteration_stats.size(), plain.iteration_stats.size());
     EXPECT_EQ(again.iteration_stats.back().obj, plain.iteration_stats.back().obj);
-    std::remove((ck + ".redo0").c_str());
-    std::remove((ck + ".redo1").c_str());
 }
 
 } // namespace
