@@ -610,9 +610,13 @@ void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spheric
     FLASH_LAUNCH_CHECK("post_process");
 }
 
-// The partials (batch * nchunks doubles), then one finished-chunk counter per problem.
+// One finished-chunk counter per problem (two per double), then the partials (batch * nchunks
+// doubles). The counters come first so that they stay in place for every n up to the size the
+// workspace was made for: the streamed path sums pieces of different lengths in one workspace
+// (with the counters after the partials, a shorter piece's counter landed on a partial sum of
+// the previous piece and its objective was never written).
 int64_t stats_workspace_size(int64_t batch, int64_t n) {
-    return batch * ((n + kStatsChunk - 1) / kStatsChunk) + (batch + 1) / 2;
+    return (batch + 1) / 2 + batch * ((n + kStatsChunk - 1) / kStatsChunk);
 }
 
 void launch_objective(const float* dist, int64_t batch, int64_t n, double* workspace, double* obj, cudaStream_t s) {
@@ -622,8 +626,9 @@ void launch_objective(const float* dist, int64_t batch, int64_t n, double* works
         FLASH_LAUNCH_CHECK("objective_one_chunk");
         return;
     }
-    unsigned* finished = reinterpret_cast<unsigned*>(workspace + batch * nchunks);
-    objective_partials<<<unsigned(nchunks * batch), 256, 0, s>>>(dist, n, nchunks, workspace, finished, obj);
+    unsigned* finished = reinterpret_cast<unsigned*>(workspace);
+    objective_partials<<<unsigned(nchunks * batch), 256, 0, s>>>(dist, n, nchunks, workspace + (batch + 1) / 2,
+                                                                  finished, obj);
     FLASH_LAUNCH_CHECK("objective_partials");
 }
 

@@ -47,8 +47,8 @@ void launch_split_empty_clusters(float* centroids, float* counts, int64_t batch,
 void launch_post_process(float* centroids, int64_t rows, int64_t d, bool spherical, bool int_centroids,
                          cudaStream_t s);
 
-/// Doubles of workspace launch_objective needs; zero it once before the first use (the
-/// kernels leave it ready for the next launch).
+/// Doubles of workspace launch_objective needs for up to batch problems of up to n rows; zero it
+/// once before the first use (the kernels leave it ready for the next launch, whatever its n).
 int64_t stats_workspace_size(int64_t batch, int64_t n);
 
 /// obj[b] = sum of distances of problem b (double, fixed order: partial sums of 8192 distances

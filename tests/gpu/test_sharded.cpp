@@ -94,6 +94,17 @@ TEST(Sharded, EveryPlacementGivesTheSameBitsOnIntegerData) {
         EXPECT_GT(r.placement.compute_s, 0);
     }
     {
+        // Pieces of several objective chunks (8192 distances each) and a shorter last piece
+        // (16500 + 8500 rows: three chunks, then two): each piece's objective from one workspace.
+        SCOPED_TRACE("streamed pieces of three and two objective chunks");
+        auto o = opt;
+        o.streaming = flash::Streaming::Force;
+        o.stream_piece_rows = 16500;
+        const Result r = run(pts, init, o);
+        expect_same_run(in_memory, r, 1e-12);
+        EXPECT_EQ(r.placement.pieces, 2 * 2);
+    }
+    {
         SCOPED_TRACE("three shards on one GPU, everything resident");
         auto o = opt;
         o.cuda_devices = {0, 0, 0};
