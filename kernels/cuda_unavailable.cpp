@@ -7,7 +7,9 @@ namespace flash::cuda_engine {
 
 int device_count() { return 0; }
 
-bool fits_in_memory(const Points&, int64_t, int) { return true; }
+bool fits_in_memory(const Points&, int64_t, int, bool) {
+    return true;
+}
 
 std::vector<std::vector<IterationStats>> run_lloyd(const Points&, float*, const LloydOptions&) {
     throw std::runtime_error("faiss-flash was built without CUDA (configure with -DFLASH_CUDA=ON)");

@@ -12,7 +12,7 @@ bool wants_sharded_run(const Points& x, const LloydOptions& opt) {
     if (x.dtype == DType::F32 && opt.transfer_dtype != DType::F32) return true;
     if (opt.streaming == Streaming::Off) return false;
     const int dev = !opt.cuda_devices.empty() ? opt.cuda_devices[0] : (opt.cuda_device >= 0 ? opt.cuda_device : 0);
-    return !cuda_engine::fits_in_memory(x, opt.k, dev);
+    return !cuda_engine::fits_in_memory(x, opt.k, dev, opt.fp32_mode == Fp32Mode::TF32);
 }
 
 std::vector<std::vector<IterationStats>> run_lloyd_sharded(const Points& x, float* centroids, const LloydOptions& opt) {

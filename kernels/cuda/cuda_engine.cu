@@ -88,7 +88,7 @@ int device_count() {
     return count;
 }
 
-bool fits_in_memory(const Points& x, int64_t k, int device) {
+bool fits_in_memory(const Points& x, int64_t k, int device, bool tf32) {
     if (device < 0 || device >= device_count()) return true; // pick_device reports the error
     DeviceScope scope(device);
     size_t free_b = 0, total_b = 0;
@@ -102,11 +102,13 @@ bool fits_in_memory(const Points& x, int64_t k, int device) {
     AssignArgs probe;
     probe.dtype = x.dtype;
     probe.d = x.d;
-    const int64_t width = x.dtype == DType::F32 && wgmma_supported(probe) ? split_fp32_width(x.d) : 0;
-    // points, split fp32 copy, its re-check keys, residuals and candidates, labels / distances /
-    // norms / weights / re-check list, the update's sort and chunk sums; centroids and their copies.
+    const bool half = x.dtype == DType::F32 && tf32;
+    const int64_t width = x.dtype == DType::F32 && !tf32 && wgmma_supported(probe) ? split_fp32_width(x.d) : 0;
+    // points, split fp32 copy (TF32 mode: the fp16 copy instead), its re-check keys, residuals and
+    // candidates, labels / distances / norms / weights / re-check list, the update's sort and
+    // chunk sums; centroids and their copies.
     const double need = rows * (double(x.d) * double(dtype_size(x.dtype)) + 4.0 * double(width) +
-                                (width ? 12.0 + 4 * kCandidateSlots : 0.0) + 20) +
+                                (half ? 2.0 * double(x.d) : 0.0) + (width ? 12.0 + 4 * kCandidateSlots : 0.0) + 20) +
                         double(SortInverseUpdate::bytes(x.batch, x.n, x.d, k)) +
                         double(x.batch) * double(k) * double(x.d) * 24;
     const double margin = std::max(512.0 * (1 << 20), double(free_b) / 32);

@@ -15,8 +15,9 @@ namespace flash::cuda_engine {
 int device_count();
 
 /// Whether the in-memory engine (run_lloyd) has room on `device` for these host points and
-/// its buffers (estimate against the free memory, less a margin).
-bool fits_in_memory(const Points& x, int64_t k, int device);
+/// its buffers (estimate against the free memory, less a margin); tf32: fp32 points in
+/// Fp32Mode::TF32 (a scaled fp16 copy instead of the exact path's split rows).
+bool fits_in_memory(const Points& x, int64_t k, int device, bool tf32);
 
 /// Lloyd iterations on the GPU; see flash::run_lloyd. The input is already validated
 /// (shapes, k, niter); x may live on the host or on a device.

@@ -119,6 +119,18 @@ class Shard {
         const Piece& last = pieces_.back();
         flat1_ = last.b * x.n + last.row0 + last.rows;
     }
+    // Waits for the shard's work before its buffers go (a run that threw may leave copies and
+    // kernels queued that read them or the registered host rows); errors are not reported twice.
+    ~Shard() {
+        int previous = 0;
+        if (cudaGetDevice(&previous) != cudaSuccess || cudaSetDevice(dev_) != cudaSuccess) previous = -1;
+        for (Stream* st : {compute_.get(), copy_.get()})
+            if (st) (void)cudaStreamSynchronize(st->get());
+        if (previous >= 0) (void)cudaSetDevice(previous);
+        (void)cudaGetLastError();
+    }
+    Shard(const Shard&) = delete;
+    Shard& operator=(const Shard&) = delete;
 
     const std::vector<Piece>& pieces() const { return pieces_; }
     bool resident(size_t i) const { return data_[i] != nullptr; }
@@ -425,8 +437,8 @@ class Shard {
 struct PartialSums::Impl {
     Points x;
     LloydOptions opt;
+    std::vector<std::unique_ptr<HostRegistration>> pins; // (before shards: unregistered after they are done)
     std::vector<std::unique_ptr<Shard>> shards;
-    std::vector<std::unique_ptr<HostRegistration>> pins;
     Placement placement;
 };
 

@@ -56,14 +56,22 @@ class DeviceScope {
   public:
     explicit DeviceScope(int device) {
         FLASH_CUDA_CHECK(cudaGetDevice(&previous_));
-        FLASH_CUDA_CHECK(cudaSetDevice(device));
+        if (device != previous_) {
+            FLASH_CUDA_CHECK(cudaSetDevice(device));
+            changed_ = true;
+        }
     }
-    ~DeviceScope() { cudaSetDevice(previous_); }
+    // Only where it changed it (setting device 0 back in a fresh thread would create a context
+    // there); a failure here is not left behind for the next launch check to misreport.
+    ~DeviceScope() {
+        if (changed_ && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
+    }
     DeviceScope(const DeviceScope&) = delete;
     DeviceScope& operator=(const DeviceScope&) = delete;
 
   private:
     int previous_ = 0;
+    bool changed_ = false;
 };
 
 // Pinned host memory, freed on destruction.
