@@ -1,5 +1,8 @@
 #include "kernels/checkpoint.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -11,7 +14,9 @@ namespace flash {
 
 namespace {
 
-constexpr char kMagic[8] = {'F', 'F', 'K', 'M', 'C', 'K', 'P', '1'};
+// The last byte is the format's version (2: the run fingerprint).
+constexpr char kMagic[8] = {'F', 'F', 'K', 'M', 'C', 'K', 'P', '2'};
+constexpr int64_t kSampledRows = 4096;
 
 uint64_t fnv1a(uint64_t h, const void* p, size_t bytes) {
     const auto* b = static_cast<const unsigned char*>(p);
@@ -32,6 +37,13 @@ T get(std::ifstream& f, const std::string& path) {
     return v;
 }
 
+// kSampledRows rows of bytes spread evenly over rows (and the last one).
+uint64_t sampled_rows(uint64_t h, const void* data, int64_t rows, size_t row) {
+    const int64_t step = rows / kSampledRows + 1;
+    for (int64_t r = 0; r < rows; r += step) h = fnv1a(h, static_cast<const char*>(data) + size_t(r) * row, row);
+    return fnv1a(h, static_cast<const char*>(data) + size_t(rows - 1) * row, row);
+}
+
 } // namespace
 
 uint64_t data_fingerprint(const Points& x) {
@@ -39,10 +51,17 @@ uint64_t data_fingerprint(const Points& x) {
     const int64_t shape[4] = {x.batch, x.n, x.d, int64_t(x.dtype)};
     h = fnv1a(h, shape, sizeof(shape));
     if (x.device >= 0 || x.data == nullptr) return h;
-    const size_t row = dtype_size(x.dtype) * size_t(x.d);
-    const int64_t rows = x.batch * x.n, step = rows / 64 + 1;
-    for (int64_t r = 0; r < rows; r += step) h = fnv1a(h, static_cast<const char*>(x.data) + size_t(r) * row, row);
-    return fnv1a(h, static_cast<const char*>(x.data) + size_t(rows - 1) * row, row);
+    return sampled_rows(h, x.data, x.batch * x.n, dtype_size(x.dtype) * size_t(x.d));
+}
+
+uint64_t run_fingerprint(const Points& x, const float* initial_centroids, const LloydOptions& opt) {
+    uint64_t h = 1469598103934665603ull;
+    const int64_t fields[6] = {opt.k_frozen,           int64_t(opt.spherical),      int64_t(opt.int_centroids),
+                               int64_t(opt.fp32_mode), int64_t(opt.transfer_dtype), opt.weights != nullptr};
+    h = fnv1a(h, fields, sizeof(fields));
+    h = fnv1a(h, initial_centroids, sizeof(float) * size_t(x.batch * opt.k * x.d));
+    if (opt.weights) h = sampled_rows(h, opt.weights, x.batch * x.n, sizeof(float));
+    return h;
 }
 
 void save_checkpoint(const std::string& path, const Checkpoint& c) {
@@ -57,6 +76,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& c) {
         put(f, c.k);
         put(f, int64_t(c.metric));
         put(f, c.data_fingerprint);
+        put(f, c.run_fingerprint);
         put(f, int64_t(c.iterations_done));
         for (const auto& sb : c.stats)
             for (const auto& s : sb) {
@@ -66,24 +86,41 @@ void save_checkpoint(const std::string& path, const Checkpoint& c) {
         f.write(reinterpret_cast<const char*>(c.centroids.data()), std::streamsize(sizeof(float) * c.centroids.size()));
         if (!f) throw std::runtime_error("faiss-flash: writing checkpoint " + tmp + " failed");
     }
+    // On the disk before it replaces the previous checkpoint (a crash of the machine must not
+    // leave a renamed but empty file).
+    const int fd = ::open(tmp.c_str(), O_RDONLY);
+    if (fd < 0 || ::fsync(fd) != 0) {
+        if (fd >= 0) ::close(fd);
+        throw std::runtime_error("faiss-flash: cannot flush checkpoint " + tmp + " to disk");
+    }
+    ::close(fd);
     if (std::rename(tmp.c_str(), path.c_str()) != 0)
         throw std::runtime_error("faiss-flash: cannot rename " + tmp + " to " + path);
 }
 
 bool load_checkpoint(const std::string& path, Checkpoint& c) {
     std::ifstream f(path, std::ios::binary);
-    if (!f) return false;
+    if (!f) {
+        if (::access(path.c_str(), F_OK) != 0) return false;
+        throw std::runtime_error("faiss-flash: checkpoint " + path + " exists but cannot be read");
+    }
     char magic[8];
-    if (!f.read(magic, sizeof(magic)) || std::memcmp(magic, kMagic, sizeof(kMagic)) != 0)
+    if (!f.read(magic, sizeof(magic)) || std::memcmp(magic, kMagic, sizeof(kMagic) - 1) != 0)
         throw std::invalid_argument("faiss-flash: " + path + " is not a faiss-flash checkpoint");
+    if (magic[7] != kMagic[7])
+        throw std::invalid_argument("faiss-flash: checkpoint " + path +
+                                    " was written by another version of faiss-flash; delete it to start afresh");
     c.batch = get<int64_t>(f, path);
     c.n = get<int64_t>(f, path);
     c.d = get<int64_t>(f, path);
     c.k = get<int64_t>(f, path);
     c.metric = int(get<int64_t>(f, path));
     c.data_fingerprint = get<uint64_t>(f, path);
+    c.run_fingerprint = get<uint64_t>(f, path);
     const int64_t done = get<int64_t>(f, path);
-    if (c.batch <= 0 || c.n <= 0 || c.d <= 0 || c.k <= 0 || done < 0 || c.batch * c.k * c.d > (int64_t(1) << 40))
+    constexpr int64_t kMax = int64_t(1) << 40; // (each factor checked before the product: no overflow)
+    if (c.batch <= 0 || c.n <= 0 || c.d <= 0 || c.k <= 0 || done < 0 || done > INT32_MAX || c.batch > kMax ||
+        c.k > kMax || c.d > kMax || c.batch > kMax / c.k || c.batch * c.k > kMax / c.d)
         throw std::invalid_argument("faiss-flash: checkpoint " + path + " has an invalid header");
     c.iterations_done = int(done);
     c.stats.assign(c.batch, {});

@@ -2,6 +2,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -72,26 +73,48 @@ std::vector<std::vector<IterationStats>> run_on(Backend backend, const Points& x
     return cpu::run_lloyd(x, centroids, opt);
 }
 
-// While alive, SIGINT asks the run to stop between iterations; the previous handler is
-// restored afterwards.
-class SigintGuard {
+// The runs in progress that stop on request (stop_on_sigint), counted process-wide: while
+// there is one, SIGINT asks them to stop between iterations, and the handler that was there
+// before the first is put back after the last (per run, two overlapping runs could leave ours
+// installed for good). A stop request reaches every such run; it is cleared when one starts
+// with none in progress, so one run cannot wipe another's pending stop.
+class StopScope {
   public:
-    explicit SigintGuard(bool enable) : enabled_(enable) {
+    explicit StopScope(bool enable) : enabled_(enable) {
         if (!enabled_) return;
-        struct sigaction sa = {};
-        sa.sa_handler = [](int) { request_stop(); };
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGINT, &sa, &previous_);
+        std::lock_guard<std::mutex> lock(mutex());
+        State& st = state();
+        if (st.runs++ == 0) {
+            clear_stop_request();
+            struct sigaction sa = {};
+            sa.sa_handler = [](int) { request_stop(); };
+            sigemptyset(&sa.sa_mask);
+            sigaction(SIGINT, &sa, &st.previous);
+        }
     }
-    ~SigintGuard() {
-        if (enabled_) sigaction(SIGINT, &previous_, nullptr);
+    ~StopScope() {
+        if (!enabled_) return;
+        std::lock_guard<std::mutex> lock(mutex());
+        State& st = state();
+        if (--st.runs == 0) sigaction(SIGINT, &st.previous, nullptr);
     }
-    SigintGuard(const SigintGuard&) = delete;
-    SigintGuard& operator=(const SigintGuard&) = delete;
+    StopScope(const StopScope&) = delete;
+    StopScope& operator=(const StopScope&) = delete;
 
   private:
+    struct State {
+        int runs = 0;
+        struct sigaction previous = {};
+    };
+    static std::mutex& mutex() {
+        static std::mutex m;
+        return m;
+    }
+    static State& state() {
+        static State s;
+        return s;
+    }
     bool enabled_;
-    struct sigaction previous_ = {};
 };
 
 // Runs the iterations in segments of checkpoint_every, saving a checkpoint after each and
@@ -108,6 +131,7 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
     ck.k = opt.k;
     ck.metric = int(opt.metric);
     ck.data_fingerprint = data_fingerprint(x);
+    ck.run_fingerprint = run_fingerprint(x, centroids, opt); // (centroids: still the initial ones)
     ck.stats.assign(x.batch, {});
 
     Checkpoint found;
@@ -116,7 +140,15 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
             found.metric != ck.metric || found.data_fingerprint != ck.data_fingerprint)
             throw std::invalid_argument("faiss-flash: checkpoint " + opt.checkpoint_path +
                                         " was written for another problem (shape, metric or data differ)");
-        ck.iterations_done = std::min(found.iterations_done, opt.niter);
+        if (found.run_fingerprint != ck.run_fingerprint)
+            throw std::invalid_argument("faiss-flash: checkpoint " + opt.checkpoint_path +
+                                        " was written for another run of this data (initial centroids, weights, "
+                                        "k_frozen, spherical, int_centroids, fp32_mode or transfer_dtype differ)");
+        if (found.iterations_done > opt.niter) // its centroids are those of a later iteration
+            throw std::invalid_argument("faiss-flash: checkpoint " + opt.checkpoint_path + " holds " +
+                                        std::to_string(found.iterations_done) + " iterations, more than niter = " +
+                                        std::to_string(opt.niter) + "; delete it or ask for at least as many");
+        ck.iterations_done = found.iterations_done;
         for (int64_t b = 0; b < x.batch; b++)
             ck.stats[b].assign(found.stats[b].begin(), found.stats[b].begin() + ck.iterations_done);
         std::copy(found.centroids.begin(), found.centroids.end(), centroids);
@@ -125,14 +157,19 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
                 for (int it = 0; it < ck.iterations_done; it++) opt.on_iteration(b, it, ck.stats[b][it]);
     }
 
-    SigintGuard guard(opt.stop_on_sigint);
-    const int segment = opt.checkpoint_every > 0 ? opt.checkpoint_every : std::max(1, opt.niter);
+    StopScope stop_scope(opt.stop_on_sigint);
+    const bool stoppable = opt.stop_on_sigint;
+    // The CPU engine runs a batch's problems one after another, so a batch can only stop
+    // between calls: with stop_on_sigint, one iteration per call (it sets nothing up per call).
+    const bool cpu_batch = backend == Backend::CPU && x.batch > 1;
+    const int segment =
+        opt.checkpoint_every > 0 ? opt.checkpoint_every : (stoppable && cpu_batch ? 1 : std::max(1, opt.niter));
     auto save = [&] {
         if (opt.checkpoint_path.empty()) return;
         ck.centroids.assign(centroids, centroids + ncent);
         save_checkpoint(opt.checkpoint_path, ck);
     };
-    while (ck.iterations_done < opt.niter && !stop_requested()) {
+    while (ck.iterations_done < opt.niter && !(stoppable && stop_requested())) {
         LloydOptions seg = opt;
         seg.niter = std::min(segment, opt.niter - ck.iterations_done);
         const int offset = ck.iterations_done;
@@ -157,8 +194,7 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
         ck.iterations_done += int(st[0].size());
         save();
     }
-    if (stop_requested() && ck.iterations_done < opt.niter) {
-        clear_stop_request();
+    if (stoppable && stop_requested() && ck.iterations_done < opt.niter) {
         throw Interrupted("faiss-flash: stopped after iteration " + std::to_string(ck.iterations_done) + " of " +
                           std::to_string(opt.niter) +
                           (opt.checkpoint_path.empty() ? "" : "; resume from checkpoint " + opt.checkpoint_path));
@@ -176,7 +212,6 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     validate_placement(x, opt);
     const Backend backend = resolve_backend(opt.backend, x);
     if (x.device < 0) check_finite_host(x);
-    clear_stop_request();
     if (opt.checkpoint_path.empty() && !opt.stop_on_sigint) return run_on(backend, x, centroids, opt);
     return run_resumable(backend, x, centroids, opt);
 }

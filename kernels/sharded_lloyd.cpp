@@ -25,7 +25,7 @@ std::vector<std::vector<IterationStats>> run_lloyd_sharded(const Points& x, floa
     std::vector<std::vector<IterationStats>> stats(B);
     double search = 0;
     for (int it = 0; it < opt.niter; it++) {
-        if (stop_requested()) break; // all problems of the batch stop together
+        if (opt.stop_on_sigint && stop_requested()) break; // all problems of the batch stop together
         const double ts = wall_seconds();
         pass.run(centroids, sums.data(), wsums.data(), sizes.data(), obj.data());
         search += wall_seconds() - ts;

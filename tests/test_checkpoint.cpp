@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -150,6 +151,117 @@ TEST(Checkpoint, SegmentedRunEqualsPlainRun) {
     ASSERT_EQ(s2[0].size(), 9u);
     EXPECT_EQ(calls, 9);
     for (int i = 0; i < 9; i++) EXPECT_EQ(s1[0][i].obj, s2[0][i].obj);
+}
+
+TEST(Checkpoint, ALongerRunsCheckpointIsRejected) {
+    const auto x = flash_test::gaussian_mixture(2000, 8, 10, 12);
+    std::vector<float> c(x.begin(), x.begin() + 10 * 8);
+    const flash::Points p = flash_test::host_points(x.data(), 2000, 8);
+    flash::LloydOptions opt;
+    opt.k = 10;
+    opt.niter = 6;
+    opt.backend = flash::Backend::CPU;
+    const TempFile ck("longer.ckpt");
+    opt.checkpoint_path = ck.path();
+    auto c6 = c;
+    flash::run_lloyd(p, c6.data(), opt);
+    opt.niter = 3; // its centroids are those after 6 iterations, not 3
+    auto c3 = c;
+    EXPECT_THROW(flash::run_lloyd(p, c3.data(), opt), std::invalid_argument);
+    opt.niter = 6; // as many: nothing left to do, the saved centroids
+    auto again = c;
+    flash::run_lloyd(p, again.data(), opt);
+    EXPECT_EQ(again, c6);
+}
+
+// The same data with another start, other weights or other options is another run.
+TEST(Checkpoint, AnotherRunOfTheSameDataIsRejected) {
+    const auto x = flash_test::gaussian_mixture(2000, 8, 10, 13);
+    const std::vector<float> c(x.begin(), x.begin() + 10 * 8), c_other(x.begin() + 80, x.begin() + 160);
+    const flash::Points p = flash_test::host_points(x.data(), 2000, 8);
+    std::vector<float> w(2000, 1.f);
+    flash::LloydOptions opt;
+    opt.k = 10;
+    opt.niter = 4;
+    opt.backend = flash::Backend::CPU;
+    const TempFile ck("another.ckpt");
+    opt.checkpoint_path = ck.path();
+    auto c1 = c;
+    flash::run_lloyd(p, c1.data(), opt);
+    auto other_start = c_other;
+    EXPECT_THROW(flash::run_lloyd(p, other_start.data(), opt), std::invalid_argument);
+    auto weighted = c;
+    auto o = opt;
+    o.weights = w.data();
+    EXPECT_THROW(flash::run_lloyd(p, weighted.data(), o), std::invalid_argument);
+    o = opt;
+    o.spherical = true;
+    auto spherical = c;
+    EXPECT_THROW(flash::run_lloyd(p, spherical.data(), o), std::invalid_argument);
+    auto same = c; // the same run again: resumed (finished), the same centroids
+    flash::run_lloyd(p, same.data(), opt);
+    EXPECT_EQ(same, c1);
+}
+
+// A stop request ends a stop_on_sigint run between iterations, batches included (the CPU
+// engine runs a batch's problems one after another: such a run goes one iteration per call).
+TEST(Checkpoint, StopRequestEndsBatchedAndSingleRuns) {
+    for (int64_t B : {1, 3}) {
+        SCOPED_TRACE("batch " + std::to_string(B));
+        const auto x = flash_test::gaussian_mixture(1500 * B, 8, 10, 14);
+        std::vector<float> c(B * 10 * 8);
+        for (int64_t b = 0; b < B; b++)
+            std::copy(x.begin() + b * 1500 * 8, x.begin() + (b * 1500 + 10) * 8, c.begin() + b * 80);
+        const flash::Points p = flash_test::host_points(x.data(), 1500, 8, flash::DType::F32, B);
+        flash::LloydOptions opt;
+        opt.k = 10;
+        opt.niter = 20;
+        opt.backend = flash::Backend::CPU;
+        opt.stop_on_sigint = true;
+        int last = -1;
+        opt.on_iteration = [&](int64_t, int it, const flash::IterationStats&) {
+            last = std::max(last, it);
+            if (it == 2) flash::request_stop();
+        };
+        EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), flash::Interrupted);
+        EXPECT_LT(last, 19) << "the run went on to the end";
+        // Without stop_on_sigint a run ignores stop requests.
+        opt.stop_on_sigint = false;
+        last = -1;
+        EXPECT_NO_THROW(flash::run_lloyd(p, c.data(), opt));
+        EXPECT_EQ(last, 19);
+    }
+}
+
+// Overlapping stop_on_sigint runs on two threads put back the SIGINT handler that was there
+// before the first, whatever order they end in.
+TEST(Checkpoint, OverlappingRunsRestoreTheSigintHandler) {
+    struct sigaction mine = {}, before = {}, after = {};
+    mine.sa_handler = [](int) {};
+    sigemptyset(&mine.sa_mask);
+    sigaction(SIGINT, &mine, &before);
+    const auto x = flash_test::gaussian_mixture(3000, 8, 10, 15);
+    auto run = [&](int niter, int sleep_ms) {
+        std::vector<float> c(x.begin(), x.begin() + 80);
+        const flash::Points p = flash_test::host_points(x.data(), 3000, 8);
+        flash::LloydOptions opt;
+        opt.k = 10;
+        opt.niter = niter;
+        opt.backend = flash::Backend::CPU;
+        opt.stop_on_sigint = true;
+        opt.on_iteration = [=](int64_t, int, const flash::IterationStats&) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+        };
+        flash::run_lloyd(p, c.data(), opt);
+    };
+    std::thread a([&] { run(4, 30); }); // starts first, ends first
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    std::thread b([&] { run(8, 30); });
+    a.join();
+    b.join();
+    sigaction(SIGINT, nullptr, &after);
+    EXPECT_EQ(after.sa_handler, mine.sa_handler);
+    sigaction(SIGINT, &before, nullptr);
 }
 
 } // namespace

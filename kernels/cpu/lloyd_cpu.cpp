@@ -41,7 +41,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         for (int it = 0; it < opt.niter; it++) {
             // A single problem can stop between any two iterations (the caller sees fewer
             // stats than niter); batches stop between calls, where all problems agree.
-            if (x.batch == 1 && stop_requested()) break;
+            if (opt.stop_on_sigint && x.batch == 1 && stop_requested()) break;
             const double ts = wall_seconds();
             assign_blocked(xb, x.dtype, n, d, cb, k, opt.metric, labels.data(), dist.data());
             search_s += wall_seconds() - ts;

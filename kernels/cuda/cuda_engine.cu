@@ -265,7 +265,20 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     });
     clock.mark("graphs");
     FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
+    // stop_on_sigint: a stop request (SIGINT, request_stop) ends the run between iterations. The
+    // host then keeps at most kAhead iterations queued, waiting for the end of iteration
+    // it - kAhead before it queues iteration it, and queues no more once a stop is requested;
+    // those already queued finish, and the run returns their stats only.
+    constexpr int64_t kAhead = 2;
+    int64_t done = niter;
     for (int64_t it = 0; it < niter; it++) {
+        if (opt.stop_on_sigint && it >= kAhead) {
+            FLASH_CUDA_CHECK(cudaEventSynchronize(ev[2 * (it - kAhead) + 2]));
+            if (stop_requested()) {
+                done = it;
+                break;
+            }
+        }
         if (graphs) {
             iteration.set_recorded_event(ev[2 * it + 1]);
             iteration.launch(s);
@@ -277,24 +290,23 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
     }
 
-    std::vector<unsigned char> h_hist(row_bytes * niter);
+    std::vector<unsigned char> h_hist(row_bytes * done);
     FLASH_CUDA_CHECK(cudaMemcpyAsync(centroids, cen.get(), sizeof(float) * B * k * d, cudaMemcpyDeviceToHost, s));
-    if (niter > 0)
-        FLASH_CUDA_CHECK(
-            cudaMemcpyAsync(h_hist.data(), stats_hist.get(), row_bytes * niter, cudaMemcpyDeviceToHost, s));
+    if (done > 0)
+        FLASH_CUDA_CHECK(cudaMemcpyAsync(h_hist.data(), stats_hist.get(), row_bytes * done, cudaMemcpyDeviceToHost, s));
     clock.mark("enqueue");
     FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
     clock.mark("run");
-    std::vector<double> h_obj(B * niter), h_imb(B * niter);
-    std::vector<int> h_split(B * niter);
-    for (int64_t it = 0; it < niter; it++) {
+    std::vector<double> h_obj(B * done), h_imb(B * done);
+    std::vector<int> h_split(B * done);
+    for (int64_t it = 0; it < done; it++) {
         const unsigned char* row = h_hist.data() + it * row_bytes;
         std::memcpy(&h_obj[it * B], row, sizeof(double) * B);
         std::memcpy(&h_imb[it * B], row + sizeof(double) * B, sizeof(double) * B);
         std::memcpy(&h_split[it * B], row + 2 * sizeof(double) * B, sizeof(int) * B);
     }
 
-    if (phases && niter > 0 && split.lists.count.get()) { // the re-check's share, last iteration
+    if (phases && done > 0 && split.lists.count.get()) { // the re-check's share, last iteration
         std::vector<uint32_t> cnt(B);
         FLASH_CUDA_CHECK(cudaMemcpy(cnt.data(), split.lists.count.get(), sizeof(uint32_t) * B, cudaMemcpyDeviceToHost));
         double total = 0;
@@ -302,9 +314,9 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         std::fprintf(stderr, "faiss-flash fp32 %s: %.4f%% of points re-checked with fp32 FMA over every centroid\n",
                      split.lists.candidates.get() ? "filter" : "certificate", 100.0 * total / double(B * n));
     }
-    if (phases && niter > 0) {
+    if (phases && done > 0) {
         double t_assign = 0, t_update = 0, t_split = 0, t_post = 0;
-        for (int64_t it = 0; it < niter; it++) {
+        for (int64_t it = 0; it < done; it++) {
             t_assign += ev.seconds(2 * it, 2 * it + 1);
             float ms = 0;
             FLASH_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[2 * it + 1], pev[3 * it]));
@@ -317,11 +329,11 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
         std::fprintf(stderr,
                      "faiss-flash phases (ms/iter): assign %.3f update %.3f objective join+split+stats %.3f "
                      "post %.3f\n",
-                     1e3 * t_assign / niter, 1e3 * t_update / niter, 1e3 * t_split / niter, 1e3 * t_post / niter);
+                     1e3 * t_assign / done, 1e3 * t_update / done, 1e3 * t_split / done, 1e3 * t_post / done);
     }
     std::vector<std::vector<IterationStats>> stats(B);
     double search = 0;
-    for (int64_t it = 0; it < niter; it++) {
+    for (int64_t it = 0; it < done; it++) {
         search += ev.seconds(2 * it, 2 * it + 1);
         const double t = ev.seconds(0, 2 * it + 2);
         for (int64_t b = 0; b < B; b++) {
@@ -336,7 +348,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     }
     if (opt.on_iteration)
         for (int64_t b = 0; b < B; b++)
-            for (int64_t it = 0; it < niter; it++) opt.on_iteration(b, int(it), stats[b][it]);
+            for (int64_t it = 0; it < done; it++) opt.on_iteration(b, int(it), stats[b][it]);
     return stats;
 }
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -941,6 +943,45 @@ TEST(CudaEngine, DeviceResidentInputAndNanCheck) {
     FLASH_CUDA_CHECK(cudaMemcpy(dx + 100, &nan, sizeof(float), cudaMemcpyHostToDevice));
     EXPECT_THROW(flash::run_lloyd(p, c1.data(), options(k, 5, flash::Backend::Auto)), std::invalid_argument);
     cudaFree(dx);
+}
+
+// stop_on_sigint: a stop request (here from another thread, as from the SIGINT handler) ends
+// an in-memory GPU run between iterations, with a flash::Interrupted naming the iteration; the
+// resumed run (from its checkpoint) ends with the same bits as an uninterrupted one.
+TEST(CudaEngine, StopRequestEndsTheRunBetweenIterations) {
+    REQUIRE_GPU();
+    const int64_t n = 100000, d = 64, k = 256;
+    const auto x = flash_test::gaussian_mixture(n, d, 40, 33);
+    const auto p = host_points(x.data(), n, d);
+    const std::vector<float> c0(x.begin(), x.begin() + k * d);
+    auto opt = options(k, 20000, flash::Backend::CUDA); // seconds: long after the request
+    opt.stop_on_sigint = true;
+    std::vector<float> c = c0;
+    std::thread stopper([] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        flash::request_stop();
+    });
+    EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), flash::Interrupted);
+    stopper.join();
+
+    // Interrupted and resumed from the checkpoint: the same bits as straight through.
+    const std::string ck = testing::TempDir() + "flash_gpu_stop_" + std::to_string(getpid()) + ".ckpt";
+    std::remove(ck.c_str());
+    auto seg = options(k, 12, flash::Backend::CUDA);
+    seg.stop_on_sigint = true;
+    seg.checkpoint_path = ck;
+    seg.checkpoint_every = 4;
+    std::vector<float> straight = c0, resumed = c0;
+    flash::run_lloyd(p, straight.data(), options(k, 12, flash::Backend::CUDA));
+    seg.on_iteration = [](int64_t, int it, const flash::IterationStats&) {
+        if (it == 5) flash::request_stop(); // (callbacks come at the end of each segment's call)
+    };
+    EXPECT_THROW(flash::run_lloyd(p, resumed.data(), seg), flash::Interrupted);
+    seg.on_iteration = nullptr;
+    resumed = c0;
+    flash::run_lloyd(p, resumed.data(), seg);
+    std::remove(ck.c_str());
+    EXPECT_EQ(straight, resumed);
 }
 
 // Host points above the staging threshold go up through pinned buffers in 32 MiB pieces (here
