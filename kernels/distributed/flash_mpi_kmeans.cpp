@@ -4,13 +4,14 @@
 //          [-o centroids.fvecs]
 //   mpirun -np 2 flash_mpi_kmeans --synthetic N --dim D -k K ...   (generated shards, no file)
 // Rank 0 prints one line per iteration and writes the centroids. With --backend cuda each
-// rank uses the GPU of its index among the ranks of its node.
+// rank uses the GPU of its index among the ranks of its node. Exit status: 0, 1 on an error
+// (every rank leaves; rank 0 names the rank that failed), 2 on a bad command line.
 #include <mpi.h>
 
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -19,6 +20,91 @@
 #include "kernels/synthetic_points.h"
 
 namespace {
+
+const char* kUsage =
+    "usage: flash_mpi_kmeans FILE.fvecs -k K [--niter N] [--seed S] [--max-points-per-centroid M]\n"
+    "                        [--metric l2|ip] [--backend auto|cpu|cuda] [-o OUT.fvecs]\n"
+    "       flash_mpi_kmeans --synthetic N [--dim D] -k K [...]";
+
+// A bad command line (exit status 2, with the usage).
+struct UsageError : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+struct Args {
+    std::string path, out;
+    int64_t synthetic = 0, dim = 128;
+    flash::distributed::MpiKmeansOptions opt;
+};
+
+// Integer value of a flag within [lo, hi] (std::atol would read "abc" as 0).
+int64_t parse_int(const std::string& flag, const std::string& v, int64_t lo, int64_t hi) {
+    size_t used = 0;
+    long long x = 0;
+    try {
+        x = std::stoll(v, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    if (used == 0 || used != v.size()) throw UsageError(flag + " needs an integer, got '" + v + "'");
+    if (x < lo) throw UsageError(flag + " must be >= " + std::to_string(lo) + ", got " + v);
+    if (x > hi) throw UsageError(flag + " must be <= " + std::to_string(hi) + ", got " + v);
+    return x;
+}
+
+Args parse_args(int argc, char** argv) {
+    constexpr int64_t kIntMax = std::numeric_limits<int>::max(), kIntMin = std::numeric_limits<int>::min();
+    Args a;
+    a.opt.lloyd.niter = 25;
+    std::string metric = "l2", backend = "auto";
+    bool have_k = false;
+    for (int i = 1; i < argc; i++) {
+        const std::string f = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) throw UsageError("missing value after " + f);
+            return argv[++i];
+        };
+        if (f == "-k") {
+            a.opt.lloyd.k = parse_int(f, value(), 1, int64_t(1) << 31);
+            have_k = true;
+        } else if (f == "--niter") {
+            a.opt.lloyd.niter = int(parse_int(f, value(), 0, kIntMax));
+        } else if (f == "--seed") {
+            a.opt.seed = int(parse_int(f, value(), kIntMin, kIntMax));
+        } else if (f == "--max-points-per-centroid") {
+            a.opt.max_points_per_centroid = int(parse_int(f, value(), 1, kIntMax));
+        } else if (f == "--metric") {
+            metric = value();
+        } else if (f == "--backend") {
+            backend = value();
+        } else if (f == "-o") {
+            a.out = value();
+            if (a.out.empty()) throw UsageError("-o needs a file name");
+        } else if (f == "--synthetic") {
+            a.synthetic = parse_int(f, value(), 1, int64_t(1) << 48); // n * (rank + 1) stays in range
+        } else if (f == "--dim") {
+            a.dim = parse_int(f, value(), 1, 1 << 20);
+        } else if (a.path.empty() && !f.empty() && f[0] != '-') {
+            a.path = f;
+        } else {
+            throw UsageError("unknown argument '" + f + "'");
+        }
+    }
+    if (a.path.empty() && a.synthetic == 0) throw UsageError("give an .fvecs file or --synthetic N");
+    if (!a.path.empty() && a.synthetic > 0) throw UsageError("give an .fvecs file or --synthetic N, not both");
+    if (!have_k) throw UsageError("-k K (the number of centroids) is required");
+    if (metric == "ip")
+        a.opt.lloyd.metric = flash::Metric::InnerProduct;
+    else if (metric != "l2")
+        throw UsageError("--metric must be l2 or ip, got '" + metric + "'");
+    if (backend == "cpu")
+        a.opt.lloyd.backend = flash::Backend::CPU;
+    else if (backend == "cuda")
+        a.opt.lloyd.backend = flash::Backend::CUDA;
+    else if (backend != "auto")
+        throw UsageError("--backend must be auto, cpu or cuda, got '" + backend + "'");
+    return a;
+}
 
 // Rows [r0, r1) of an .fvecs file (each row: int32 d, then d floats).
 std::vector<float> read_fvecs_slice(const std::string& path, int rank, int size, int64_t& n_total, int64_t& d,
@@ -32,7 +118,8 @@ std::vector<float> read_fvecs_slice(const std::string& path, int rank, int size,
         throw std::runtime_error(path + ": not an .fvecs file (bad dimension header)");
     d = dim;
     const int64_t row_bytes = 4 + 4 * d;
-    if (bytes % row_bytes != 0) throw std::runtime_error(path + ": truncated .fvecs file (size is not a whole number of rows)");
+    if (bytes % row_bytes != 0)
+        throw std::runtime_error(path + ": truncated .fvecs file (size is not a whole number of rows)");
     n_total = bytes / row_bytes;
     r0 = n_total * rank / size;
     const int64_t r1 = n_total * (rank + 1) / size;
@@ -41,8 +128,9 @@ std::vector<float> read_fvecs_slice(const std::string& path, int rank, int size,
     for (int64_t i = r0; i < r1; i++) {
         int32_t di = 0;
         f.read(reinterpret_cast<char*>(&di), 4);
-        if (di != dim) throw std::runtime_error(path + ": row " + std::to_string(i) + " has dimension " +
-                                                std::to_string(di) + ", expected " + std::to_string(dim));
+        if (di != dim)
+            throw std::runtime_error(path + ": row " + std::to_string(i) + " has dimension " + std::to_string(di) +
+                                     ", expected " + std::to_string(dim));
         f.read(reinterpret_cast<char*>(&x[(i - r0) * d]), 4 * d);
         if (!f) throw std::runtime_error(path + ": read error at row " + std::to_string(i));
     }
@@ -57,53 +145,30 @@ int main(int argc, char** argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     int rc = 0;
+    // Until the centroids are computed every error is collective (run_collectively,
+    // run_kmeans): all ranks throw and leave together, and rank 0 reports it (a RankFailed
+    // names the lowest failing rank and carries its message). After that only rank 0 works.
     try {
-        std::string path, out, metric = "l2", backend = "auto";
-        int64_t synthetic = 0, dim = 128;
-        flash::distributed::MpiKmeansOptions opt;
-        opt.lloyd.niter = 25;
-        for (int i = 1; i < argc; i++) {
-            const std::string a = argv[i];
-            auto value = [&]() -> std::string {
-                if (i + 1 >= argc) throw std::invalid_argument("missing value after " + a);
-                return argv[++i];
-            };
-            if (a == "-k") opt.lloyd.k = std::atol(value().c_str());
-            else if (a == "--niter") opt.lloyd.niter = std::atoi(value().c_str());
-            else if (a == "--seed") opt.seed = std::atoi(value().c_str());
-            else if (a == "--max-points-per-centroid") opt.max_points_per_centroid = std::atoi(value().c_str());
-            else if (a == "--metric") metric = value();
-            else if (a == "--backend") backend = value();
-            else if (a == "-o") out = value();
-            else if (a == "--synthetic") synthetic = std::atoll(value().c_str());
-            else if (a == "--dim") dim = std::atoll(value().c_str());
-            else if (path.empty() && a[0] != '-') path = a;
-            else throw std::invalid_argument("unknown argument " + a);
-        }
-        if ((path.empty() && synthetic <= 0) || opt.lloyd.k <= 0)
-            throw std::invalid_argument("usage: flash_mpi_kmeans FILE.fvecs -k K [...] (or --synthetic N --dim D)");
-        if (synthetic > 0 && dim <= 0) throw std::invalid_argument("--dim must be positive");
-        if (metric == "ip") opt.lloyd.metric = flash::Metric::InnerProduct;
-        else if (metric != "l2") throw std::invalid_argument("--metric must be l2 or ip");
-        if (backend == "cpu") opt.lloyd.backend = flash::Backend::CPU;
-        else if (backend == "cuda") opt.lloyd.backend = flash::Backend::CUDA;
-        else if (backend != "auto") throw std::invalid_argument("--backend must be auto, cpu or cuda");
-
-        int64_t n_total = 0, d = 0, r0 = 0;
+        Args a;
         std::vector<float> x;
-        if (synthetic > 0) {
-            n_total = synthetic;
-            d = dim;
-            r0 = n_total * rank / size;
-            x.resize(size_t(n_total * (rank + 1) / size - r0) * d);
-            flash::synthetic_points(r0, int64_t(x.size()) / d, d, flash::DType::F32, x.data());
-        } else {
-            x = read_fvecs_slice(path, rank, size, n_total, d, r0);
-        }
+        int64_t n_total = 0, d = 0, r0 = 0;
+        flash::distributed::run_collectively(MPI_COMM_WORLD, [&] {
+            a = parse_args(argc, argv);
+            if (a.synthetic > 0) {
+                n_total = a.synthetic;
+                d = a.dim;
+                r0 = n_total * rank / size;
+                x.resize(size_t(n_total * (rank + 1) / size - r0) * size_t(d));
+                flash::synthetic_points(r0, int64_t(x.size()) / d, d, flash::DType::F32, x.data());
+            } else {
+                x = read_fvecs_slice(a.path, rank, size, n_total, d, r0);
+            }
+        });
         flash::Points local;
         local.data = x.data();
         local.n = int64_t(x.size()) / d;
         local.d = d;
+        flash::distributed::MpiKmeansOptions& opt = a.opt;
         if (rank == 0) {
             std::printf("%ld points in %ldD over %d ranks, k=%ld, %d iterations\n", long(n_total), long(d), size,
                         long(opt.lloyd.k), opt.lloyd.niter);
@@ -113,23 +178,25 @@ int main(int argc, char** argv) {
                 std::fflush(stdout);
             };
         }
-        std::vector<float> cen(opt.lloyd.k * d);
+        std::vector<float> cen(size_t(opt.lloyd.k * d));
         flash::distributed::run_kmeans(MPI_COMM_WORLD, local, cen.data(), opt);
-        if (rank == 0 && !out.empty()) {
-            std::ofstream f(out, std::ios::binary);
+        if (rank == 0 && !a.out.empty()) {
+            std::ofstream f(a.out, std::ios::binary);
             const int32_t dim = int32_t(d);
             for (int64_t c = 0; c < opt.lloyd.k; c++) {
                 f.write(reinterpret_cast<const char*>(&dim), 4);
                 f.write(reinterpret_cast<const char*>(&cen[c * d]), std::streamsize(4 * d));
             }
-            if (!f) throw std::runtime_error("cannot write " + out);
-            std::printf("wrote %ld centroids to %s\n", long(opt.lloyd.k), out.c_str());
+            if (!f) throw std::runtime_error("cannot write " + a.out);
+            std::printf("wrote %ld centroids to %s\n", long(opt.lloyd.k), a.out.c_str());
         }
+    } catch (const UsageError& e) {
+        if (rank == 0) std::fprintf(stderr, "flash_mpi_kmeans: %s\n%s\n", e.what(), kUsage);
+        rc = 2;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "flash_mpi_kmeans (rank %d): %s\n", rank, e.what());
+        if (rank == 0) std::fprintf(stderr, "flash_mpi_kmeans: %s\n", e.what());
         rc = 1;
     }
-    if (rc != 0) MPI_Abort(MPI_COMM_WORLD, rc);
     MPI_Finalize();
     return rc;
 }

@@ -2,13 +2,17 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <random>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 
 #include "kernels/cpu/half_convert.h"
 #include "kernels/cpu/lloyd_cpu.h"
 #include "kernels/cuda/cuda_engine.h"
+#include "kernels/distributed/lloyd_mpi_detail.h"
 #include "kernels/lloyd_common.h"
 
 namespace flash::distributed {
@@ -19,36 +23,203 @@ void check_mpi(int rc, const char* what) {
     if (rc != MPI_SUCCESS) throw std::runtime_error(std::string("faiss-flash: MPI call failed: ") + what);
 }
 
-// Per-cluster sums of one shard, in double so that the all-reduce adds exactly rounded
-// partial sums; counts are weighted (like FAISS' hassign) and plain (for the imbalance).
-struct ClusterSums {
-    std::vector<double> sums;    // (k, d)
-    std::vector<double> weight;  // (k)
-    std::vector<int64_t> count;  // (k)
-    double obj = 0;
+// Failures of one rank made collective. local() runs a step on this rank and keeps its
+// exception (a rank that failed skips later steps); agree() is collective and makes every
+// rank throw if any rank failed: the failing ranks their own exception, the others
+// RankFailed with the message of the lowest failing rank. Every check that one rank alone
+// can fail reaches an agree() before the next collective that depends on it, so no rank is
+// left waiting in a collective that another rank never enters.
+class Failures {
+  public:
+    explicit Failures(MPI_Comm comm) : comm_(comm) {
+        check_mpi(MPI_Comm_rank(comm, &rank_), "MPI_Comm_rank");
+        check_mpi(MPI_Comm_size(comm, &size_), "MPI_Comm_size");
+    }
+
+    template <class Step>
+    void local(Step&& step) {
+        if (error_) return;
+        try {
+            step();
+        } catch (...) {
+            error_ = std::current_exception();
+        }
+    }
+
+    bool failed() const { return bool(error_); }
+
+    void agree() {
+        int lowest = error_ ? rank_ : size_;
+        check_mpi(MPI_Allreduce(MPI_IN_PLACE, &lowest, 1, MPI_INT, MPI_MIN, comm_), "MPI_Allreduce");
+        if (lowest < size_) raise(lowest);
+    }
+
+  private:
+    // Collective: the lowest failing rank broadcasts its message.
+    [[noreturn]] void raise(int lowest) {
+        std::string msg;
+        if (rank_ == lowest) {
+            try {
+                std::rethrow_exception(error_);
+            } catch (const std::exception& e) {
+                msg = e.what();
+            } catch (...) {
+                msg = "unknown exception";
+            }
+            if (msg.size() > 4096) msg.resize(4096);
+        }
+        int len = int(msg.size());
+        check_mpi(MPI_Bcast(&len, 1, MPI_INT, lowest, comm_), "MPI_Bcast");
+        msg.resize(size_t(len));
+        check_mpi(MPI_Bcast(msg.data(), len, MPI_CHAR, lowest, comm_), "MPI_Bcast");
+        if (error_) std::rethrow_exception(error_);
+        throw RankFailed(
+            lowest, "faiss-flash: rank " + std::to_string(lowest) + " of " + std::to_string(size_) + " failed: " + msg);
+    }
+
+    MPI_Comm comm_;
+    int rank_ = 0, size_ = 1;
+    std::exception_ptr error_;
 };
 
-void accumulate(const Points& x, const std::vector<int64_t>& rows, const float* weights, const int64_t* labels,
-                const float* dist, int64_t k, ClusterSums& s) {
+// What one rank can check on its own (the same checks fail on every rank when the options
+// are wrong; the shard checks may fail on one rank only).
+void validate_arguments(const Points& local, const float* centroids, const MpiKmeansOptions& opt) {
+    auto fail = [](const std::string& m) { throw std::invalid_argument("faiss-flash: " + m); };
+    const LloydOptions& lo = opt.lloyd;
+    if (local.batch != 1) fail("distributed k-means takes batch 1, got " + std::to_string(local.batch));
+    if (local.device >= 0)
+        fail("distributed k-means takes host shards, got CUDA device " + std::to_string(local.device));
+    if (local.n < 0) fail("number of points n of the shard must be >= 0, got " + std::to_string(local.n));
+    if (local.data == nullptr && local.n > 0) fail("shard data is a null pointer");
+    if (local.d <= 0) fail("dimension d must be positive, got " + std::to_string(local.d));
+    dtype_size(local.dtype); // throws on an unknown dtype
+    if (centroids == nullptr) fail("centroids is a null pointer");
+    if (lo.k <= 0) fail("number of centroids k must be positive, got " + std::to_string(lo.k));
+    if (lo.niter < 0) fail("niter must be >= 0, got " + std::to_string(lo.niter));
+    if (lo.k_frozen < 0 || lo.k_frozen > lo.k) fail("k_frozen must be in [0, k], got " + std::to_string(lo.k_frozen));
+    if (opt.max_points_per_centroid <= 0)
+        fail("max_points_per_centroid must be positive, got " + std::to_string(opt.max_points_per_centroid));
+}
+
+// The options that shape the collectives and the result must agree across ranks (one
+// all-reduce of the values and their negations gives every rank the max and the min).
+void check_same_options(MPI_Comm comm, const Points& local, const MpiKmeansOptions& opt) {
+    const LloydOptions& lo = opt.lloyd;
+    constexpr int kFields = 10;
+    const char* names[kFields] = {"the dimension d",
+                                  "k",
+                                  "niter",
+                                  "metric",
+                                  "spherical",
+                                  "int_centroids",
+                                  "k_frozen",
+                                  "seed",
+                                  "max_points_per_centroid",
+                                  "whether init_centroids is given"};
+    int64_t v[2 * kFields] = {local.d,
+                              lo.k,
+                              lo.niter,
+                              int64_t(lo.metric),
+                              int64_t(lo.spherical),
+                              int64_t(lo.int_centroids),
+                              lo.k_frozen,
+                              opt.seed,
+                              opt.max_points_per_centroid,
+                              int64_t(opt.init_centroids != nullptr)};
+    for (int i = 0; i < kFields; i++) v[kFields + i] = -v[i]; // values are validated, far from INT64_MIN
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, v, 2 * kFields, MPI_INT64_T, MPI_MAX, comm), "MPI_Allreduce");
+    for (int i = 0; i < kFields; i++)
+        if (v[i] != -v[kFields + i])
+            throw std::invalid_argument(std::string("faiss-flash: ranks disagree on ") + names[i] + " (values from " +
+                                        std::to_string(-v[kFields + i]) + " to " + std::to_string(v[i]) + ")");
+}
+
+// This rank's index among the ranks of its node (the GPU it uses by default). Collective:
+// every rank calls it, whatever its shard size or backend.
+int node_rank(MPI_Comm comm, int rank) {
+    MPI_Comm node;
+    int r = 0;
+    check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+    check_mpi(MPI_Comm_rank(node, &r), "MPI_Comm_rank");
+    MPI_Comm_free(&node);
+    return r;
+}
+
+// Per-cluster sums of the n rows of x, in double so that the all-reduce adds exactly
+// rounded partial sums; counts are weighted (like FAISS' hassign) and plain (for the
+// imbalance). sums: (k, d), wsum: (k), count: (k), all overwritten.
+void accumulate(const Points& x, const float* weights, const int64_t* labels, const float* dist, int64_t k,
+                double* sums, double* wsum, int64_t* count, double* obj) {
     const int64_t d = x.d;
-    s.sums.assign(size_t(k * d), 0.0);
-    s.weight.assign(size_t(k), 0.0);
-    s.count.assign(size_t(k), 0);
-    s.obj = 0;
+    std::fill(sums, sums + k * d, 0.0);
+    std::fill(wsum, wsum + k, 0.0);
+    std::fill(count, count + k, int64_t(0));
+    *obj = 0;
     std::vector<float> row(d);
-    for (size_t r = 0; r < rows.size(); r++) {
-        cpu::load_row(x.data, x.dtype, rows[r], d, row.data());
+    for (int64_t r = 0; r < x.n; r++) {
+        cpu::load_row(x.data, x.dtype, r, d, row.data());
         const int64_t c = labels[r];
-        const double w = weights ? weights[rows[r]] : 1.0;
-        double* sc = s.sums.data() + c * d;
+        const double w = weights ? weights[r] : 1.0;
+        double* sc = sums + c * d;
         for (int64_t j = 0; j < d; j++) sc[j] += w * row[j];
-        s.weight[c] += w;
-        s.count[c]++;
-        s.obj += dist[r];
+        wsum[c] += w;
+        count[c]++;
+        *obj += dist[r];
     }
 }
 
 } // namespace
+
+namespace detail {
+
+void allreduce_in_place(MPI_Comm comm, void* buf, int64_t n, MPI_Datatype type, MPI_Op op, int64_t max_count) {
+    int elem = 0;
+    check_mpi(MPI_Type_size(type, &elem), "MPI_Type_size");
+    char* p = static_cast<char*>(buf);
+    for (int64_t off = 0; off < n; off += max_count) {
+        const int count = int(std::min(max_count, n - off));
+        check_mpi(MPI_Allreduce(MPI_IN_PLACE, p + off * elem, count, type, op, comm), "MPI_Allreduce");
+    }
+}
+
+std::vector<int64_t> rand_perm_prefix(int64_t n, int64_t m, int64_t seed) {
+    if (m < 0 || m > n) throw std::logic_error("rand_perm_prefix: need 0 <= m <= n");
+    if (4 * m > n) { // the whole permutation is about as small as the map
+        std::vector<int64_t> perm = faiss_rand_perm(n, seed);
+        perm.resize(size_t(m));
+        return perm;
+    }
+    // Same draws as faiss_rand_perm; moved[p] is the entry at position p > i where it is not p.
+    std::vector<int64_t> out(static_cast<size_t>(m));
+    std::unordered_map<int64_t, int64_t> moved;
+    moved.reserve(size_t(m));
+    std::mt19937 rng((unsigned int)seed);
+    for (int64_t i = 0; i < m; i++) {
+        int64_t vi = i;
+        if (const auto at = moved.find(i); at != moved.end()) {
+            vi = at->second;
+            moved.erase(at);
+        }
+        const int64_t i2 = i + int64_t(rng() % uint32_t(n - i)); // m < n here, so i + 1 < n
+        if (i2 == i) {
+            out[i] = vi;
+            continue;
+        }
+        const auto at2 = moved.find(i2);
+        out[i] = at2 == moved.end() ? i2 : at2->second;
+        moved[i2] = vi;
+    }
+    return out;
+}
+
+} // namespace detail
+
+void run_collectively(MPI_Comm comm, const std::function<void()>& step) {
+    Failures failures(comm);
+    failures.local(step);
+    failures.agree();
+}
 
 std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float* centroids,
                                        const MpiKmeansOptions& opt) {
@@ -56,137 +227,155 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     check_mpi(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size");
     const LloydOptions& lo = opt.lloyd;
+    Failures failures(comm);
+    failures.local([&] { validate_arguments(local, centroids, opt); });
+    failures.agree();
+    check_same_options(comm, local, opt);
     const int64_t k = lo.k, d = local.d;
-    if (local.batch != 1) throw std::invalid_argument("faiss-flash: distributed k-means takes batch 1");
-    if (local.device >= 0) throw std::invalid_argument("faiss-flash: distributed k-means takes host shards");
-    if (local.data == nullptr && local.n > 0) throw std::invalid_argument("faiss-flash: shard data is a null pointer");
-    if (centroids == nullptr) throw std::invalid_argument("faiss-flash: centroids is a null pointer");
-    if (k <= 0 || d <= 0 || local.n < 0 || lo.niter < 0)
-        throw std::invalid_argument("faiss-flash: need k > 0, d > 0, n >= 0, niter >= 0");
+    const int local_rank = node_rank(comm, rank);
 
     // Global layout: this rank holds global rows [offset, offset + n_local).
     int64_t n_local = local.n, offset = 0, n_global = 0;
     check_mpi(MPI_Exscan(&n_local, &offset, 1, MPI_INT64_T, MPI_SUM, comm), "MPI_Exscan");
     if (rank == 0) offset = 0;
     check_mpi(MPI_Allreduce(&n_local, &n_global, 1, MPI_INT64_T, MPI_SUM, comm), "MPI_Allreduce");
-    int64_t d_max = d, d_min = d;
-    check_mpi(MPI_Allreduce(&d, &d_max, 1, MPI_INT64_T, MPI_MAX, comm), "MPI_Allreduce");
-    check_mpi(MPI_Allreduce(&d, &d_min, 1, MPI_INT64_T, MPI_MIN, comm), "MPI_Allreduce");
-    if (d_min != d_max) throw std::invalid_argument("faiss-flash: ranks disagree on the dimension d");
     if (n_global < k)
         throw std::invalid_argument("faiss-flash: number of training points (" + std::to_string(n_global) +
                                     ") should be at least as large as number of clusters (" + std::to_string(k) + ")");
-    if (n_local > 0) check_finite_host(local);
+    auto owned = [&](int64_t g) { return g >= offset && g < offset + n_local; };
 
-    // Training rows, as faiss::Clustering picks them from the concatenated data: all rows,
-    // or the first k * max_points_per_centroid of a permutation seeded with `seed`.
-    std::vector<int64_t> rows;   // local row ids this rank trains on
-    std::vector<int64_t> sample; // global row of training-set position i
+    // Training set, as faiss::Clustering picks it from the concatenated data: all rows, or the
+    // first k * max_points_per_centroid of a permutation seeded with `seed`. Then this rank's
+    // training rows gathered once (the engines want contiguous points), and its engine: on
+    // CUDA the shard stays on this rank's GPU for the whole run (cuda_device, else the rank's
+    // index among the ranks of its node) and each pass returns the shard's cluster sums.
     const int64_t cap = k * int64_t(opt.max_points_per_centroid);
-    if (n_global > cap) {
-        const auto perm = faiss_rand_perm(n_global, opt.seed);
-        sample.assign(perm.begin(), perm.begin() + cap);
-    } else {
-        sample.resize(n_global);
-        for (int64_t i = 0; i < n_global; i++) sample[i] = i;
-    }
-    for (int64_t g : sample)
-        if (g >= offset && g < offset + n_local) rows.push_back(g - offset);
-    std::sort(rows.begin(), rows.end());
-    const int64_t n_train = int64_t(sample.size());
+    const int64_t n_train = std::min(n_global, cap);
+    std::vector<int64_t> sample; // (n_train) global row of training-set position i
+    std::vector<char> xs;        // (rows, d) this rank's training rows, in global order
+    std::vector<float> ws;       // (rows) their weights, or empty
+    Points xl = local;
+    std::unique_ptr<cuda_engine::PartialSums> gpu;
+    // One all-reduce per iteration: (k, d) sums, (k) weighted counts, the objective and a
+    // failure flag; the (k) plain counts go in a second one (int64).
+    std::vector<double> packed;
+    std::vector<int64_t> count;
+    std::vector<int64_t> labels;
+    std::vector<float> dist, counts_f;
+    failures.local([&] {
+        if (n_local > 0) check_finite_host(local);
+        if (n_global > cap) {
+            sample = detail::rand_perm_prefix(n_global, cap, opt.seed);
+        } else {
+            sample.resize(size_t(n_global));
+            for (int64_t i = 0; i < n_global; i++) sample[i] = i;
+        }
+        std::vector<int64_t> rows; // local row ids this rank trains on
+        for (int64_t g : sample)
+            if (owned(g)) rows.push_back(g - offset);
+        std::sort(rows.begin(), rows.end());
+        const size_t row_bytes = dtype_size(local.dtype) * size_t(d);
+        xs.resize(rows.size() * row_bytes);
+        for (size_t r = 0; r < rows.size(); r++)
+            std::memcpy(xs.data() + r * row_bytes, static_cast<const char*>(local.data) + rows[r] * row_bytes,
+                        row_bytes);
+        if (lo.weights) {
+            ws.resize(rows.size());
+            for (size_t r = 0; r < rows.size(); r++) ws[r] = lo.weights[rows[r]];
+        }
+        xl.data = xs.data();
+        xl.n = int64_t(rows.size());
+        if (xl.n > 0 && n_train > k && resolve_backend(lo.backend, xl) == Backend::CUDA) {
+            LloydOptions go = lo;
+            go.weights = ws.empty() ? nullptr : ws.data();
+            if (go.cuda_device < 0 && go.cuda_devices.empty())
+                go.cuda_device = local_rank % std::max(1, cuda_engine::device_count());
+            gpu = std::make_unique<cuda_engine::PartialSums>(xl, go);
+        }
+        packed.assign(size_t(k * d + k + 2), 0.0);
+        count.assign(size_t(k), 0);
+        counts_f.assign(size_t(k), 0.0f);
+        if (!gpu) {
+            labels.resize(size_t(xl.n));
+            dist.resize(size_t(xl.n));
+        }
+    });
+    failures.agree();
 
-    // Initial centroids: training-set positions perm2[0..k) with perm2 seeded seed + 1; the
-    // owner of each row contributes it, the others zeros, and a sum gathers them exactly.
+    // Centroid c is global row rows_of(c): its owner contributes it, the others zeros, and a
+    // bitwise OR gathers the exact bits (a float sum would turn -0 into +0).
+    auto gather_rows = [&](auto rows_of) {
+        std::fill(centroids, centroids + k * d, 0.0f);
+        for (int64_t c = 0; c < k; c++) {
+            const int64_t g = rows_of(c);
+            if (owned(g)) cpu::load_row(local.data, local.dtype, g - offset, d, centroids + c * d);
+        }
+        detail::allreduce_in_place(comm, centroids, k * d, MPI_UINT32_T, MPI_BOR);
+    };
+
+    // As faiss::Clustering: a training set of exactly k points is the centroids, in
+    // training-set order, without iterations or post-processing.
+    if (n_train == k) {
+        gather_rows([&](int64_t c) { return sample[c]; });
+        IterationStats st;
+        st.imbalance = 1;
+        return {st};
+    }
+
+    // Initial centroids: training-set positions perm2[0..k) with perm2 seeded seed + 1, or
+    // the given ones; then post-processed like every update (faiss::Clustering does both).
     if (opt.init_centroids) {
         std::copy(opt.init_centroids, opt.init_centroids + k * d, centroids);
     } else {
-        const auto perm2 = faiss_rand_perm(n_train, opt.seed + 1);
-        std::vector<float> mine(size_t(k * d), 0.0f);
-        for (int64_t c = 0; c < k; c++) {
-            const int64_t g = sample[perm2[c]];
-            if (g >= offset && g < offset + n_local) cpu::load_row(local.data, local.dtype, g - offset, d, &mine[c * d]);
-        }
-        check_mpi(MPI_Allreduce(mine.data(), centroids, int(k * d), MPI_FLOAT, MPI_SUM, comm), "MPI_Allreduce");
+        const std::vector<int64_t> perm2 = detail::rand_perm_prefix(n_train, k, int64_t(opt.seed) + 1);
+        gather_rows([&](int64_t c) { return sample[perm2[c]]; });
     }
+    auto post_process = [&] {
+        if (lo.post_process)
+            lo.post_process(centroids, k, d);
+        else
+            cpu::post_process_centroids(centroids, k, d, lo.spherical, lo.int_centroids);
+    };
+    failures.local(post_process);
 
-    // Local training rows gathered once (the engine wants contiguous points).
-    const size_t row_bytes = dtype_size(local.dtype) * d;
-    std::vector<char> xs(rows.size() * row_bytes);
-    for (size_t r = 0; r < rows.size(); r++)
-        std::memcpy(xs.data() + r * row_bytes, static_cast<const char*>(local.data) + rows[r] * row_bytes, row_bytes);
-    std::vector<float> ws;
-    if (lo.weights) {
-        ws.resize(rows.size());
-        for (size_t r = 0; r < rows.size(); r++) ws[r] = lo.weights[rows[r]];
-    }
-    std::vector<int64_t> local_rows(rows.size());
-    for (size_t r = 0; r < rows.size(); r++) local_rows[r] = int64_t(r);
-    Points xl = local;
-    xl.data = xs.data();
-    xl.n = int64_t(rows.size());
-
-    // On the CUDA engine the shard stays on this rank's GPU for the whole run (one device per
-    // rank: cuda_device, else the rank's index among the ranks of its node), and each pass
-    // returns the shard's cluster sums directly.
-    std::unique_ptr<cuda_engine::PartialSums> gpu;
-    if (xl.n > 0 && resolve_backend(lo.backend, xl) == Backend::CUDA) {
-        LloydOptions go = lo;
-        go.weights = ws.empty() ? nullptr : ws.data();
-        if (go.cuda_device < 0 && go.cuda_devices.empty()) {
-            MPI_Comm node;
-            int local_rank = 0;
-            check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node),
-                      "MPI_Comm_split_type");
-            check_mpi(MPI_Comm_rank(node, &local_rank), "MPI_Comm_rank");
-            MPI_Comm_free(&node);
-            go.cuda_device = local_rank % std::max(1, cuda_engine::device_count());
-        }
-        gpu = std::make_unique<cuda_engine::PartialSums>(xl, go);
-    }
-
+    double* sums = packed.data(); // (k, d)
+    double* wsum = sums + k * d;  // (k)
+    double* obj = wsum + k;       // (1)
+    double* failed = obj + 1;     // (1) number of ranks that failed
     std::vector<IterationStats> stats;
-    std::vector<int64_t> labels(gpu ? 0 : rows.size());
-    std::vector<float> dist(gpu ? 0 : rows.size());
-    ClusterSums s;
-    s.sums.assign(size_t(k * d), 0.0);
-    s.weight.assign(size_t(k), 0.0);
-    s.count.assign(size_t(k), 0);
-    std::vector<int64_t> count(static_cast<size_t>(k));
-    std::vector<float> counts_f(static_cast<size_t>(k));
     const double t0 = wall_seconds();
     double search = 0;
     for (int it = 0; it < lo.niter; it++) {
         const double ts = wall_seconds();
-        if (gpu) {
-            gpu->run(centroids, s.sums.data(), s.weight.data(), s.count.data(), &s.obj);
-            search += wall_seconds() - ts;
-        } else {
-            if (xl.n > 0)
-                assign_nearest(xl, centroids, k, lo.metric, labels.data(), dist.data(), lo.backend, lo.cuda_device);
-            search += wall_seconds() - ts;
-            accumulate(xl, local_rows, ws.empty() ? nullptr : ws.data(), labels.data(), dist.data(), k, s);
-        }
+        failures.local([&] {
+            if (gpu) {
+                gpu->run(centroids, sums, wsum, count.data(), obj);
+                search += wall_seconds() - ts;
+            } else {
+                if (xl.n > 0)
+                    assign_nearest(xl, centroids, k, lo.metric, labels.data(), dist.data(), lo.backend, lo.cuda_device);
+                search += wall_seconds() - ts;
+                accumulate(xl, ws.empty() ? nullptr : ws.data(), labels.data(), dist.data(), k, sums, wsum,
+                           count.data(), obj);
+            }
+        });
+        *failed = failures.failed() ? 1 : 0;
+        detail::allreduce_in_place(comm, packed.data(), int64_t(packed.size()), MPI_DOUBLE, MPI_SUM);
+        if (*failed != 0) failures.agree(); // throws on every rank
+        detail::allreduce_in_place(comm, count.data(), k, MPI_INT64_T, MPI_SUM);
 
-        // One all-reduce of sums, weighted counts, counts and objective.
-        std::vector<double> packed(s.sums);
-        packed.insert(packed.end(), s.weight.begin(), s.weight.end());
-        packed.push_back(s.obj);
-        std::vector<double> total(packed.size());
-        check_mpi(MPI_Allreduce(packed.data(), total.data(), int(packed.size()), MPI_DOUBLE, MPI_SUM, comm),
-                  "MPI_Allreduce");
-        check_mpi(MPI_Allreduce(s.count.data(), count.data(), int(k), MPI_INT64_T, MPI_SUM, comm), "MPI_Allreduce");
-
-        centroids_from_sums(total.data(), total.data() + k * d, k, d, lo.k_frozen, centroids, counts_f.data());
+        centroids_from_sums(sums, wsum, k, d, lo.k_frozen, centroids, counts_f.data());
         IterationStats st;
-        st.obj = total[k * d + k];
+        st.obj = *obj;
         st.nsplit = split_empty_clusters(d, k, n_train, lo.k_frozen, counts_f.data(), centroids);
         st.imbalance = imbalance_from_counts(count.data(), k);
         st.time_s = wall_seconds() - t0;
         st.search_time_s = search;
-        cpu::post_process_centroids(centroids, k, d, lo.spherical, lo.int_centroids);
+        failures.local(post_process);
         stats.push_back(st);
-        if (lo.on_iteration) lo.on_iteration(0, it, st);
+        if (lo.on_iteration) failures.local([&] { lo.on_iteration(0, it, st); });
     }
+    failures.agree(); // post-processing or callback failures since the last all-reduce
     return stats;
 }
 

@@ -8,6 +8,9 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/flash_kmeans.h"
@@ -15,16 +18,39 @@
 namespace flash::distributed {
 
 struct MpiKmeansOptions {
-    LloydOptions lloyd;              ///< k, niter, metric, spherical, weights (local), backend...
-    int seed = 1234;                 ///< as faiss::ClusteringParameters::seed
-    int max_points_per_centroid = 256;
-    /// (k, d) initial centroids, identical on every rank; null: FAISS' random rows.
+    /// k, niter, metric, spherical, int_centroids, k_frozen, weights (local: one per row of
+    /// this rank's shard), backend, cuda_device, post_process, on_iteration. Everything but
+    /// weights, cuda_device and the callbacks must be the same on every rank.
+    LloydOptions lloyd;
+    int seed = 1234;                   ///< as faiss::ClusteringParameters::seed
+    int max_points_per_centroid = 256; ///< > 0; as faiss::ClusteringParameters
+    /// (k, d) initial centroids, identical on every rank; null: FAISS' random rows. Either
+    /// way they are post-processed (spherical, int_centroids) before the first iteration,
+    /// as faiss::Clustering does.
     const float* init_centroids = nullptr;
 };
 
-/// local: this rank's (n_local, d) shard in host memory (batch 1); centroids: (k, d) out.
-/// Returns the global per-iteration stats (same on every rank).
+/// Thrown by a collective call on the ranks that did not fail themselves when another
+/// rank did (bad shard, NaN/Inf, out of memory, GPU error...). The failing ranks throw
+/// their own exception; every rank leaves the call, none is left waiting.
+struct RankFailed : std::runtime_error {
+    RankFailed(int rank, const std::string& what) : std::runtime_error(what), failed_rank(rank) {}
+    int failed_rank; ///< the lowest rank that failed; what() includes its message
+};
+
+/// local: this rank's (n_local, d) shard in host memory (batch 1; n_local may be 0);
+/// centroids: (k, d) out. Collective over comm. Returns the global per-iteration stats
+/// (same on every rank). When the whole training set is k points, they are the centroids
+/// (no iteration, one stats entry with imbalance 1), as in faiss::Clustering.
+/// Errors are collective: std::invalid_argument (bad arguments, ranks disagreeing on an
+/// option, NaN/Inf in the data) or std::runtime_error on the rank(s) where they arise,
+/// RankFailed on the others.
 std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float* centroids,
                                        const MpiKmeansOptions& opt);
+
+/// Runs step on this rank, then agrees with every rank of comm (collective): if step threw
+/// on any rank, every rank throws (the failing ones their own exception, the others
+/// RankFailed). For a caller's own per-rank work (reading a shard) before run_kmeans.
+void run_collectively(MPI_Comm comm, const std::function<void()>& step);
 
 } // namespace flash::distributed
