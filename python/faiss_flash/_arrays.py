@@ -60,8 +60,18 @@ def parse_placement(devices=None, streaming="auto", max_gpu_memory=None, transfe
     return out
 
 
+def check_weights(w, name="weights"):
+    """ValueError unless every weight of the float32 array w is finite and non-negative."""
+    bad = ~(w >= 0) | np.isinf(w)  # NaN compares false
+    if bad.any():
+        i = tuple(int(v) for v in np.unravel_index(int(np.argmax(bad)), w.shape))
+        where = i[0] if len(i) == 1 else i
+        raise ValueError(f"{name}: expected finite non-negative values, got {w[i]} at index {where}")
+
+
 def describe(x, name, ndim_choices=(2, 3)):
-    """Returns (ptr, dtype, batch, n, d, data_device) for a contiguous array or tensor."""
+    """Returns (ptr, dtype, batch, n, d, data_device) for a contiguous array or tensor; waits for
+    the work torch has queued on a CUDA tensor."""
     if is_torch(x):
         import torch
         dtypes = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -74,6 +84,10 @@ def describe(x, name, ndim_choices=(2, 3)):
         device = x.device.index if x.is_cuda else -1
         if x.is_cuda and device is None:
             device = torch.cuda.current_device()
+        if x.is_cuda:
+            # The engine reads x on its own stream: what torch has queued on its current stream
+            # (the kernels that wrote x) must be finished first.
+            torch.cuda.current_stream(x.device).synchronize()
         shape = tuple(x.shape)
         ptr, dtype = x.data_ptr(), dtypes[x.dtype]
     else:

@@ -4,7 +4,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _faiss_flash
-from ._arrays import describe, is_torch, parse_device, parse_placement
+from ._arrays import check_weights, describe, is_torch, parse_device, parse_placement
 
 BatchKmeansResult = namedtuple("BatchKmeansResult", "centroids labels obj iteration_stats")
 
@@ -46,6 +46,8 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
         raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
     backend, cuda_device = parse_device(device)
     placement = parse_placement(devices, streaming, max_gpu_memory, transfer_dtype, fp32_mode=fp32_mode)
+    if is_torch(x):
+        x = x.detach()  # same storage; the initial rows below are read without autograd
     ptr, dtype, b, n, d, data_device = describe(x, "x")
     squeeze = (x.dim() if is_torch(x) else x.ndim) == 2
     if data_device >= 0:
@@ -58,8 +60,10 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     if init_centroids is not None:
         c = init_centroids.detach().float().cpu().numpy() if is_torch(init_centroids) else np.asarray(init_centroids)
         c = np.ascontiguousarray(c, dtype="float32")
-        if c.size != b * k * d:
-            raise ValueError(f"init_centroids: expected shape {(b, k, d) if not squeeze else (k, d)}, got {c.shape}")
+        # (k, d) for a 2-D x, (B, k, d) for a 3-D one; (1, k, d) also for a 2-D x. A (d, k) array
+        # has the right size but not the right shape.
+        if c.shape != (b, k, d) and not (squeeze and c.shape == (k, d)):
+            raise ValueError(f"init_centroids: expected shape {(k, d) if squeeze else (b, k, d)}, got {c.shape}")
         centroids = c.reshape(b, k, d).copy()
     else:
         rows = initial_rows(n, k, seed, b)
@@ -76,8 +80,9 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     if weights is not None:
         w = weights.detach().float().cpu().numpy() if is_torch(weights) else np.asarray(weights, dtype="float32")
         w = np.ascontiguousarray(w, dtype="float32")
-        if w.size != b * n:
-            raise ValueError(f"weights: expected shape {(b, n) if not squeeze else (n,)}, got {w.shape}")
+        if w.shape != (b, n) and not (squeeze and w.shape == (n,)):
+            raise ValueError(f"weights: expected shape {(n,) if squeeze else (b, n)}, got {w.shape}")
+        check_weights(w)
         w = w.reshape(b * n)
     stats = _faiss_flash.run_lloyd(ptr, dtype, b, n, d, data_device, centroids, k, niter, metric, spherical, w,
                                    backend, cuda_device, placement)

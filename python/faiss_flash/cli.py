@@ -12,22 +12,62 @@ import time
 
 import numpy as np
 
-from .io import DataFileError, read_vectors, write_vectors
+from ._arrays import parse_device
+from .io import DataFileError, check_output_dir, check_output_path, read_vectors, write_vectors
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def _device(text):
+    try:
+        parse_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("device: ")) from None
+    return text
+
+
+def _ordinals(text):
+    try:
+        v = [int(t) for t in text.split(",")]
+    except ValueError:
+        v = []
+    if not v or min(v) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated CUDA ordinals (>= 0), got {text!r}")
+    return v
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="flash-kmeans", description="Exact k-means with faiss-flash")
     ap.add_argument("input")
-    ap.add_argument("-k", type=int, required=True)
-    ap.add_argument("--niter", type=int, default=25)
+    ap.add_argument("-k", type=_positive_int, required=True)
+    ap.add_argument("--niter", type=_positive_int, default=25)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--metric", choices=["l2", "ip"], default="l2")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--max-points-per-centroid", type=int, default=256)
-    ap.add_argument("--devices", help="shard over these CUDA devices, e.g. 0,1")
+    ap.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
+    ap.add_argument("--max-points-per-centroid", type=_positive_int, default=256,
+                    help="subsample the data to k times this many rows (256)")
+    ap.add_argument("--devices", type=_ordinals, help="shard over these CUDA devices, e.g. 0,1")
     ap.add_argument("--streaming", choices=["auto", "off", "force"], default="auto",
                     help="data larger than the GPU: stream what does not fit (auto)")
-    ap.add_argument("--max-gpu-memory", type=float, help="GB of GPU memory to use per device")
+    ap.add_argument("--max-gpu-memory", type=_positive_float, help="GB of GPU memory to use per device")
     ap.add_argument("--transfer-dtype", choices=["float32", "float16", "bfloat16"],
                     help="send the float32 points to the GPU as this type")
     ap.add_argument("--fp32-mode", choices=["exact", "tf32"], default="exact",
@@ -39,8 +79,19 @@ def main(argv=None):
                     help="a progress line per iteration (on by default for long runs)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
-    if args.k <= 0 or args.niter < 0:
-        ap.error("-k must be positive and --niter non-negative")
+    # Everything that can be checked before reading the data and training is checked here.
+    outputs = (("-o", args.output, check_output_path), ("--ivf-index", args.ivf_index, check_output_dir))
+    for flag, path, check in outputs:
+        if path is not None:
+            try:
+                check(path)
+            except DataFileError as e:
+                ap.error(f"{flag}: {e}")
+    from . import cuda_available
+    if parse_device(args.device)[0] == "cuda" and not cuda_available():
+        print(f"flash-kmeans: --device {args.device}: no CUDA device is available (or this build has no CUDA)",
+              file=sys.stderr)
+        return 2
     try:
         x = read_vectors(args.input)
     except DataFileError as e:
@@ -60,13 +111,10 @@ def main(argv=None):
     params = dict(niter=args.niter, seed=args.seed, verbose=verbose, spherical=args.metric == "ip",
                   max_points_per_centroid=args.max_points_per_centroid)
     placement = dict(streaming=args.streaming, transfer_dtype=args.transfer_dtype, fp32_mode=args.fp32_mode)
-    try:
-        if args.devices:
-            placement["devices"] = [int(v) for v in args.devices.split(",")]
-    except ValueError:
-        ap.error(f"--devices: expected comma-separated CUDA ordinals, got {args.devices!r}")
+    if args.devices:
+        placement["devices"] = args.devices
     if args.max_gpu_memory is not None:
-        placement["max_gpu_memory"] = int(args.max_gpu_memory * 1e9)
+        placement["max_gpu_memory"] = max(1, int(args.max_gpu_memory * 1e9))
     try:
         km = Kmeans(d, args.k, device=args.device, **params, **placement)
         t0 = time.perf_counter()
@@ -78,11 +126,18 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("flash-kmeans: interrupted", file=sys.stderr)
         return 130
+    except (RuntimeError, MemoryError) as e:  # the engine failed (a CUDA error, out of memory)
+        print(f"flash-kmeans: {str(e) or type(e).__name__}", file=sys.stderr)
+        return 1
     if verbose:
         print(flush=True)
     print(f"{n} vectors, d={d}, k={args.k}: objective {km.obj[-1]:.6g} in {t_ours:.3f} s ({args.niter} iterations)")
     if args.output:
-        write_vectors(args.output, km.centroids)
+        try:
+            write_vectors(args.output, km.centroids)
+        except OSError as e:
+            print(f"flash-kmeans: {args.output}: cannot write ({e.strerror or e})", file=sys.stderr)
+            return 1
         print(f"centroids written to {args.output}")
     if args.ivf_index:
         quantizer = faiss.IndexFlatIP(d) if args.metric == "ip" else faiss.IndexFlatL2(d)
@@ -91,7 +146,11 @@ def main(argv=None):
         quantizer.add(km.centroids)
         index.is_trained = True
         index.add(x)
-        faiss.write_index(index, args.ivf_index)
+        try:
+            faiss.write_index(index, args.ivf_index)
+        except RuntimeError as e:  # FAISS' I/O errors
+            print(f"flash-kmeans: {args.ivf_index}: cannot write ({str(e).splitlines()[-1]})", file=sys.stderr)
+            return 1
         print(f"IVF-Flat index (nlist={args.k}, {index.ntotal} vectors) written to {args.ivf_index}")
     if args.compare:
         ref = faiss.Kmeans(d, args.k, **dict(params, verbose=False))

@@ -21,7 +21,7 @@ def train_index(index, x, device="auto"):
 
 
 class _AssignIndex:
-    """Owns a C++ FlashAssignIndex for as long as the faiss index that uses it."""
+    """Owns a C++ FlashAssignIndex (freed with this object; _installed keeps it while in use)."""
 
     def __init__(self, d, inner_product, device):
         backend, dev = parse_device(device)
@@ -33,24 +33,51 @@ class _AssignIndex:
             self.ptr = 0
 
 
-def install_assign_index(index, device="auto"):
-    """Makes FAISS' own k-means inside index.train() assign points on faiss-flash: sets
-    `clustering_index` of an IVF index, or `pq.assign_index` of an IndexPQ. Returns the field set."""
+# The hooks installed, by the address of the faiss index that uses them. FAISS does not own
+# clustering_index / pq.assign_index, and the Python object passed in may be a temporary proxy
+# (faiss.extract_index_ivf(index), faiss.downcast_index(index)) that dies long before the
+# C++ index is trained: the hook lives here until it is replaced by another install on the
+# same index or removed by uninstall_assign_index.
+_installed = {}
+
+
+def _hook_target(index):
+    """(concrete index, field name, dsub or d, inner product) of an IndexIVF* or IndexPQ."""
     concrete = faiss.downcast_index(index)
     if isinstance(concrete, faiss.IndexPQ):
-        d = concrete.pq.dsub
-    elif isinstance(concrete, faiss.IndexIVF):
-        d = concrete.d
-    else:
-        raise TypeError(f"index: expected an IndexIVF* or IndexPQ, got {type(concrete).__name__}")
-    inner = concrete.metric_type == faiss.METRIC_INNER_PRODUCT and not isinstance(concrete, faiss.IndexPQ)
+        return concrete, "pq.assign_index", concrete.pq.dsub, False
+    if isinstance(concrete, faiss.IndexIVF):
+        return concrete, "clustering_index", concrete.d, concrete.metric_type == faiss.METRIC_INNER_PRODUCT
+    raise TypeError(f"index: expected an IndexIVF* or IndexPQ, got {type(concrete).__name__}")
+
+
+def install_assign_index(index, device="auto"):
+    """Makes FAISS' own k-means inside index.train() assign points on faiss-flash: sets
+    `clustering_index` of an IVF index, or `pq.assign_index` of an IndexPQ. Returns the field set.
+
+    The hook is kept alive by this module, not by `index` (which may be a temporary such as
+    faiss.extract_index_ivf(idx)); installing again on the same index replaces it, and
+    uninstall_assign_index(index) clears the field and frees it."""
+    concrete, _, d, inner = _hook_target(index)
     hook = _AssignIndex(d, inner, device)
     field = _faiss_flash.install_assign_index(_ptr(concrete), type(concrete).__name__, hook.ptr)
-    # Keep the C++ object alive as long as the caller's index object (downcast_index made a
-    # new proxy that dies with this function).
-    refs = getattr(index, "_faiss_flash_refs", [])
-    refs.append(hook)
-    index._faiss_flash_refs = refs
+    # The index points to the new hook now: the one it replaces (if any) may be freed.
+    _installed[_ptr(concrete)] = hook
+    return field
+
+
+def uninstall_assign_index(index):
+    """Undoes install_assign_index: clears the field it set (when it still holds the hook) and
+    frees the hook. Returns the field cleared, or None when no hook was installed on index."""
+    concrete, field, _, _ = _hook_target(index)
+    hook = _installed.pop(_ptr(concrete), None)
+    if hook is None:
+        return None
+    owner = concrete.pq if field == "pq.assign_index" else concrete
+    name = field.split(".")[-1]
+    current = getattr(owner, name)
+    if current is not None and int(current.this) == hook.ptr:
+        setattr(owner, name, None)
     return field
 
 

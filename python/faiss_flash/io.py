@@ -75,6 +75,26 @@ def _read_vectors(path):
     return np.ascontiguousarray(x)
 
 
+OUTPUT_EXTENSIONS = (".npy", ".fvecs")
+
+
+def check_output_path(path):
+    """Raises DataFileError unless write_vectors can write path: a known extension in an
+    existing directory (checked before a long run, not after it)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in OUTPUT_EXTENSIONS:
+        raise DataFileError(f"{path}: unknown output extension {ext!r} (expected .npy or .fvecs)")
+    check_output_dir(path)
+
+
+def check_output_dir(path):
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise DataFileError(f"{path}: no such directory {parent}")
+    if os.path.isdir(path):
+        raise DataFileError(f"{path}: is a directory")
+
+
 def write_vectors(path, x):
     x = np.ascontiguousarray(x, dtype="float32")
     ext = os.path.splitext(path)[1].lower()

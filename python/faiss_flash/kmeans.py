@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _faiss_flash
-from ._arrays import parse_device, parse_placement
+from ._arrays import check_weights, parse_device, parse_placement
 from ._faiss import faiss
 
 _PLACEMENT = ("devices", "streaming", "max_gpu_memory", "transfer_dtype", "piece_rows", "fp32_mode")
@@ -76,9 +76,14 @@ class Kmeans:
             raise ValueError(f"x: expected shape (n, {self.d}), got {x.shape}")
         if weights is not None:
             weights = np.ascontiguousarray(weights, dtype="float32")
+            check_weights(weights)
         if init_centroids is not None:
             init_centroids = np.ascontiguousarray(init_centroids, dtype="float32")
         params = {f: getattr(self.cp, f) for f in _CP_FIELDS}
+        # checked here, not in __init__: km.cp may be changed after construction
+        max_points = params["max_points_per_centroid"]
+        if max_points <= 0:  # FAISS would subsample to no points (and crash)
+            raise ValueError(f"max_points_per_centroid: expected a positive integer, got {max_points}")
         params.update(self.checkpoint)
         self.index = faiss.IndexFlatIP(self.d) if self.cp.spherical else faiss.IndexFlatL2(self.d)
         backend, dev = parse_device(self.device)

@@ -99,7 +99,22 @@ def test_no_copy_of_contiguous_input(rs):
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, seed=1.5), TypeError, "seed"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, init_centroids=np.zeros((3, 4))),
      ValueError, "init_centroids"),
+    # the right size, not the right shape: (d, k) for (k, d), (B, d, k) for (B, k, d), (N, B) for (B, N)
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, init_centroids=np.zeros((4, 2))),
+     ValueError, r"init_centroids: expected shape \(2, 4\), got \(4, 2\)"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((3, 8, 4), "float32"), 2, init_centroids=np.zeros((3, 4, 2))),
+     ValueError, r"init_centroids: expected shape \(3, 2, 4\), got \(3, 4, 2\)"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((3, 8, 4), "float32"), 2, init_centroids=np.zeros((6, 4))),
+     ValueError, r"init_centroids: expected shape \(3, 2, 4\)"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, weights=np.ones(7)), ValueError, "weights"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((3, 8, 4), "float32"), 2, weights=np.ones((8, 3))), ValueError,
+     r"weights: expected shape \(3, 8\), got \(8, 3\)"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, weights=np.r_[np.ones(7), np.nan]),
+     ValueError, "weights: .*nan at index 7"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((3, 8, 4), "float32"), 2, weights=-np.ones((3, 8))), ValueError,
+     r"weights: .*-1.0 at index \(0, 0\)"),
+    (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, weights=np.full(8, np.inf)), ValueError,
+     "weights"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((0, 4), "float32"), 2), ValueError, "empty"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, devices=[0, -1]), ValueError, "devices"),
     (lambda: faiss_flash.batch_kmeans(np.zeros((8, 4), "float32"), 2, devices=0), ValueError, "devices"),
@@ -130,6 +145,38 @@ def test_torch_cpu_tensors_in_and_out(rs):
     assert rb.centroids.dtype == torch.float32
     with pytest.raises(ValueError, match="contiguous"):
         faiss_flash.batch_kmeans(x.transpose(1, 2), 3)
+
+
+def test_init_centroids_and_weights_shapes(rs):
+    # (k, d) or (1, k, d) for a 2-D x; (B, k, d) for a 3-D x; weights (N,) or (B, N) likewise.
+    x = gaussian(rs, 1000, 6)
+    init = x[:5].copy()
+    ref = faiss_flash.batch_kmeans(x, 5, niter=3, init_centroids=init, weights=np.ones(1000), device="cpu")
+    r = faiss_flash.batch_kmeans(x, 5, niter=3, init_centroids=init[None], weights=np.ones((1, 1000)), device="cpu")
+    assert np.array_equal(r.centroids, ref.centroids) and r.centroids.shape == (5, 6)
+    zero = faiss_flash.batch_kmeans(x, 5, niter=3, init_centroids=init, weights=np.r_[np.zeros(10), np.ones(990)],
+                                    device="cpu")  # zero weights are allowed
+    assert np.all(np.isfinite(zero.centroids))
+    with pytest.raises(ValueError, match="init_centroids"):
+        faiss_flash.batch_kmeans(x[None], 5, niter=3, init_centroids=init, device="cpu")
+
+
+@needs_torch
+def test_torch_tensors_that_require_grad(rs):
+    # Inputs of a model being trained: read without autograd (x.detach(): same storage, no copy).
+    x = torch.from_numpy(np.stack([gaussian(rs, 1000, 8) for _ in range(2)])).requires_grad_()
+    ref = faiss_flash.batch_kmeans(x.detach().numpy(), 4, niter=3, device="cpu")
+    r = faiss_flash.batch_kmeans(x, 4, niter=3, device="cpu")
+    assert faiss_flash._faiss_flash._last_points_ptr() == x.data_ptr()
+    assert np.array_equal(r.centroids.numpy(), ref.centroids) and not r.centroids.requires_grad
+    init = torch.from_numpy(ref.centroids).requires_grad_()
+    w = torch.ones(2, 1000, requires_grad=True)
+    r = faiss_flash.batch_kmeans(x, 4, niter=3, init_centroids=init, weights=w, device="cpu")
+    assert r.centroids.shape == (2, 4, 8)
+    with pytest.raises(ValueError, match=r"init_centroids: expected shape \(2, 4, 8\)"):
+        faiss_flash.batch_kmeans(x, 4, init_centroids=init.transpose(1, 2), device="cpu")
+    with pytest.raises(ValueError, match="weights: .*nan"):
+        faiss_flash.batch_kmeans(x, 4, weights=torch.full((2, 1000), float("nan")), device="cpu")
 
 
 def test_placement_options_ignored_on_the_cpu_engine(rs):

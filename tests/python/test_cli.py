@@ -16,6 +16,11 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "faiss_flash.cli", *args], capture_output=True, text=True, env=env)
 
 
+def _faiss_flash_cuda():
+    import faiss_flash
+    return faiss_flash.cuda_available()
+
+
 def write_fvecs(path, x):
     n, d = x.shape
     out = np.empty((n, d + 1), dtype="float32")
@@ -141,3 +146,55 @@ def test_placement_flags(tmp_path, rs):
     assert ok.returncode == 0, ok.stderr  # CUDA-only options: the CPU engine runs as usual
     bad = cli(str(tmp_path / "x.npy"), "-k", "5", "--devices", "zero")
     assert bad.returncode == 2 and "--devices" in bad.stderr
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--max-points-per-centroid", "0"], "--max-points-per-centroid: expected a positive integer, got 0"),
+    (["--max-points-per-centroid", "-3"], "--max-points-per-centroid: expected a positive integer, got -3"),
+    (["--niter", "0"], "--niter: expected a positive integer, got 0"),
+    (["--niter", "-1"], "--niter: expected a positive integer, got -1"),
+    (["-k", "0"], "-k: expected a positive integer, got 0"),
+    (["-k", "two"], "-k: expected a positive integer, got 'two'"),
+    (["--device", "tpu"], "--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    (["--max-gpu-memory", "0"], "--max-gpu-memory: expected a positive number"),
+    (["--devices", "0,-1"], "--devices: expected comma-separated CUDA ordinals"),
+])
+def test_bad_numbers_are_usage_errors(tmp_path, rs, args, word):
+    np.save(tmp_path / "x.npy", gaussian(rs, 500, 4))
+    r = cli(str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu", *args)
+    assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("flag, name, word", [
+    ("-o", "c.txt", "unknown output extension '.txt' (expected .npy or .fvecs)"),
+    ("-o", "no/such/dir/c.npy", "no such directory"),
+    ("-o", "a_directory.npy", "is a directory"),
+    ("--ivf-index", "no/such/dir/ivf.index", "no such directory"),
+])
+def test_bad_output_paths_rejected_before_training(tmp_path, rs, flag, name, word):
+    np.save(tmp_path / "x.npy", gaussian(rs, 500, 4))
+    (tmp_path / "a_directory.npy").mkdir()
+    r = cli(str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu", "--verbose", flag, str(tmp_path / name))
+    assert r.returncode == 2 and f"{flag}: {tmp_path / name}: {word}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""  # nothing was trained
+
+
+@pytest.mark.skipif(_faiss_flash_cuda(), reason="a CUDA device is visible: the no-GPU error cannot occur")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, rs, device):
+    np.save(tmp_path / "x.npy", gaussian(rs, 500, 4))
+    r = cli(str(tmp_path / "x.npy"), "-k", "3", "--device", device)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    message = f"flash-kmeans: --device {device}: no CUDA device is available (or this build has no CUDA)"
+    assert r.stderr.strip() == message
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux' /proc")
+def test_unwritable_outputs_after_training_are_one_line_errors(tmp_path, rs):
+    # /proc is a directory where nobody, root included, can create a file: the checks before
+    # training pass, the write fails.
+    np.save(tmp_path / "x.npy", gaussian(rs, 500, 4))
+    for flag, name in (("-o", "/proc/c.npy"), ("--ivf-index", "/proc/ivf.index")):
+        r = cli(str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu", flag, name)
+        assert r.returncode == 1 and f"{name}: cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "objective" in r.stdout

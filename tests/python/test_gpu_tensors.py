@@ -100,3 +100,33 @@ def test_bad_cuda_inputs_raise(rs):
     bad[1, 7, 3] = float("nan")
     with pytest.raises(ValueError):
         faiss_flash.batch_kmeans(bad, 4)
+
+
+def test_waits_for_the_work_queued_on_torchs_stream(rs):
+    # The engine reads x on its own stream: batch_kmeans first waits for what torch queued on its
+    # current stream. Here x is written by a copy queued behind a ~0.1 s spin on a side stream, and
+    # init_centroids is given, so no torch operation on x (which would wait too) precedes the engine.
+    src = cuda_batch(rs, 2, 20000, 64, torch.float32)
+    init = src[:, :16].cpu().numpy()
+    ref = faiss_flash.batch_kmeans(src, 16, niter=3, init_centroids=init)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        x = torch.zeros_like(src)
+        torch.cuda._sleep(200_000_000)
+        x.copy_(src)
+        r = faiss_flash.batch_kmeans(x, 16, niter=3, init_centroids=init)
+    torch.cuda.synchronize()
+    assert torch.equal(r.centroids, ref.centroids) and torch.equal(r.labels, ref.labels)
+
+
+def test_tensor_that_requires_grad(rs):
+    # Read in place without autograd (x.detach() shares the storage), results without grad.
+    x = cuda_batch(rs, 2, 3000, 32, torch.float32).requires_grad_()
+    ref = faiss_flash.batch_kmeans(x.detach().clone(), 8, niter=3)
+    r = faiss_flash.batch_kmeans(x, 8, niter=3)
+    assert torch.equal(r.centroids, ref.centroids) and not r.centroids.requires_grad
+    init = ref.centroids.clone().requires_grad_()
+    w = torch.ones(2, 3000, device=x.device, requires_grad=True)
+    r = faiss_flash.batch_kmeans(x, 8, niter=3, init_centroids=init, weights=w)
+    assert r.centroids.shape == (2, 8, 32)

@@ -1,4 +1,6 @@
 """Helpers taking faiss Python indexes: training, the assignment hook, refresh."""
+import gc
+
 import faiss
 import numpy as np
 import pytest
@@ -50,6 +52,73 @@ def test_install_assign_index(data):
     pq.train(xb)
     with pytest.raises(TypeError, match="index"):
         faiss_flash.install_assign_index(faiss.IndexFlatL2(4))
+
+
+def quantizer_centroids(index):
+    ivf = faiss.extract_index_ivf(index)
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+def test_assign_index_outlives_a_temporary_proxy(data):
+    # faiss.extract_index_ivf / downcast_index return proxies that do not own the index and die at
+    # once: the hook must live until index.train (it was once freed with the proxy, and training
+    # then read freed memory: "Index dimension 1507352575 not the same as data dimension 32").
+    xb, xq = data
+    index = faiss.index_factory(32, "IVF64,Flat")
+    assert faiss_flash.install_assign_index(faiss.extract_index_ivf(index), device="cpu") == "clustering_index"
+    gc.collect()
+    junk = [faiss.IndexFlatL2(7) for _ in range(200)]  # would reuse the hook's memory, were it freed
+    index.train(xb)
+    ref = faiss.index_factory(32, "IVF64,Flat")
+    faiss_flash.install_assign_index(ref, device="cpu")
+    ref.train(xb)
+    assert np.array_equal(quantizer_centroids(index), quantizer_centroids(ref))
+    index.add(xb)
+    stock = faiss.index_factory(32, "IVF64,Flat")
+    stock.train(xb)
+    stock.add(xb)
+    assert recall(index, xb, xq) == pytest.approx(recall(stock, xb, xq), abs=0.01)
+    pq_owner = faiss.IndexPQ(32, 4, 6)
+    assert faiss_flash.install_assign_index(faiss.downcast_index(pq_owner), device="cpu") == "pq.assign_index"
+    gc.collect()
+    junk += [faiss.IndexFlatL2(5) for _ in range(200)]
+    pq_owner.train(xb)
+    pq_ref = faiss.IndexPQ(32, 4, 6)
+    faiss_flash.install_assign_index(pq_ref, device="cpu")
+    pq_ref.train(xb)
+    assert np.array_equal(faiss.vector_to_array(pq_owner.pq.centroids), faiss.vector_to_array(pq_ref.pq.centroids))
+
+
+def test_install_again_replaces_and_uninstall_clears(rs):
+    xb = gaussian(rs, 4000, 8)
+    index = faiss.index_factory(8, "IVF16,Flat")
+    ivf = faiss.extract_index_ivf(index)
+    faiss_flash.install_assign_index(index, device="cpu")
+    first = int(ivf.clustering_index.this)
+    faiss_flash.install_assign_index(faiss.extract_index_ivf(index), device="cpu")
+    assert int(ivf.clustering_index.this) != first
+    gc.collect()
+    index.train(xb)  # through the second hook; the first is freed
+    ref = faiss.index_factory(8, "IVF16,Flat")
+    faiss_flash.install_assign_index(ref, device="cpu")
+    ref.train(xb)
+    assert np.array_equal(quantizer_centroids(index), quantizer_centroids(ref))
+    assert faiss_flash.uninstall_assign_index(faiss.extract_index_ivf(index)) == "clustering_index"
+    assert ivf.clustering_index is None
+    assert faiss_flash.uninstall_assign_index(index) is None
+    # back to FAISS' own k-means
+    fresh = faiss.index_factory(8, "IVF16,Flat")
+    faiss_flash.install_assign_index(fresh, device="cpu")
+    assert faiss_flash.uninstall_assign_index(fresh) == "clustering_index"
+    fresh.train(xb)
+    stock = faiss.index_factory(8, "IVF16,Flat")
+    stock.train(xb)
+    assert np.array_equal(quantizer_centroids(fresh), quantizer_centroids(stock))
+    pq = faiss.IndexPQ(8, 2, 4)
+    faiss_flash.install_assign_index(pq, device="cpu")
+    assert faiss_flash.uninstall_assign_index(pq) == "pq.assign_index" and pq.pq.assign_index is None
+    with pytest.raises(TypeError, match="index"):
+        faiss_flash.uninstall_assign_index(faiss.IndexFlatL2(4))
 
 
 def test_refresh_ivf_recovers_recall_after_drift(rs):

@@ -97,6 +97,15 @@ def test_spherical(rs):
     (lambda: faiss_flash.Kmeans(8, 4).train(np.zeros((10, 3), "float32")), ValueError, "x"),
     (lambda: faiss_flash.Kmeans(8, 40).train(np.ones((10, 8), "float32")), ValueError, "at least"),
     (lambda: faiss_flash.Kmeans(2, 2).train(np.array([[0, 1], [np.nan, 1], [3, 3]], "float32")), ValueError, "NaN"),
+    # faiss.Kmeans accepts these and gives NaN centroids (weights) or crashes (max_points_per_centroid)
+    (lambda: faiss_flash.Kmeans(2, 2).train(np.eye(3, 2, dtype="float32"), weights=[1, np.nan, 1]), ValueError,
+     "weights: .*nan at index 1"),
+    (lambda: faiss_flash.Kmeans(2, 2).train(np.eye(3, 2, dtype="float32"), weights=[1, 1, -0.5]), ValueError,
+     "weights: .*-0.5 at index 2"),
+    (lambda: faiss_flash.Kmeans(2, 2).train(np.eye(3, 2, dtype="float32"), weights=[np.inf, 1, 1]), ValueError,
+     "weights"),
+    (lambda: faiss_flash.Kmeans(2, 2, max_points_per_centroid=0).train(np.eye(3, 2, dtype="float32")), ValueError,
+     "max_points_per_centroid"),
 ])
 def test_bad_input(bad, exc, word):
     with pytest.raises(exc, match=word):
