@@ -67,6 +67,11 @@ void FlashClustering::train_points(const flash::Points& xin, faiss::Index& index
     } catch (const std::invalid_argument&) {
         FAISS_THROW_MSG("input contains NaN's or Inf's");
     }
+    try {
+        flash::check_weights_host(weights, nx); // (FAISS takes any weights; these would give NaN centroids)
+    } catch (const std::invalid_argument& e) {
+        FAISS_THROW_MSG(e.what());
+    }
 
     const size_t row_bytes = flash::dtype_size(xin.dtype) * d;
     const uint8_t* x = static_cast<const uint8_t*>(xin.data);

@@ -212,6 +212,7 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     validate_placement(x, opt);
     const Backend backend = resolve_backend(opt.backend, x);
     if (x.device < 0) check_finite_host(x);
+    check_weights_host(opt.weights, x.batch * x.n);
     if (opt.checkpoint_path.empty() && !opt.stop_on_sigint) return run_on(backend, x, centroids, opt);
     return run_resumable(backend, x, centroids, opt);
 }

@@ -66,6 +66,17 @@ void check_finite_host(const Points& x) {
     if (!ok) fail("input contains NaN's or Inf's");
 }
 
+void check_weights_host(const float* weights, int64_t count) {
+    if (!weights) return;
+    int64_t first = count;
+#pragma omp parallel for reduction(min : first)
+    for (int64_t i = 0; i < count; i++)
+        if (!(std::isfinite(weights[i]) && weights[i] >= 0) && i < first) first = i;
+    if (first < count)
+        fail("weights must be finite and >= 0; weight " + std::to_string(first) + " is " +
+             std::to_string(weights[first]));
+}
+
 int split_empty_clusters(int64_t d, int64_t k, int64_t n, int64_t k_frozen, float* counts, float* centroids) {
     // Mirrors faiss 1.7.3 split_clusters exactly, including its float/double mix, so
     // that centroids stay bit-identical to faiss::Clustering.

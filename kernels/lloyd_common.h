@@ -16,6 +16,9 @@ void validate_problem(const Points& x, const float* centroids, int64_t k, int ni
 
 /// Throws std::invalid_argument if fp32/fp16/bf16 host data holds NaN or Inf.
 void check_finite_host(const Points& x);
+/// Throws std::invalid_argument when a host weight is NaN, infinite or negative (it names the
+/// first such weight); null weights pass.
+void check_weights_host(const float* weights, int64_t count);
 
 /// Size in bytes of one element of the dtype.
 size_t dtype_size(DType t);

@@ -49,6 +49,19 @@ TEST(BadInput, NanAndInfAreRejected) {
     }
 }
 
+TEST(BadInput, BadWeightsAreRejected) {
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), -1.f}) {
+        const auto x = flash_test::gaussian_mixture(500, 4, 5, 1);
+        std::vector<float> w(500, 1.f);
+        w[123] = bad;
+        auto c = cpu_clustering(4, 5);
+        faiss::IndexFlatL2 index(4);
+        const std::string e = error_of([&] { c.train(500, x.data(), index, w.data()); });
+        EXPECT_NE(e.find("weight 123"), std::string::npos) << e;
+        EXPECT_TRUE(c.centroids.empty());
+    }
+}
+
 TEST(BadInput, FewerPointsThanCentroids) {
     const auto x = flash_test::gaussian_mixture(5, 4, 2, 2);
     auto c = cpu_clustering(4, 10);

@@ -264,6 +264,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     std::vector<float> dist, counts_f;
     failures.local([&] {
         if (n_local > 0) check_finite_host(local);
+        check_weights_host(lo.weights, n_local);
         if (n_global > cap) {
             sample = detail::rand_perm_prefix(n_global, cap, opt.seed);
         } else {
