@@ -8,8 +8,9 @@
 #                          # hook suites on the CUDA engine, compute-sanitizer (memcheck,
 #                          # racecheck, initcheck), the benchmark and the peers; a short table at the end.
 #                          # QUICK=1: only the engine tests, the benchmark, the tuned run, the
-#                          # phases and the peers (no other suites, no sanitizers). PART=tests or
-#                          # PART=bench: the suites (with the sanitizers) or the benchmarks alone.
+#                          # phases and the peers (no other suites, no sanitizers). PART=tests,
+#                          # PART=sanitizers or PART=bench: the suites, the compute-sanitizer runs
+#                          # or the benchmarks alone (each fits one 600 s device call).
 #   scripts/gpu.sh scale   # host data larger than the GPU (issue 5): bench_scale on N = 32M and
 #                          # 200M (SCALE_N), d = 128, fp32 and fp16, K = 4096 and 16384, beside
 #                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host;
@@ -179,10 +180,11 @@ run() {
     summary+=("$(printf '%-34s %-7s %s' "$name" "$r" "$(grep -E '^\[  (PASSED|FAILED|SKIPPED) |^[0-9]+ (passed|failed)|skipped' "$out/$name.log" | tr '\n' ' ' | cut -c1-80)")")
     tail -n 3 "$out/$name.log"
   }
-  # PART=tests: the suites and the sanitizers only; PART=bench: the benchmarks and the peers only
-  # (the whole script with the peer no longer fits one 600 s device call).
+  # PART=tests: the suites only; PART=sanitizers: the compute-sanitizer runs only; PART=bench:
+  # the benchmarks and the peers only (the whole script no longer fits one 600 s device call, nor
+  # the suites with the sanitizers: 590 s and counting in the nineteenth session).
   local part=${PART:-all}
-  if [ "$part" != bench ]; then
+  if [ "$part" = all ] || [ "$part" = tests ]; then
     run_suite gpu_tests "$bin/test_cuda_engine"
     FLASH_UPDATE_SORT=counting run_suite gpu_tests_counting_update "$bin/test_cuda_engine"
     FLASH_UPDATE_SORT=radix run_suite gpu_tests_radix_update "$bin/test_cuda_engine"
@@ -195,6 +197,8 @@ run() {
       FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
       run_suite bad_input "$bin/test_bad_input"
     fi
+  fi
+  if [ "$part" = all ] || [ "$part" = sanitizers ]; then
     # Fp32Split*: k = 1000, so the TMA kernels reuse their stages (the mbarrier hand-off checked);
     # Fp32FilterCandidates*: the filter's candidate slots (the point tile's space), full tile
     # searches and lost values; Fp32Distances*: the resolve and fp32 distance kernels
@@ -213,7 +217,7 @@ run() {
         --gtest_filter=Sharded.EveryPlacementGivesTheSameBitsOnIntegerData:Sharded.ClearErrors
     fi
   fi
-  if [ "$part" != tests ]; then
+  if [ "$part" = all ] || [ "$part" = bench ]; then
     # Both benchmarks pause before each config (SETTLE_MS, default 2000): the clocks recover
     # from the power limit of the large configs before the short ones are timed. The SM clock and
     # power, once a second, go to clocks.log.
