@@ -73,6 +73,8 @@ void FlashClustering::train_points(const flash::Points& xin, faiss::Index& index
         FAISS_THROW_MSG(e.what());
     }
 
+    FAISS_THROW_IF_NOT_FMT(max_points_per_centroid > 0, "max_points_per_centroid must be positive, got %d",
+                           max_points_per_centroid); // (FAISS itself reads out of bounds)
     const size_t row_bytes = flash::dtype_size(xin.dtype) * d;
     const uint8_t* x = static_cast<const uint8_t*>(xin.data);
     std::vector<uint8_t> x_sub;

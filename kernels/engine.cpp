@@ -192,7 +192,9 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
                 ck.stats[b].push_back(s);
             }
         ck.iterations_done += int(st[0].size());
-        save();
+        // At checkpoint_every boundaries, at the end and when stopped (not after each of the
+        // one-iteration calls of a stoppable CPU batch).
+        if (opt.checkpoint_every > 0 || ck.iterations_done >= opt.niter || (stoppable && stop_requested())) save();
     }
     if (stoppable && stop_requested() && ck.iterations_done < opt.niter) {
         throw Interrupted("faiss-flash: stopped after iteration " + std::to_string(ck.iterations_done) + " of " +

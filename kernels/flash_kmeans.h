@@ -119,7 +119,9 @@ struct Interrupted : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-/// Asks running Lloyd loops to stop after their current iteration (async-signal-safe).
+/// Asks the Lloyd runs in progress that have stop_on_sigint set to stop after their current
+/// iteration (async-signal-safe); other runs ignore it. A request made while no such run is in
+/// progress is dropped when the next one starts.
 void request_stop();
 
 /// Runs opt.niter Lloyd iterations (assign, objective, update, split empty clusters,

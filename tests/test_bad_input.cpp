@@ -59,7 +59,23 @@ TEST(BadInput, BadWeightsAreRejected) {
         const std::string e = error_of([&] { c.train(500, x.data(), index, w.data()); });
         EXPECT_NE(e.find("weight 123"), std::string::npos) << e;
         EXPECT_TRUE(c.centroids.empty());
+        // The engine's own entry point checks them too.
+        std::vector<float> cen(x.begin(), x.begin() + 5 * 4);
+        const auto before = cen;
+        flash::LloydOptions opt;
+        opt.k = 5;
+        opt.niter = 3;
+        opt.backend = flash::Backend::CPU;
+        opt.weights = w.data();
+        EXPECT_THROW(flash::run_lloyd(flash_test::host_points(x.data(), 500, 4), cen.data(), opt),
+                     std::invalid_argument);
+        EXPECT_EQ(cen, before);
     }
+    auto c = cpu_clustering(4, 5);
+    c.max_points_per_centroid = 0;
+    faiss::IndexFlatL2 index(4);
+    const auto x = flash_test::gaussian_mixture(500, 4, 5, 1);
+    EXPECT_NE(error_of([&] { c.train(500, x.data(), index); }).find("max_points_per_centroid"), std::string::npos);
 }
 
 TEST(BadInput, FewerPointsThanCentroids) {

@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
     // names the lowest failing rank and carries its message). After that only rank 0 works.
     try {
         Args a;
-        std::vector<float> x;
+        std::vector<float> x, cen;
         int64_t n_total = 0, d = 0, r0 = 0;
         flash::distributed::run_collectively(MPI_COMM_WORLD, [&] {
             a = parse_args(argc, argv);
@@ -163,6 +163,7 @@ int main(int argc, char** argv) {
             } else {
                 x = read_fvecs_slice(a.path, rank, size, n_total, d, r0);
             }
+            cen.resize(size_t(a.opt.lloyd.k * d)); // (here: a failed allocation is collective too)
         });
         flash::Points local;
         local.data = x.data();
@@ -178,7 +179,6 @@ int main(int argc, char** argv) {
                 std::fflush(stdout);
             };
         }
-        std::vector<float> cen(size_t(opt.lloyd.k * d));
         flash::distributed::run_kmeans(MPI_COMM_WORLD, local, cen.data(), opt);
         if (rank == 0 && !a.out.empty()) {
             std::ofstream f(a.out, std::ios::binary);

@@ -20,7 +20,10 @@ namespace flash::distributed {
 struct MpiKmeansOptions {
     /// k, niter, metric, spherical, int_centroids, k_frozen, weights (local: one per row of
     /// this rank's shard), backend, cuda_device, post_process, on_iteration. Everything but
-    /// weights, cuda_device and the callbacks must be the same on every rank.
+    /// weights, cuda_device and on_iteration must be the same on every rank, post_process
+    /// included (it sets the centroids). Checked across ranks: d, k, niter, metric,
+    /// spherical, int_centroids, k_frozen, seed, max_points_per_centroid and whether
+    /// init_centroids is given; not checked: backend, fp32_mode, transfer_dtype, post_process.
     LloydOptions lloyd;
     int seed = 1234;                   ///< as faiss::ClusteringParameters::seed
     int max_points_per_centroid = 256; ///< > 0; as faiss::ClusteringParameters

@@ -67,8 +67,9 @@ def install_assign_index(index, device="auto"):
 
 
 def uninstall_assign_index(index):
-    """Undoes install_assign_index: clears the field it set (when it still holds the hook) and
-    frees the hook. Returns the field cleared, or None when no hook was installed on index."""
+    """Undoes install_assign_index: frees the hook and clears the field it set, unless the field
+    was pointed elsewhere since. Returns that field's name, or None when no hook was installed on
+    index. (Hooks live until replaced or uninstalled: uninstall those of indexes trained in a loop.)"""
     concrete, field, _, _ = _hook_target(index)
     hook = _installed.pop(_ptr(concrete), None)
     if hook is None:
