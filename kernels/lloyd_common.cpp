@@ -32,21 +32,25 @@ size_t dtype_size(DType t) {
     fail("unknown dtype " + std::to_string(int(t)));
 }
 
-void validate_problem(const Points& x, const float* centroids, int64_t k, int niter, int64_t k_frozen,
-                      bool require_n_ge_k) {
-    if (x.data == nullptr) fail("points data is a null pointer");
+void validate_run(int64_t d, DType dtype, const float* centroids, int64_t k, int niter, int64_t k_frozen) {
     if (centroids == nullptr) fail("centroids is a null pointer");
-    if (x.batch <= 0) fail("batch must be positive, got " + std::to_string(x.batch));
-    if (x.d <= 0) fail("dimension d must be positive, got " + std::to_string(x.d));
-    if (x.n <= 0) fail("number of points n must be positive, got " + std::to_string(x.n));
+    if (d <= 0) fail("dimension d must be positive, got " + std::to_string(d));
     if (k <= 0) fail("number of centroids k must be positive, got " + std::to_string(k));
-    if (require_n_ge_k && x.n < k)
-        fail("number of training points (" + std::to_string(x.n) +
-             ") should be at least as large as number of clusters (" + std::to_string(k) + ")");
     if (k > int64_t(1) << 31) fail("k too large: " + std::to_string(k));
     if (niter < 0) fail("niter must be >= 0, got " + std::to_string(niter));
     if (k_frozen < 0 || k_frozen > k) fail("k_frozen must be in [0, k], got " + std::to_string(k_frozen));
-    dtype_size(x.dtype);
+    dtype_size(dtype);
+}
+
+void validate_problem(const Points& x, const float* centroids, int64_t k, int niter, int64_t k_frozen,
+                      bool require_n_ge_k) {
+    if (x.data == nullptr) fail("points data is a null pointer");
+    validate_run(x.d, x.dtype, centroids, k, niter, k_frozen);
+    if (x.batch <= 0) fail("batch must be positive, got " + std::to_string(x.batch));
+    if (x.n <= 0) fail("number of points n must be positive, got " + std::to_string(x.n));
+    if (require_n_ge_k && x.n < k)
+        fail("number of training points (" + std::to_string(x.n) +
+             ") should be at least as large as number of clusters (" + std::to_string(k) + ")");
 }
 
 void check_finite_host(const Points& x) {

@@ -13,6 +13,9 @@ namespace flash {
 /// n < k unless !require_n_ge_k (assignment only), k_frozen out of range, niter < 0).
 void validate_problem(const Points& x, const float* centroids, int64_t k, int niter, int64_t k_frozen,
                       bool require_n_ge_k = true);
+/// The part of validate_problem that does not look at the points' rows (d, dtype, centroids,
+/// k, niter, k_frozen): for a shard that may be empty.
+void validate_run(int64_t d, DType dtype, const float* centroids, int64_t k, int niter, int64_t k_frozen);
 
 /// Throws std::invalid_argument if fp32/fp16/bf16 host data holds NaN or Inf.
 void check_finite_host(const Points& x);

@@ -40,6 +40,15 @@ class TempFile {
     std::string path_;
 };
 
+// A CPU run of k centroids over niter iterations.
+flash::LloydOptions cpu_options(int64_t k, int niter) {
+    flash::LloydOptions opt;
+    opt.k = k;
+    opt.niter = niter;
+    opt.backend = flash::Backend::CPU;
+    return opt;
+}
+
 pid_t spawn(const std::string& out, const std::string& ck, int sleep_ms) {
     const pid_t pid = fork();
     if (pid == 0) {
@@ -118,10 +127,7 @@ TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
     const auto x = flash_test::gaussian_mixture(500, 4, 5, 9);
     std::vector<float> c(x.begin(), x.begin() + 5 * 4);
     flash::Points p = flash_test::host_points(x.data(), 500, 4);
-    flash::LloydOptions opt;
-    opt.k = 5;
-    opt.niter = 3;
-    opt.backend = flash::Backend::CPU;
+    flash::LloydOptions opt = cpu_options(5, 3);
     opt.checkpoint_path = ck;
     opt.checkpoint_every = 1;
     flash::run_lloyd(p, c.data(), opt);
@@ -136,10 +142,7 @@ TEST(Checkpoint, SegmentedRunEqualsPlainRun) {
     const auto x = flash_test::gaussian_mixture(3000, 8, 20, 10);
     std::vector<float> c1(x.begin(), x.begin() + 16 * 8), c2 = c1;
     flash::Points p = flash_test::host_points(x.data(), 3000, 8);
-    flash::LloydOptions opt;
-    opt.k = 16;
-    opt.niter = 9;
-    opt.backend = flash::Backend::CPU;
+    flash::LloydOptions opt = cpu_options(16, 9);
     const auto s1 = flash::run_lloyd(p, c1.data(), opt);
     const TempFile ck("seg.ckpt");
     opt.checkpoint_path = ck.path();
@@ -157,10 +160,7 @@ TEST(Checkpoint, ALongerRunsCheckpointIsRejected) {
     const auto x = flash_test::gaussian_mixture(2000, 8, 10, 12);
     std::vector<float> c(x.begin(), x.begin() + 10 * 8);
     const flash::Points p = flash_test::host_points(x.data(), 2000, 8);
-    flash::LloydOptions opt;
-    opt.k = 10;
-    opt.niter = 6;
-    opt.backend = flash::Backend::CPU;
+    flash::LloydOptions opt = cpu_options(10, 6);
     const TempFile ck("longer.ckpt");
     opt.checkpoint_path = ck.path();
     auto c6 = c;
@@ -180,10 +180,7 @@ TEST(Checkpoint, AnotherRunOfTheSameDataIsRejected) {
     const std::vector<float> c(x.begin(), x.begin() + 10 * 8), c_other(x.begin() + 80, x.begin() + 160);
     const flash::Points p = flash_test::host_points(x.data(), 2000, 8);
     std::vector<float> w(2000, 1.f);
-    flash::LloydOptions opt;
-    opt.k = 10;
-    opt.niter = 4;
-    opt.backend = flash::Backend::CPU;
+    flash::LloydOptions opt = cpu_options(10, 4);
     const TempFile ck("another.ckpt");
     opt.checkpoint_path = ck.path();
     auto c1 = c;
@@ -213,10 +210,7 @@ TEST(Checkpoint, StopRequestEndsBatchedAndSingleRuns) {
         for (int64_t b = 0; b < B; b++)
             std::copy(x.begin() + b * 1500 * 8, x.begin() + (b * 1500 + 10) * 8, c.begin() + b * 80);
         const flash::Points p = flash_test::host_points(x.data(), 1500, 8, flash::DType::F32, B);
-        flash::LloydOptions opt;
-        opt.k = 10;
-        opt.niter = 20;
-        opt.backend = flash::Backend::CPU;
+        flash::LloydOptions opt = cpu_options(10, 20);
         opt.stop_on_sigint = true;
         int last = -1;
         opt.on_iteration = [&](int64_t, int it, const flash::IterationStats&) {
@@ -244,10 +238,7 @@ TEST(Checkpoint, OverlappingRunsRestoreTheSigintHandler) {
     auto run = [&](int niter, int sleep_ms) {
         std::vector<float> c(x.begin(), x.begin() + 80);
         const flash::Points p = flash_test::host_points(x.data(), 3000, 8);
-        flash::LloydOptions opt;
-        opt.k = 10;
-        opt.niter = niter;
-        opt.backend = flash::Backend::CPU;
+        flash::LloydOptions opt = cpu_options(10, niter);
         opt.stop_on_sigint = true;
         opt.on_iteration = [=](int64_t, int, const flash::IterationStats&) {
             std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));

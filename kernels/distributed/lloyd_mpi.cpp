@@ -92,12 +92,7 @@ void validate_arguments(const Points& local, const float* centroids, const MpiKm
         fail("distributed k-means takes host shards, got CUDA device " + std::to_string(local.device));
     if (local.n < 0) fail("number of points n of the shard must be >= 0, got " + std::to_string(local.n));
     if (local.data == nullptr && local.n > 0) fail("shard data is a null pointer");
-    if (local.d <= 0) fail("dimension d must be positive, got " + std::to_string(local.d));
-    dtype_size(local.dtype); // throws on an unknown dtype
-    if (centroids == nullptr) fail("centroids is a null pointer");
-    if (lo.k <= 0) fail("number of centroids k must be positive, got " + std::to_string(lo.k));
-    if (lo.niter < 0) fail("niter must be >= 0, got " + std::to_string(lo.niter));
-    if (lo.k_frozen < 0 || lo.k_frozen > lo.k) fail("k_frozen must be in [0, k], got " + std::to_string(lo.k_frozen));
+    validate_run(local.d, local.dtype, centroids, lo.k, lo.niter, lo.k_frozen);
     if (opt.max_points_per_centroid <= 0)
         fail("max_points_per_centroid must be positive, got " + std::to_string(opt.max_points_per_centroid));
 }

@@ -80,10 +80,6 @@ class Kmeans:
         if init_centroids is not None:
             init_centroids = np.ascontiguousarray(init_centroids, dtype="float32")
         params = {f: getattr(self.cp, f) for f in _CP_FIELDS}
-        # checked here, not in __init__: km.cp may be changed after construction
-        max_points = params["max_points_per_centroid"]
-        if max_points <= 0:  # FAISS would subsample to no points (and crash)
-            raise ValueError(f"max_points_per_centroid: expected a positive integer, got {max_points}")
         params.update(self.checkpoint)
         self.index = faiss.IndexFlatIP(self.d) if self.cp.spherical else faiss.IndexFlatL2(self.d)
         backend, dev = parse_device(self.device)

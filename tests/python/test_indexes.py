@@ -18,6 +18,14 @@ def recall(index, xb, xq, k=10, nprobe=16):
     return np.mean([len(set(a) & set(b)) / k for a, b in zip(I0, I)])
 
 
+def stock_index(kind, xb):
+    """A stock FAISS index of that kind, trained on and holding xb."""
+    index = faiss.index_factory(xb.shape[1], kind)
+    index.train(xb)
+    index.add(xb)
+    return index
+
+
 @pytest.fixture
 def data(rs):
     xb = gaussian(rs, 20000, 32, centres=200, spread=2.0)
@@ -28,9 +36,7 @@ def data(rs):
 @pytest.mark.parametrize("kind", ["IVF64,Flat", "IVF64,PQ8x4"])
 def test_train_index_matches_stock_recall(data, kind):
     xb, xq = data
-    stock = faiss.index_factory(32, kind)
-    stock.train(xb)
-    stock.add(xb)
+    stock = stock_index(kind, xb)
     ours = faiss.index_factory(32, kind)
     faiss_flash.train_index(ours, xb, device="cpu")
     ours.add(xb)
@@ -43,10 +49,7 @@ def test_install_assign_index(data):
     assert faiss_flash.install_assign_index(index, device="cpu") == "clustering_index"
     index.train(xb)
     index.add(xb)
-    stock = faiss.index_factory(32, "IVF64,Flat")
-    stock.train(xb)
-    stock.add(xb)
-    assert recall(index, xb, xq) == pytest.approx(recall(stock, xb, xq), abs=0.01)
+    assert recall(index, xb, xq) == pytest.approx(recall(stock_index("IVF64,Flat", xb), xb, xq), abs=0.01)
     pq = faiss.IndexPQ(32, 4, 6)
     assert faiss_flash.install_assign_index(pq, device="cpu") == "pq.assign_index"
     pq.train(xb)
@@ -74,10 +77,7 @@ def test_assign_index_outlives_a_temporary_proxy(data):
     ref.train(xb)
     assert np.array_equal(quantizer_centroids(index), quantizer_centroids(ref))
     index.add(xb)
-    stock = faiss.index_factory(32, "IVF64,Flat")
-    stock.train(xb)
-    stock.add(xb)
-    assert recall(index, xb, xq) == pytest.approx(recall(stock, xb, xq), abs=0.01)
+    assert recall(index, xb, xq) == pytest.approx(recall(stock_index("IVF64,Flat", xb), xb, xq), abs=0.01)
     pq_owner = faiss.IndexPQ(32, 4, 6)
     assert faiss_flash.install_assign_index(faiss.downcast_index(pq_owner), device="cpu") == "pq.assign_index"
     gc.collect()
