@@ -9,12 +9,14 @@
 // resident pieces), FlashAssign, the sort-inverse segment sums added to the shard's double
 // accumulators, the piece's objective. The layout of the pieces does not depend on the memory
 // available, so a run that streams gives the same bits as one that keeps everything resident.
-#include "kernels/cuda/cuda_engine.h"
-
+// Device memory is taken in the order that lets a shortfall degrade to streaming: the buffers of
+// fixed size first (the stream buffers among them, where the plan streams), the resident pieces
+// last, with what is left.
 #include <cuda_runtime.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <exception>
 #include <map>
 #include <memory>
@@ -24,7 +26,9 @@
 
 #include "kernels/cuda/assign.cuh"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/cuda_engine.h"
 #include "kernels/cuda/device_ops.cuh"
+#include "kernels/cuda/host_staging.h"
 #include "kernels/cuda/resources.cuh"
 #include "kernels/cuda/update.cuh"
 #include "kernels/lloyd_common.h"
@@ -41,10 +45,35 @@ struct Piece {
     int64_t b = 0, row0 = 0, rows = 0; // problem, first row within it, row count
 };
 
-std::string gib(double bytes) {
+// "1.50 GiB", "12.3 MiB" or "4.0 KiB".
+std::string format_bytes(size_t bytes) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / double(1 << 30));
+    if (bytes >= size_t(1) << 30)
+        std::snprintf(buf, sizeof buf, "%.2f GiB", double(bytes) / double(1 << 30));
+    else if (bytes >= size_t(1) << 20)
+        std::snprintf(buf, sizeof buf, "%.1f MiB", double(bytes) / double(1 << 20));
+    else
+        std::snprintf(buf, sizeof buf, "%.1f KiB", double(bytes) / double(1 << 10));
     return buf;
+}
+
+// One part of a shard's device memory as the planner estimates it, and what shrinks it.
+struct MemoryPart {
+    std::string name;
+    size_t bytes;
+    std::string remedy;
+};
+
+// "the largest part is NAME (BYTES: REMEDY), then NAME BYTES, ...": the parts largest first,
+// empty ones left out, so that an out-of-memory error names what to shrink.
+std::string describe_parts(std::vector<MemoryPart> parts) {
+    std::stable_sort(parts.begin(), parts.end(),
+                     [](const MemoryPart& a, const MemoryPart& b) { return a.bytes > b.bytes; });
+    std::string s =
+        "the largest part is " + parts[0].name + " (" + format_bytes(parts[0].bytes) + ": " + parts[0].remedy + ")";
+    for (size_t i = 1; i < parts.size() && parts[i].bytes > 0; i++)
+        s += (i == 1 ? ", then " : ", ") + parts[i].name + " " + format_bytes(parts[i].bytes);
+    return s;
 }
 
 // Pins a range of the caller's pageable memory (whole pages) while alive; ok() is false when
@@ -110,9 +139,17 @@ size_t update_bytes(int64_t rows, int64_t k, int64_t d) {
 // The pieces of one device list entry, its buffers and streams.
 class Shard {
   public:
-    Shard(const Points& x, const LloydOptions& opt, DType tdt, int device, std::vector<Piece> pieces, int64_t piece_rows,
-          size_t budget)
-            : x_(x), opt_(opt), t_(tdt), dev_(device), pieces_(std::move(pieces)), P_(piece_rows), budget_(budget) {
+    // staging_threads: this shard's share of the host threads for staging copies.
+    Shard(const Points& x, const LloydOptions& opt, DType tdt, int device, std::vector<Piece> pieces,
+          int64_t piece_rows, size_t budget, int staging_threads)
+        : x_(x),
+          opt_(opt),
+          t_(tdt),
+          dev_(device),
+          pieces_(std::move(pieces)),
+          P_(piece_rows),
+          budget_(budget),
+          staging_threads_(staging_threads) {
         row_bytes_ = size_t(x.d) * dtype_size(t_);
         in_row_bytes_ = size_t(x.d) * dtype_size(x.dtype);
         flat0_ = pieces_.front().b * x.n + pieces_.front().row0;
@@ -142,6 +179,7 @@ class Shard {
     // Allocates every buffer, decides which pieces stay resident and uploads them.
     void setup() {
         DeviceScope scope(dev_);
+        StagingTeamCap team(staging_threads_);
         compute_ = std::make_unique<Stream>();
         copy_ = std::make_unique<Stream>();
         const int64_t B = x_.batch, k = opt_.k, d = x_.d;
@@ -179,11 +217,6 @@ class Shard {
             lists_.allocate(1, P_, B, s); // per piece; the centroids' bound per problem
         }
         update_ = std::make_unique<SortInverseUpdate>(1, P_, d, k, s);
-        const size_t fp32_cluster = width_ ? 4 * width_ + 4 : (half_ ? 2 * d + 8 : 0);
-        const size_t fp32_row = width_ ? 4 * width_ + 16 + 4 * kCandidateSlots : (half_ ? 2 * d : 0);
-        const size_t fixed = size_t(B * k) * (d * 4 + 4 + (t_ != DType::F32 ? d * 2 : 0) + d * 8 + 16 + fp32_cluster) +
-                             size_t(P_) * (12 + fp32_row) + size_t(stats_workspace_size(1, P_)) * 8 +
-                             (opt_.weights ? size_t(flat1_ - flat0_) * 4 : 0) + update_bytes(P_, k, d);
         host_sums_.allocate(size_t(B * k * d) * 8, "cluster sums (host)");
         host_wsums_.allocate(size_t(B * k) * 8, "cluster weights (host)");
         host_counts_.allocate(size_t(B * k) * 8, "cluster sizes (host)");
@@ -193,24 +226,46 @@ class Shard {
         slot_ready_ = std::make_unique<Events>(kSlots);
         staging_ = std::make_unique<StagedCopier>(kStaging, kStagingBytes);
 
-        // Which pieces stay on the GPU (see flash::Streaming).
+        // The planner's estimate of the device memory, by what each part grows with.
+        const size_t fp32_cluster = width_ ? 4 * width_ + 4 : (half_ ? 2 * d + 8 : 0);
+        const size_t fp32_row = width_ ? 4 * width_ + 16 + 4 * kCandidateSlots : (half_ ? 2 * d : 0);
         auto piece_bytes = [&](const Piece& p) { return size_t(p.rows) * (row_bytes_ + 4); };
-        size_t all = 0;
+        size_t all = 0; // every piece resident: rows and norms
         for (const auto& p : pieces_) all += piece_bytes(p);
-        const size_t slots = kSlots * size_t(P_) * row_bytes_ + size_t(P_) * 4;
+        const MemoryPart clusters{
+            "the per-cluster buffers",
+            size_t(B * k) * (d * 4 + 4 + (t_ != DType::F32 ? d * 2 : 0) + d * 8 + 16 + fp32_cluster),
+            "fewer clusters or problems per call; every shard holds them all"};
+        const MemoryPart scratch{
+            "the per-piece scratch",
+            size_t(P_) * (12 + fp32_row) + size_t(stats_workspace_size(1, P_)) * 8 + update_bytes(P_, k, d),
+            "a smaller stream_piece_rows"};
+        const MemoryPart weights{"the point weights", opt_.weights ? size_t(flat1_ - flat0_) * 4 : 0,
+                                 "more GPUs (cuda_devices)"};
+        const size_t fixed = clusters.bytes + scratch.bytes + weights.bytes;
+        const size_t slots = kSlots * size_t(P_) * row_bytes_ + size_t(P_) * 4; // stream buffers and their norms
+
+        // Which pieces stay on the GPU (see flash::Streaming).
         std::vector<bool> keep(pieces_.size(), false);
         if (opt_.streaming == Streaming::Off || (opt_.streaming == Streaming::Auto && fixed + all <= budget_)) {
-            if (opt_.streaming == Streaming::Off && fixed + all > budget_)
-                throw std::runtime_error("faiss-flash: out of GPU memory: the points need " + gib(double(all)) +
-                                         " on CUDA device " + std::to_string(dev_) + " beyond " + gib(double(fixed)) +
-                                         " of buffers, and " + gib(double(budget_)) +
-                                         " is available to this shard; streaming (Streaming::Auto) would fit");
+            if (opt_.streaming == Streaming::Off && fixed + all > budget_) {
+                const MemoryPart points{
+                    "the points kept resident", all,
+                    fixed + slots <= budget_ ? "streaming (Streaming::Auto) would fit" : "more GPUs (cuda_devices)"};
+                throw std::runtime_error("faiss-flash: out of GPU memory: with Streaming::Off this shard needs " +
+                                         format_bytes(fixed + all) + " on CUDA device " + std::to_string(dev_) + ", " +
+                                         format_bytes(budget_) + " is available to it; " +
+                                         describe_parts({points, clusters, scratch, weights}));
+            }
             std::fill(keep.begin(), keep.end(), true);
         } else if (opt_.streaming == Streaming::Auto) {
-            if (fixed + slots > budget_)
+            if (fixed + slots > budget_) {
+                const MemoryPart streams{"the stream buffers", slots, "a smaller stream_piece_rows"};
                 throw std::runtime_error("faiss-flash: out of GPU memory: the buffers of a streaming run need " +
-                                         gib(double(fixed + slots)) + " on CUDA device " + std::to_string(dev_) + ", " +
-                                         gib(double(budget_)) + " is available (smaller stream_piece_rows helps)");
+                                         format_bytes(fixed + slots) + " on CUDA device " + std::to_string(dev_) +
+                                         ", " + format_bytes(budget_) + " is available to this shard; " +
+                                         describe_parts({streams, clusters, scratch, weights}));
+            }
             // As many pieces as fit stay, the streamed ones spread evenly among them (the pieces
             // are computed in order whatever stays, so the bits do not change): each streamed
             // piece's copy then runs behind the compute of the resident pieces before it. With
@@ -233,28 +288,53 @@ class Shard {
                 }
             }
         }
+
+        // The stream buffers before the resident pieces: where the estimate was optimistic (or
+        // another process took memory since), a resident piece that cannot be allocated is
+        // streamed through them instead, with the pieces after it (not allocated yet); the
+        // placement changes, the bits do not. A plan that streams nothing has none (up to
+        // kSlots pieces' worth a resident run never uses): there a failure gives back resident
+        // pieces, the latest first, until they fit.
+        const bool plan_streams = std::find(keep.begin(), keep.end(), false) != keep.end();
+        const std::string stream_buffers = std::to_string(kSlots) + " stream buffers of " + std::to_string(P_) +
+                                           " rows (stream_piece_rows) and their norms";
+        if (plan_streams && !allocate_stream_buffers())
+            throw_out_of_memory(stream_buffers, slots, "a smaller stream_piece_rows helps");
         data_.resize(pieces_.size());
         norms_.resize(pieces_.size());
-        for (size_t i = 0; i < pieces_.size(); i++) {
+        // Test only (tests/gpu/test_sharded.cpp): FLASH_TEST_FAIL_RESIDENT=j fails the allocation
+        // of each shard's j-th resident piece (from 0) as if the device were out of memory.
+        const char* fail_env = std::getenv("FLASH_TEST_FAIL_RESIDENT");
+        const long fail_at = fail_env ? std::atol(fail_env) : -1;
+        size_t failed = pieces_.size(); // the first piece that could not stay
+        for (size_t i = 0, nth = 0; i < pieces_.size() && failed == pieces_.size(); i++) {
             if (!keep[i]) continue;
+            const size_t bytes = size_t(pieces_[i].rows) * row_bytes_;
             try {
-                data_[i] = std::make_unique<DeviceBuffer<unsigned char>>(size_t(pieces_[i].rows) * row_bytes_,
-                                                                         "resident points");
+                if (long(nth++) == fail_at)
+                    throw std::runtime_error("faiss-flash: out of GPU memory (FLASH_TEST_FAIL_RESIDENT)");
+                data_[i] = std::make_unique<DeviceBuffer<unsigned char>>(bytes, "resident points");
                 norms_[i] = std::make_unique<DeviceBuffer<float>>(pieces_[i].rows, "resident point norms");
             } catch (const std::runtime_error&) {
-                if (opt_.streaming == Streaming::Off) throw;
-                // The estimate was optimistic: stream this piece and the ones after it (they
-                // are not allocated yet).
                 data_[i].reset();
                 norms_[i].reset();
-                break;
+                if (opt_.streaming == Streaming::Off)
+                    throw_out_of_memory("with Streaming::Off, the rows of piece " + std::to_string(i) + " of " +
+                                            std::to_string(pieces_.size()) + " and their norms",
+                                        piece_bytes(pieces_[i]),
+                                        "another process may have taken memory since the plan; Streaming::Auto "
+                                        "would stream them");
+                failed = i;
             }
         }
-        bool streams = false;
-        for (size_t i = 0; i < pieces_.size(); i++) streams |= !resident(i);
-        if (streams) {
-            for (auto& b : slot_data_) b.allocate(size_t(P_) * row_bytes_, "stream buffer");
-            xnorm_tmp_.allocate(P_, "streamed point norms");
+        if (failed < pieces_.size() && !plan_streams) {
+            size_t last = failed; // pieces [0, last) are resident
+            while (!allocate_stream_buffers()) {
+                if (last == 0) throw_out_of_memory(stream_buffers, slots, "a smaller stream_piece_rows helps");
+                last--;
+                data_[last].reset();
+                norms_[last].reset();
+            }
         }
         if (opt_.weights)
             FLASH_CUDA_CHECK(cudaMemcpyAsync(weights_.get(), opt_.weights + flat0_, sizeof(float) * (flat1_ - flat0_),
@@ -275,6 +355,7 @@ class Shard {
     // One pass with the given (batch, k, d) host centroids; results in the host buffers.
     void run(const float* centroids) {
         DeviceScope scope(dev_);
+        StagingTeamCap team(staging_threads_);
         const int64_t B = x_.batch, k = opt_.k, d = x_.d;
         cudaStream_t s = compute_->get(), cs = copy_->get();
         FLASH_CUDA_CHECK(cudaMemcpyAsync(cen_.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
@@ -348,18 +429,21 @@ class Shard {
             if (variant_ < 0) variant_ = choose_assign_variant(a, s);
             launch_assign(a, variant_, s);
             const int64_t flat = p.b * x_.n + p.row0;
-            update_->accumulate(data, t_, p.rows, labels_.get(), opt_.weights ? weights_.get() + (flat - flat0_) : nullptr,
-                                sums_.get() + p.b * k * d, wsums_.get() + p.b * k, counts_.get() + p.b * k, s);
+            update_->accumulate(data, t_, p.rows, labels_.get(),
+                                opt_.weights ? weights_.get() + (flat - flat0_) : nullptr, sums_.get() + p.b * k * d,
+                                wsums_.get() + p.b * k, counts_.get() + p.b * k, s);
             launch_objective(dist_.get(), 1, p.rows, stats_ws_.get(), obj_.get() + i, s);
             FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i + 3], s));
             if (slot >= 0) FLASH_CUDA_CHECK(cudaEventRecord((*slot_free_)[slot], s));
         }
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(host_sums_.get(), sums_.get(), sizeof(double) * B * k * d, cudaMemcpyDeviceToHost, s));
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(host_wsums_.get(), wsums_.get(), sizeof(double) * B * k, cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(
+            cudaMemcpyAsync(host_sums_.get(), sums_.get(), sizeof(double) * B * k * d, cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(
+            cudaMemcpyAsync(host_wsums_.get(), wsums_.get(), sizeof(double) * B * k, cudaMemcpyDeviceToHost, s));
         FLASH_CUDA_CHECK(cudaMemcpyAsync(host_counts_.get(), counts_.get(), sizeof(unsigned long long) * B * k,
                                          cudaMemcpyDeviceToHost, s));
-        FLASH_CUDA_CHECK(cudaMemcpyAsync(host_obj_.get(), obj_.get(), sizeof(double) * pieces_.size(),
-                                         cudaMemcpyDeviceToHost, s));
+        FLASH_CUDA_CHECK(
+            cudaMemcpyAsync(host_obj_.get(), obj_.get(), sizeof(double) * pieces_.size(), cudaMemcpyDeviceToHost, s));
         FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
         FLASH_CUDA_CHECK(cudaStreamSynchronize(cs));
         copy_s_ = compute_s_ = 0;
@@ -385,6 +469,32 @@ class Shard {
     bool direct() const { return direct_; }
 
   private:
+    // Allocates the kSlots stream buffers and the streamed pieces' norms; false, with none of
+    // them kept, when the device cannot give them.
+    bool allocate_stream_buffers() {
+        try {
+            for (auto& b : slot_data_) b.allocate(size_t(P_) * row_bytes_, "stream buffer");
+            xnorm_tmp_.allocate(P_, "streamed point norms");
+            return true;
+        } catch (const std::runtime_error&) {
+            for (auto& b : slot_data_) b.release();
+            xnorm_tmp_.release();
+            return false;
+        }
+    }
+
+    // The out-of-memory error for `bytes` of `what` on this shard's device: what was asked and
+    // what the device has free now.
+    [[noreturn]] void throw_out_of_memory(const std::string& what, size_t bytes, const std::string& hint) const {
+        size_t free_b = 0, total_b = 0;
+        const bool known = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
+        if (!known) (void)cudaGetLastError();
+        throw std::runtime_error("faiss-flash: out of GPU memory: " + what + " need " + format_bytes(bytes) +
+                                 " on CUDA device " + std::to_string(dev_) + ", " +
+                                 (known ? format_bytes(free_b) + " of " + format_bytes(total_b) : "an unknown amount") +
+                                 " is free (" + hint + ")");
+    }
+
     // Queues the copy of piece p's rows (converted to t_) into dst on the copy stream: one
     // DMA from pinned memory, or through the pinned staging buffers in kStagingBytes steps.
     void transfer(const Piece& p, void* dst) {
@@ -397,7 +507,8 @@ class Shard {
             return;
         }
         if (!staging_->copy(dst, src, x_.dtype, t_, count, cs))
-            throw std::invalid_argument(std::string("faiss-flash: transfer_dtype ") + (t_ == DType::F16 ? "F16" : "BF16") +
+            throw std::invalid_argument(std::string("faiss-flash: transfer_dtype ") +
+                                        (t_ == DType::F16 ? "F16" : "BF16") +
                                         ": the points hold values outside its range (use BF16 or F32)");
     }
 
@@ -408,6 +519,7 @@ class Shard {
     std::vector<Piece> pieces_;
     int64_t P_;
     size_t budget_;
+    int staging_threads_;
     size_t row_bytes_ = 0, in_row_bytes_ = 0;
     int64_t flat0_ = 0, flat1_ = 0; // the shard's rows in flattened (batch * n) order
     bool direct_ = false;
@@ -451,16 +563,17 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
     m.opt.post_process = nullptr;
     const LloydOptions& opt = m.opt;
     if (x.device >= 0)
-        throw std::invalid_argument("faiss-flash: several GPUs and streaming take host points; these are on CUDA device " +
-                                    std::to_string(x.device));
+        throw std::invalid_argument(
+            "faiss-flash: several GPUs and streaming take host points; these are on CUDA device " +
+            std::to_string(x.device));
     const int count = device_count();
     if (count == 0) throw std::runtime_error("faiss-flash: no CUDA device is visible");
     std::vector<int> devices = opt.cuda_devices;
     if (devices.empty()) devices.push_back(opt.cuda_device >= 0 ? opt.cuda_device : 0);
     for (int dv : devices)
         if (dv < 0 || dv >= count)
-            throw std::invalid_argument("faiss-flash: cuda_devices: device " + std::to_string(dv) + " does not exist (" +
-                                        std::to_string(count) + " visible)");
+            throw std::invalid_argument("faiss-flash: cuda_devices: device " + std::to_string(dv) +
+                                        " does not exist (" + std::to_string(count) + " visible)");
     DType t = x.dtype;
     if (opt.transfer_dtype != DType::F32 && opt.transfer_dtype != x.dtype) {
         if (x.dtype != DType::F32)
@@ -490,11 +603,14 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
         if (opt.device_memory_limit > 0) b = std::min(b, size_t(opt.device_memory_limit));
         budget[dv] = b / nshards;
     }
+    // The shards stage their copies at the same time, each on its own OpenMP team: together
+    // they get the hardware's threads (more only oversubscribe the cores that convert the rows).
+    const int staging_threads = staging_team_share(S);
     for (size_t i = 0; i < S; i++) {
         const size_t p0 = i * pieces.size() / S, p1 = (i + 1) * pieces.size() / S;
         m.shards.push_back(std::make_unique<Shard>(m.x, m.opt, t, devices[i],
                                                    std::vector<Piece>(pieces.begin() + p0, pieces.begin() + p1), P,
-                                                   budget[devices[i]]));
+                                                   budget[devices[i]], staging_threads));
     }
     for_each_parallel(S, [&](size_t i) { m.shards[i]->setup(); });
 
@@ -575,6 +691,8 @@ void PartialSums::run(const float* centroids, double* sums, double* wsums, int64
     pl.iteration_s = wall_seconds() - t0;
 }
 
-Placement PartialSums::placement() const { return impl_->placement; }
+Placement PartialSums::placement() const {
+    return impl_->placement;
+}
 
 } // namespace flash::cuda_engine

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -265,6 +266,139 @@ TEST(Sharded, ClearErrors) {
         } catch (const std::runtime_error& e) {
             EXPECT_NE(std::string(e.what()).find("out of GPU memory"), std::string::npos) << e.what();
         }
+    }
+}
+
+// Puts an environment variable back (value or absence) at the end of the scope.
+class ScopedEnv {
+  public:
+    explicit ScopedEnv(const char* name) : name_(name) {
+        if (const char* v = std::getenv(name)) had_ = true, saved_ = v;
+    }
+    ~ScopedEnv() {
+        if (had_)
+            setenv(name_, saved_.c_str(), 1);
+        else
+            unsetenv(name_);
+    }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+    void set(const char* value) const { setenv(name_, value, 1); }
+    void unset() const { unsetenv(name_); }
+
+  private:
+    const char* name_;
+    bool had_ = false;
+    std::string saved_;
+};
+
+// A resident piece whose allocation fails (the planner's estimate was optimistic, or another
+// process took memory since; FLASH_TEST_FAIL_RESIDENT=j fails each shard's j-th resident piece)
+// is streamed through the stream buffers instead, with the pieces after it: the placement
+// changes, the bits do not. With Streaming::Off it is an out-of-memory error.
+TEST(Sharded, FailedResidentAllocationStreamsInstead) {
+    REQUIRE_GPU();
+    const int64_t B = 2, n = 25000, d = 64, k = 40;
+    const auto x = flash_test::integer_points(B * n, d, 16, 7);
+    const auto init = first_rows(x, B, n, k, d);
+    flash::LloydOptions opt;
+    opt.k = k;
+    opt.niter = 4;
+    const auto pts = host_points(x.data(), n, d, flash::DType::F32, B);
+    const Result in_memory = run(pts, init, opt);
+    opt.stream_piece_rows = 4096; // 7 pieces per problem: 6 of 4096 rows, then 424
+    ScopedEnv fail("FLASH_TEST_FAIL_RESIDENT");
+    {
+        // No stream buffers in the plan: they are allocated when the second piece fails.
+        SCOPED_TRACE("two shards planned fully resident, each shard's second piece fails");
+        auto o = opt;
+        o.cuda_devices = {0, 0}; // a shard per problem
+        fail.set("1");
+        const Result r = run(pts, init, o);
+        expect_same_run(in_memory, r, 1e-12);
+        EXPECT_EQ(r.placement.shards, 2);
+        EXPECT_EQ(r.placement.resident_rows, 2 * 4096);
+        EXPECT_EQ(r.placement.streamed_rows, B * n - 2 * 4096);
+    }
+    {
+        // The stream buffers are allocated before the resident pieces.
+        SCOPED_TRACE("planned part resident (a memory cap), the first resident piece fails");
+        auto o = opt;
+        o.device_memory_limit = 16 << 20;
+        fail.unset();
+        const Result planned = run(pts, init, o);
+        ASSERT_GT(planned.placement.resident_rows, 0);
+        ASSERT_GT(planned.placement.streamed_rows, 0);
+        fail.set("0");
+        const Result r = run(pts, init, o);
+        expect_same_run(in_memory, r, 1e-12);
+        EXPECT_EQ(r.placement.resident_rows, 0);
+        EXPECT_EQ(r.placement.streamed_rows, B * n);
+    }
+    {
+        SCOPED_TRACE("Streaming::Off");
+        auto o = opt;
+        o.cuda_devices = {0, 0};
+        o.streaming = flash::Streaming::Off;
+        o.backend = flash::Backend::CUDA;
+        fail.set("0");
+        std::vector<float> c = init;
+        try {
+            flash::run_lloyd(pts, c.data(), o);
+            FAIL() << "a failed resident allocation was accepted with Streaming::Off";
+        } catch (const std::runtime_error& e) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find("out of GPU memory"), std::string::npos) << what;
+            EXPECT_NE(what.find("Streaming::Off"), std::string::npos) << what;
+        }
+    }
+}
+
+// With Streaming::Off and too little memory, the error names the largest part of the estimate
+// and says that streaming would fit only where it would.
+TEST(Sharded, OffErrorNamesTheLargestPart) {
+    REQUIRE_GPU();
+    flash::LloydOptions opt;
+    opt.k = 10;
+    opt.niter = 2;
+    opt.backend = flash::Backend::CUDA;
+    opt.streaming = flash::Streaming::Off;
+    auto message = [&](const flash::Points& pts, const std::vector<float>& init, const flash::LloydOptions& o) {
+        std::vector<float> c = init;
+        try {
+            flash::run_lloyd(pts, c.data(), o);
+        } catch (const std::runtime_error& e) {
+            return std::string(e.what());
+        }
+        return std::string("(no error)");
+    };
+    {
+        // 0.6 MiB of points beside the per-piece scratch (the update's sort workspace: over 8 MiB).
+        SCOPED_TRACE("small points, tiny cap: the scratch");
+        const int64_t n = 5000, d = 32;
+        const auto x = flash_test::gaussian_mixture(n, d, 5, 3);
+        auto o = opt;
+        o.device_memory_limit = 1 << 20;
+        const std::string what = message(host_points(x.data(), n, d), first_rows(x, 1, n, opt.k, d), o);
+        EXPECT_NE(what.find("the largest part is the per-piece scratch"), std::string::npos) << what;
+        EXPECT_EQ(what.find("would fit"), std::string::npos) << what;
+    }
+    {
+        // 24.8 MiB of points, about 14 MiB of buffers for a streaming run.
+        SCOPED_TRACE("the points do not fit, streaming would");
+        const int64_t n = 100000, d = 64;
+        const auto x = flash_test::gaussian_mixture(n, d, 5, 3);
+        const auto pts = host_points(x.data(), n, d);
+        const auto init = first_rows(x, 1, n, opt.k, d);
+        auto o = opt;
+        o.stream_piece_rows = 5000;
+        o.device_memory_limit = 24 << 20;
+        const std::string what = message(pts, init, o);
+        EXPECT_NE(what.find("the largest part is the points kept resident"), std::string::npos) << what;
+        EXPECT_NE(what.find("streaming (Streaming::Auto) would fit"), std::string::npos) << what;
+        o.streaming = flash::Streaming::Auto;
+        const Result r = run(pts, init, o);
+        EXPECT_GT(r.placement.streamed_rows, 0);
     }
 }
 
