@@ -1,9 +1,10 @@
 // Run under mpirun -np P: distributed k-means (CPU engine) on shards of a dataset must
 // equal the single-process FlashClustering run on the whole dataset (same seed): bit for bit
-// on integer-valued data (exact sums), within float tolerance on Gaussian data. Also: a
-// failure on one rank (NaN in its shard, bad arguments, a throwing hook) makes every rank
-// throw instead of leaving the others in a collective, and the building blocks (chunked
-// all-reduce, permutation prefix) against their plain counterparts.
+// on integer-valued data (exact sums, also with weights that are multiples of 1/2), within
+// float tolerance on Gaussian data. Also: a failure on one rank (NaN in its shard, bad
+// arguments, a throwing hook) makes every rank throw instead of leaving the others in a
+// collective, and the building blocks (chunked all-reduce, permutation prefix) against their
+// plain counterparts.
 //   mpi_kmeans_check --write-fvecs PATH N D NAN_ROW   (no MPI) writes an .fvecs file of N
 //   rows with a NaN in row NAN_ROW, for the tool's test.
 #include <faiss/IndexFlat.h>
@@ -18,6 +19,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <random>
 #include <string>
 
 #include "faiss_ext/FlashClustering.h"
@@ -69,6 +71,7 @@ struct Case {
     bool spherical = false;
     bool faiss_post_process = false; ///< the MPI run post-processes with FAISS' code (bit-exact spherical)
     const float* init = nullptr;     ///< (k, d) initial centroids, or null
+    const float* weights = nullptr;  ///< (n) per-row weights of the whole dataset, or null
 };
 
 // FAISS' Clustering::post_process_centroids for spherical runs (float norms, unlike the
@@ -91,6 +94,7 @@ void run_case(const Case& c, const std::vector<float>& x) {
     opt.lloyd.backend = flash::Backend::CPU;
     opt.lloyd.metric = c.metric;
     opt.lloyd.spherical = c.spherical;
+    if (c.weights) opt.lloyd.weights = c.weights + bounds[rank]; // this shard's rows
     if (c.faiss_post_process) opt.lloyd.post_process = faiss_renorm;
     opt.max_points_per_centroid = c.max_ppc;
     opt.init_centroids = c.init;
@@ -105,7 +109,7 @@ void run_case(const Case& c, const std::vector<float>& x) {
     ref.flash.backend = flash::Backend::CPU;
     if (c.init) ref.centroids.assign(c.init, c.init + k * d);
     faiss::IndexFlat index(d, c.metric == flash::Metric::L2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT);
-    ref.train(n, x.data(), index);
+    ref.train(n, x.data(), index, c.weights);
     const std::string tag = c.name + " (np=" + std::to_string(size) + ")";
     if (c.exact) {
         expect(std::memcmp(ref.centroids.data(), cen.data(), sizeof(float) * k * d) == 0,
@@ -277,6 +281,18 @@ int main(int argc, char** argv) {
         run_case({"integer data, training set of exactly k points", 12, 8, 12, 1000}, xi);
         run_case({"integer data, max_points_per_centroid 1", 3000, 8, 20, 1}, xi);
         run_case({"fewer points than ranks", 2, 8, 1, 1000}, xi);
+        // Weights 0.5, 1, 1.5 or 2 (per row, split with the shards): weighted sums of integers
+        // stay exact, so bit for bit too, with and without subsampling (which keeps the weights
+        // of the rows it picks).
+        std::vector<float> wi(xi.size() / 8); // (3000)
+        std::mt19937 wrng(79);
+        for (float& w : wi) w = 0.5f * float(1 + wrng() % 4);
+        Case wc{"integer data, weighted, uneven shards", 3000, 8, 12, 1000, true, true};
+        wc.weights = wi.data();
+        run_case(wc, xi);
+        Case wsub{"integer data, weighted, subsampled", 3000, 8, 20, 50, true, false};
+        wsub.weights = wi.data();
+        run_case(wsub, xi);
         const auto xg = flash_test::gaussian_mixture(6000, 16, 30, 78);
         run_case({"gaussian data", 6000, 16, 24, 1000, false, true}, xg);
         Case gsph{"gaussian data, spherical (engine post-processing)", 6000, 16, 24, 1000, false, true};

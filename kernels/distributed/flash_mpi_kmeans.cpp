@@ -3,13 +3,18 @@
 //          [--max-points-per-centroid 256] [--metric l2|ip] [--backend auto|cpu|cuda]
 //          [-o centroids.fvecs]
 //   mpirun -np 2 flash_mpi_kmeans --synthetic N --dim D -k K ...   (generated shards, no file)
-// Rank 0 prints one line per iteration and writes the centroids. With --backend cuda each
-// rank uses the GPU of its index among the ranks of its node. Exit status: 0, 1 on an error
-// (every rank leaves; rank 0 names the rank that failed), 2 on a bad command line.
+// Rank 0 prints one line per iteration and writes the centroids; it opens OUT before training
+// (an unwritable path fails at once, on every rank) but writes it only at the end; if the run
+// fails, it removes an OUT that it created or began to overwrite (an existing OUT is untouched
+// until that final write).
+// With --backend cuda each rank uses the GPU of its index among the ranks of its node. Exit
+// status: 0, 1 on an error (every rank leaves; rank 0 names the rank that failed), 2 on a bad
+// command line.
 #include <mpi.h>
 
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <stdexcept>
@@ -68,7 +73,7 @@ Args parse_args(int argc, char** argv) {
             a.opt.lloyd.k = parse_int(f, value(), 1, int64_t(1) << 31);
             have_k = true;
         } else if (f == "--niter") {
-            a.opt.lloyd.niter = int(parse_int(f, value(), 0, kIntMax));
+            a.opt.lloyd.niter = int(parse_int(f, value(), 1, kIntMax));
         } else if (f == "--seed") {
             a.opt.seed = int(parse_int(f, value(), kIntMin, kIntMax));
         } else if (f == "--max-points-per-centroid") {
@@ -104,6 +109,17 @@ Args parse_args(int argc, char** argv) {
     else if (backend != "auto")
         throw UsageError("--backend must be auto, cpu or cuda, got '" + backend + "'");
     return a;
+}
+
+// Checks before training that the centroids can be written to path: opens it for appending,
+// which creates it if missing but leaves an existing file as it is until the end of the run.
+// Returns whether it created the file (the caller removes it if the run then fails).
+bool check_writable(const std::string& path) {
+    std::error_code ec;
+    const bool existed = std::filesystem::exists(path, ec);
+    std::ofstream f(path, std::ios::binary | std::ios::app);
+    if (!f) throw std::runtime_error("cannot write " + path);
+    return !existed;
 }
 
 // Rows [r0, r1) of an .fvecs file (each row: int32 d, then d floats).
@@ -145,6 +161,7 @@ int main(int argc, char** argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     int rc = 0;
+    std::string remove_on_error; // rank 0: the output file if this run created it or began writing it
     // Until the centroids are computed every error is collective (run_collectively,
     // run_kmeans): all ranks throw and leave together, and rank 0 reports it (a RankFailed
     // names the lowest failing rank and carries its message). After that only rank 0 works.
@@ -154,6 +171,7 @@ int main(int argc, char** argv) {
         int64_t n_total = 0, d = 0, r0 = 0;
         flash::distributed::run_collectively(MPI_COMM_WORLD, [&] {
             a = parse_args(argc, argv);
+            if (rank == 0 && !a.out.empty() && check_writable(a.out)) remove_on_error = a.out;
             if (a.synthetic > 0) {
                 n_total = a.synthetic;
                 d = a.dim;
@@ -181,13 +199,16 @@ int main(int argc, char** argv) {
         }
         flash::distributed::run_kmeans(MPI_COMM_WORLD, local, cen.data(), opt);
         if (rank == 0 && !a.out.empty()) {
+            remove_on_error = a.out; // truncated from here on
             std::ofstream f(a.out, std::ios::binary);
             const int32_t dim = int32_t(d);
             for (int64_t c = 0; c < opt.lloyd.k; c++) {
                 f.write(reinterpret_cast<const char*>(&dim), 4);
                 f.write(reinterpret_cast<const char*>(&cen[c * d]), std::streamsize(4 * d));
             }
+            f.close();
             if (!f) throw std::runtime_error("cannot write " + a.out);
+            remove_on_error.clear();
             std::printf("wrote %ld centroids to %s\n", long(opt.lloyd.k), a.out.c_str());
         }
     } catch (const UsageError& e) {
@@ -197,6 +218,7 @@ int main(int argc, char** argv) {
         if (rank == 0) std::fprintf(stderr, "flash_mpi_kmeans: %s\n", e.what());
         rc = 1;
     }
+    if (rc != 0 && !remove_on_error.empty()) std::remove(remove_on_error.c_str());
     MPI_Finalize();
     return rc;
 }

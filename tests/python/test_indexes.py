@@ -90,19 +90,36 @@ def test_assign_index_outlives_a_temporary_proxy(data):
 
 
 def test_install_again_replaces_and_uninstall_clears(rs):
+    # FAISS' k-means resets the assignment index it uses and adds the centroids to it every
+    # iteration: after index.train the hook that was used holds the nlist final centroids, and
+    # one that was not holds none.
     xb = gaussian(rs, 4000, 8)
-    index = faiss.index_factory(8, "IVF16,Flat")
-    ivf = faiss.extract_index_ivf(index)
-    faiss_flash.install_assign_index(index, device="cpu")
-    first = int(ivf.clustering_index.this)
-    faiss_flash.install_assign_index(faiss.extract_index_ivf(index), device="cpu")
-    assert int(ivf.clustering_index.this) != first
-    gc.collect()
-    index.train(xb)  # through the second hook; the first is freed
     ref = faiss.index_factory(8, "IVF16,Flat")
     faiss_flash.install_assign_index(ref, device="cpu")
     ref.train(xb)
+    index = faiss.index_factory(8, "IVF16,Flat")
+    ivf = faiss.extract_index_ivf(index)
+    faiss_flash.install_assign_index(index, device="cpu")
+    # A view of the first hook, and its owner held so that it outlives its replacement.
+    replaced = ivf.clustering_index
+    replaced_owner = faiss_flash.indexes._installed[int(ivf.this)]
+    faiss_flash.install_assign_index(faiss.extract_index_ivf(index), device="cpu")
+    current = ivf.clustering_index
+    index.train(xb)
+    assert replaced.ntotal == 0, "training went through the replaced hook"
+    assert current.ntotal == 16
+    assert np.array_equal(current.reconstruct_n(0, 16), quantizer_centroids(index))
     assert np.array_equal(quantizer_centroids(index), quantizer_centroids(ref))
+    del replaced, replaced_owner
+    # A replaced hook that nothing else holds is freed at once; training uses the new one.
+    again = faiss.index_factory(8, "IVF16,Flat")
+    faiss_flash.install_assign_index(again, device="cpu")
+    faiss_flash.install_assign_index(faiss.extract_index_ivf(again), device="cpu")
+    gc.collect()
+    again.train(xb)
+    assert faiss.extract_index_ivf(again).clustering_index.ntotal == 16
+    assert np.array_equal(quantizer_centroids(again), quantizer_centroids(ref))
+    assert faiss_flash.uninstall_assign_index(again) == "clustering_index"
     assert faiss_flash.uninstall_assign_index(faiss.extract_index_ivf(index)) == "clustering_index"
     assert ivf.clustering_index is None
     assert faiss_flash.uninstall_assign_index(index) is None
