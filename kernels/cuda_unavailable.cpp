@@ -11,7 +11,7 @@ bool fits_in_memory(const Points&, int64_t, int, bool) {
     return true;
 }
 
-std::vector<std::vector<IterationStats>> run_lloyd(const Points&, float*, const LloydOptions&) {
+std::vector<std::vector<IterationStats>> run_lloyd(const Points&, float*, const LloydOptions&, const CheckpointHook&) {
     throw std::runtime_error("faiss-flash was built without CUDA (configure with -DFLASH_CUDA=ON)");
 }
 

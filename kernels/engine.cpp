@@ -60,15 +60,15 @@ void validate_placement(const Points& x, const LloydOptions& opt) {
 }
 
 std::vector<std::vector<IterationStats>> run_on(Backend backend, const Points& x, float* centroids,
-                                                const LloydOptions& opt) {
+                                                const LloydOptions& opt, const CheckpointHook& checkpoint = {}) {
     if (backend == Backend::CUDA) {
-        if (wants_sharded_run(x, opt)) return run_lloyd_sharded(x, centroids, opt);
+        if (wants_sharded_run(x, opt)) return run_lloyd_sharded(x, centroids, opt, checkpoint);
         if (opt.cuda_devices.size() == 1) {
             LloydOptions one = opt;
             one.cuda_device = opt.cuda_devices[0];
-            return cuda_engine::run_lloyd(x, centroids, one);
+            return cuda_engine::run_lloyd(x, centroids, one, checkpoint);
         }
-        return cuda_engine::run_lloyd(x, centroids, opt);
+        return cuda_engine::run_lloyd(x, centroids, opt, checkpoint);
     }
     return cpu::run_lloyd(x, centroids, opt);
 }
@@ -117,10 +117,12 @@ class StopScope {
     bool enabled_;
 };
 
-// Runs the iterations in segments of checkpoint_every, saving a checkpoint after each and
-// resuming from an existing one. Each Lloyd iteration depends only on the centroids (FAISS'
-// split rule reseeds its generator every iteration), so a resumed run ends exactly where an
-// uninterrupted one does.
+// Runs the iterations saving a checkpoint every checkpoint_every of them, resuming from an
+// existing one. Each Lloyd iteration depends only on the centroids (FAISS' split rule reseeds
+// its generator every iteration), so a resumed run ends exactly where an uninterrupted one does.
+// The GPU engines take the rest of the run in one call and save from inside it (CheckpointHook:
+// one upload and set-up per run); the CPU engine, which sets nothing up, goes in calls of
+// checkpoint_every iterations.
 std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Points& x, float* centroids,
                                                        const LloydOptions& opt) {
     const size_t ncent = size_t(x.batch * opt.k * x.d);
@@ -162,17 +164,42 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
     // The CPU engine runs a batch's problems one after another, so a batch can only stop
     // between calls: with stop_on_sigint, one iteration per call (it sets nothing up per call).
     const bool cpu_batch = backend == Backend::CPU && x.batch > 1;
-    const int segment =
-        opt.checkpoint_every > 0 ? opt.checkpoint_every : (stoppable && cpu_batch ? 1 : std::max(1, opt.niter));
-    auto save = [&] {
+    const bool one_call = backend == Backend::CUDA;
+    const int segment = opt.checkpoint_every > 0 && !one_call ? opt.checkpoint_every
+                                                              : (stoppable && cpu_batch ? 1 : std::max(1, opt.niter));
+    auto save = [&](const float* c) {
         if (opt.checkpoint_path.empty()) return;
-        ck.centroids.assign(centroids, centroids + ncent);
+        ck.centroids.assign(c, c + ncent);
         save_checkpoint(opt.checkpoint_path, ck);
+    };
+    // The stats st[b][from..] of a call that started after `offset` iterations, times made
+    // cumulative over the whole run.
+    auto absorb = [&](const std::vector<std::vector<IterationStats>>& st, size_t from, int offset) {
+        for (int64_t b = 0; b < x.batch; b++)
+            for (size_t i = from; i < st[b].size(); i++) {
+                IterationStats s = st[b][i];
+                if (offset > 0) {
+                    s.time_s += ck.stats[b][offset - 1].time_s;
+                    s.search_time_s += ck.stats[b][offset - 1].search_time_s;
+                }
+                ck.stats[b].push_back(s);
+            }
+        ck.iterations_done = offset + int(st[0].size());
     };
     while (ck.iterations_done < opt.niter && !(stoppable && stop_requested())) {
         LloydOptions seg = opt;
         seg.niter = std::min(segment, opt.niter - ck.iterations_done);
         const int offset = ck.iterations_done;
+        size_t absorbed = 0; // stats of this call already in ck (saved from inside it)
+        CheckpointHook hook;
+        if (one_call && opt.checkpoint_every > 0 && !opt.checkpoint_path.empty()) {
+            hook.every = opt.checkpoint_every;
+            hook.save = [&, offset](int, const float* c, const std::vector<std::vector<IterationStats>>& st) {
+                absorb(st, absorbed, offset);
+                absorbed = st[0].size();
+                save(c);
+            };
+        }
         if (opt.on_iteration)
             seg.on_iteration = [&, offset](int64_t b, int it, const IterationStats& s) {
                 IterationStats t = s;
@@ -182,19 +209,12 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
                 }
                 opt.on_iteration(b, offset + it, t);
             };
-        const auto st = run_on(backend, x, centroids, seg);
-        for (int64_t b = 0; b < x.batch; b++)
-            for (IterationStats s : st[b]) {
-                if (offset > 0) {
-                    s.time_s += ck.stats[b][offset - 1].time_s;
-                    s.search_time_s += ck.stats[b][offset - 1].search_time_s;
-                }
-                ck.stats[b].push_back(s);
-            }
-        ck.iterations_done += int(st[0].size());
+        const auto st = run_on(backend, x, centroids, seg, hook); // (before `absorbed` is read)
+        absorb(st, absorbed, offset);
         // At checkpoint_every boundaries, at the end and when stopped (not after each of the
         // one-iteration calls of a stoppable CPU batch).
-        if (opt.checkpoint_every > 0 || ck.iterations_done >= opt.niter || (stoppable && stop_requested())) save();
+        if (opt.checkpoint_every > 0 || ck.iterations_done >= opt.niter || (stoppable && stop_requested()))
+            save(centroids);
     }
     if (stoppable && stop_requested() && ck.iterations_done < opt.niter) {
         throw Interrupted("faiss-flash: stopped after iteration " + std::to_string(ck.iterations_done) + " of " +

@@ -99,8 +99,8 @@ struct LloydOptions {
     /// spherical / int_centroids. The CPU engine calls it; FlashClustering uses it to
     /// reuse FAISS' own post-processing bit for bit.
     std::function<void(float* centroids, int64_t k, int64_t d)> post_process;
-    /// Called after each iteration of problem b (on the host; may be called at the end
-    /// of the run for engines that keep the loop on the device).
+    /// Called after each iteration of problem b (on the host; the one-GPU engine, which keeps
+    /// the loop on the device, calls it at the end of the run and at each checkpoint).
     std::function<void(int64_t b, int iter, const IterationStats&)> on_iteration;
 
     /// Resumable runs: when checkpoint_path is set, centroids, finished iterations and

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kernels/flash_kmeans.h"
@@ -52,6 +53,16 @@ void clear_stop_request();
 /// faiss::rand_perm(perm, n, seed) of FAISS 1.7.3: a Fisher-Yates shuffle driven by
 /// std::mt19937(seed) with i2 = i + rng() % (n - i).
 std::vector<int64_t> faiss_rand_perm(int64_t n, int64_t seed);
+
+/// Checkpoints taken inside one engine call (the GPU engines, which set up once per call: the
+/// points' upload, pinning, buffers): `save` is called after every `every` iterations of the
+/// call, not after its last (the caller saves the end), with the host centroids (batch, k, d)
+/// and the stats of the call's iterations so far. Empty: no checkpoints.
+struct CheckpointHook {
+    int every = 0;
+    std::function<void(int done, const float* centroids, const std::vector<std::vector<IterationStats>>& stats)> save;
+    bool due(int64_t done, int64_t niter) const { return save && every > 0 && done % every == 0 && done < niter; }
+};
 
 /// Seconds on a monotonic clock.
 double wall_seconds();

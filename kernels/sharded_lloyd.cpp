@@ -15,7 +15,8 @@ bool wants_sharded_run(const Points& x, const LloydOptions& opt) {
     return !cuda_engine::fits_in_memory(x, opt.k, dev, opt.fp32_mode == Fp32Mode::TF32);
 }
 
-std::vector<std::vector<IterationStats>> run_lloyd_sharded(const Points& x, float* centroids, const LloydOptions& opt) {
+std::vector<std::vector<IterationStats>> run_lloyd_sharded(const Points& x, float* centroids, const LloydOptions& opt,
+                                                           const CheckpointHook& checkpoint) {
     const double t0 = wall_seconds();
     const int64_t B = x.batch, k = opt.k, d = x.d;
     cuda_engine::PartialSums pass(x, opt);
@@ -45,6 +46,7 @@ std::vector<std::vector<IterationStats>> run_lloyd_sharded(const Points& x, floa
             stats[b].push_back(st);
             if (opt.on_iteration) opt.on_iteration(b, it, st);
         }
+        if (checkpoint.due(it + 1, opt.niter)) checkpoint.save(it + 1, centroids, stats);
     }
     if (opt.placement) *opt.placement = pass.placement();
     return stats;

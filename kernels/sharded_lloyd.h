@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/flash_kmeans.h"
+#include "kernels/lloyd_common.h"
 
 namespace flash {
 
@@ -16,6 +17,7 @@ namespace flash {
 bool wants_sharded_run(const Points& x, const LloydOptions& opt);
 
 /// See flash::run_lloyd; input validated, x in host memory, CUDA engine available.
-std::vector<std::vector<IterationStats>> run_lloyd_sharded(const Points& x, float* centroids, const LloydOptions& opt);
+std::vector<std::vector<IterationStats>> run_lloyd_sharded(const Points& x, float* centroids, const LloydOptions& opt,
+                                                           const CheckpointHook& checkpoint = {});
 
 } // namespace flash

@@ -32,10 +32,12 @@ build() {
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFLASH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} \
     -DFLASH_WERROR=ON -DFLASH_BUILD_PYTHON=OFF > build-gpu.log
   cmake --build build-gpu -j"$(nproc)" --target test_cuda_engine test_sharded test_index_hooks test_clustering_params \
-    test_bad_input test_cpu_engine bench_gpu bench_scale flash_mpi_kmeans faiss_flash >> build-gpu.log
+    test_bad_input test_cpu_engine test_checkpoint checkpoint_worker bench_gpu bench_scale flash_mpi_kmeans faiss_flash \
+    >> build-gpu.log
   rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
   cp build-gpu/tests/gpu/test_cuda_engine build-gpu/tests/gpu/test_sharded build-gpu/tests/test_index_hooks \
      build-gpu/tests/test_clustering_params build-gpu/tests/test_bad_input build-gpu/tests/test_cpu_engine \
+     build-gpu/tests/test_checkpoint build-gpu/tests/checkpoint_worker \
      build-gpu/bench/gpu/bench_gpu build-gpu/bench/gpu/bench_scale build-gpu/flash_mpi_kmeans .gpu/bin/
   for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgomp.so.1; do
     cp -L "/lib/x86_64-linux-gnu/$lib" .gpu/lib/
@@ -196,6 +198,8 @@ run() {
       FLASH_TEST_BACKEND=cuda run_suite hooks_on_cuda "$bin/test_index_hooks"
       FLASH_TEST_BACKEND=cuda run_suite params_on_cuda "$bin/test_clustering_params"
       run_suite bad_input "$bin/test_bad_input"
+      FLASH_CHECKPOINT_WORKER="$bin/checkpoint_worker" run_suite checkpoint_on_cuda "$bin/test_checkpoint" \
+        --gtest_filter=Checkpoint.KilledGpuProcessResumesToTheSameCentroids
     fi
   fi
   if [ "$part" = all ] || [ "$part" = sanitizers ]; then

@@ -1,7 +1,8 @@
-// A process to kill: runs the CPU engine with a checkpoint and writes the final centroids.
-// Used by test_checkpoint.
-//   checkpoint_worker OUT_CENTROIDS CHECKPOINT|- SLEEP_MS_PER_ITERATION
-// Prints "resumed at N" and exits 0 when done, 130 when stopped by SIGINT.
+// A process to kill: runs the CPU engine (or, with "cuda", the one-GPU engine) with a checkpoint
+// and writes the final centroids. Used by test_checkpoint.
+//   checkpoint_worker OUT_CENTROIDS CHECKPOINT|- SLEEP_MS_PER_ITERATION [cpu|cuda]
+// Prints "resumed at N" and exits 0 when done, 130 when stopped by SIGINT. The sleep is taken in
+// each iteration's callback (on the GPU these come at each checkpoint, every two iterations).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -14,8 +15,9 @@
 #include "test_data.h"
 
 int main(int argc, char** argv) {
-    if (argc != 4) {
-        std::fprintf(stderr, "usage: checkpoint_worker OUT CHECKPOINT|- SLEEP_MS\n");
+    const std::string backend = argc == 5 ? argv[4] : "cpu";
+    if ((argc != 4 && argc != 5) || (backend != "cpu" && backend != "cuda")) {
+        std::fprintf(stderr, "usage: checkpoint_worker OUT CHECKPOINT|- SLEEP_MS [cpu|cuda]\n");
         return 2;
     }
     const std::string out = argv[1], ck = argv[2];
@@ -28,7 +30,7 @@ int main(int argc, char** argv) {
     flash::LloydOptions opt;
     opt.k = k;
     opt.niter = 24;
-    opt.backend = flash::Backend::CPU;
+    opt.backend = backend == "cuda" ? flash::Backend::CUDA : flash::Backend::CPU;
     if (ck != "-") {
         opt.checkpoint_path = ck;
         opt.checkpoint_every = 2;

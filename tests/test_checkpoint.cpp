@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -49,11 +50,18 @@ flash::LloydOptions cpu_options(int64_t k, int niter) {
     return opt;
 }
 
-pid_t spawn(const std::string& out, const std::string& ck, int sleep_ms) {
+// The worker built beside this test, or FLASH_CHECKPOINT_WORKER (binaries moved elsewhere).
+const char* worker_path() {
+    const char* env = std::getenv("FLASH_CHECKPOINT_WORKER");
+    return env && *env ? env : WORKER_PATH;
+}
+
+pid_t spawn(const std::string& out, const std::string& ck, int sleep_ms, const char* backend = "cpu") {
+    const std::string s = std::to_string(sleep_ms);
+    const char* worker = worker_path();
     const pid_t pid = fork();
     if (pid == 0) {
-        const std::string s = std::to_string(sleep_ms);
-        execl(WORKER_PATH, WORKER_PATH, out.c_str(), ck.c_str(), s.c_str(), static_cast<char*>(nullptr));
+        execl(worker, worker, out.c_str(), ck.c_str(), s.c_str(), backend, static_cast<char*>(nullptr));
         _exit(127);
     }
     return pid;
@@ -84,26 +92,38 @@ bool wait_for_checkpoint(const std::string& ck, int iters) {
     return false;
 }
 
-std::string reference_centroids() {
-    const TempFile out("ref");
-    EXPECT_EQ(wait_exit(spawn(out.path(), "-", 0)), 0);
+std::string reference_centroids(const char* backend = "cpu") {
+    const TempFile out(std::string("ref_") + backend);
+    EXPECT_EQ(wait_exit(spawn(out.path(), "-", 0, backend)), 0);
     return slurp(out.path());
 }
 
-TEST(Checkpoint, KilledProcessResumesToTheSameCentroids) {
-    const std::string ref = reference_centroids();
+// A worker on `backend` killed with SIGKILL once its checkpoint holds 4 iterations, then
+// restarted from it: the same centroids, byte for byte, as an uninterrupted run.
+void kill_and_resume(const char* backend) {
+    const std::string ref = reference_centroids(backend);
     ASSERT_FALSE(ref.empty());
-    const TempFile ck_file("kill.ckpt"), out_file("kill.out");
+    const TempFile ck_file(std::string("kill_") + backend + ".ckpt"), out_file(std::string("kill_") + backend + ".out");
     const std::string &ck = ck_file.path(), &out = out_file.path();
-    const pid_t pid = spawn(out, ck, 150);
+    const pid_t pid = spawn(out, ck, 150, backend);
     ASSERT_TRUE(wait_for_checkpoint(ck, 4)) << "no checkpoint appeared";
     kill(pid, SIGKILL);
     EXPECT_EQ(wait_exit(pid), 128 + SIGKILL);
     flash::Checkpoint mid;
     ASSERT_TRUE(flash::load_checkpoint(ck, mid));
     EXPECT_LT(mid.iterations_done, 24) << "the process should have been killed mid-way";
-    EXPECT_EQ(wait_exit(spawn(out, ck, 0)), 0);
+    EXPECT_EQ(wait_exit(spawn(out, ck, 0, backend)), 0);
     EXPECT_EQ(slurp(out), ref) << "resumed run differs from the uninterrupted one";
+}
+
+TEST(Checkpoint, KilledProcessResumesToTheSameCentroids) {
+    kill_and_resume("cpu");
+}
+
+// The same on one GPU, whose checkpoints are written from inside one engine call.
+TEST(Checkpoint, KilledGpuProcessResumesToTheSameCentroids) {
+    if (!flash::cuda_available()) GTEST_SKIP() << "no CUDA device visible: GPU test skipped";
+    kill_and_resume("cuda");
 }
 
 TEST(Checkpoint, SigintStopsBetweenIterationsAndResumes) {

@@ -115,7 +115,8 @@ bool fits_in_memory(const Points& x, int64_t k, int device, bool tf32) {
     return need + margin <= double(free_b);
 }
 
-std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt) {
+std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt,
+                                                   const CheckpointHook& checkpoint) {
     const bool phases = std::getenv("FLASH_CUDA_PHASE_TIMES") != nullptr;
     HostClock clock(phases || std::getenv("FLASH_CUDA_CALL_TIMES")); // host time of each setup step
     DeviceScope scope(pick_device(x, opt.cuda_device));
@@ -265,16 +266,76 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     });
     clock.mark("graphs");
     FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
+    // The stats of iterations [0, count) from their history rows (host copy) and events (ended).
+    auto stats_of = [&](const unsigned char* rows, int64_t count) {
+        std::vector<std::vector<IterationStats>> st(B);
+        double search = 0;
+        for (int64_t it = 0; it < count; it++) {
+            const unsigned char* row = rows + it * row_bytes;
+            search += ev.seconds(2 * it, 2 * it + 1);
+            const double t = ev.seconds(0, 2 * it + 2);
+            for (int64_t b = 0; b < B; b++) {
+                IterationStats one;
+                std::memcpy(&one.obj, row + sizeof(double) * b, sizeof(double));
+                std::memcpy(&one.imbalance, row + sizeof(double) * (B + b), sizeof(double));
+                std::memcpy(&one.nsplit, row + 2 * sizeof(double) * B + sizeof(int) * b, sizeof(int));
+                one.time_s = t;
+                one.search_time_s = search;
+                st[b].push_back(one);
+            }
+        }
+        return st;
+    };
+    int64_t delivered = 0; // iterations whose stats went to on_iteration
+    auto deliver = [&](const std::vector<std::vector<IterationStats>>& st, int64_t upto) {
+        if (opt.on_iteration)
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t it = delivered; it < upto; it++) opt.on_iteration(b, int(it), st[b][it]);
+        delivered = upto;
+    };
+
     // stop_on_sigint: a stop request (SIGINT, request_stop) ends the run between iterations. The
     // host then keeps at most kAhead iterations queued, waiting for the end of iteration
     // it - kAhead before it queues iteration it, and queues no more once a stop is requested;
     // those already queued finish, and the run returns their stats only.
+    // Checkpoints (CheckpointHook) bound the queue the same way: after each due iteration its
+    // centroids and stats rows are copied behind it on the stream into pinned slot
+    // (done / every) % 2, and saved once the host has seen that iteration end, while the GPU goes
+    // on with the queued ones (one setup for the whole run, not one per checkpoint). Two slots
+    // suffice: a slot's next copy is queued after its previous one was saved.
     constexpr int64_t kAhead = 2;
+    const bool checkpoints = checkpoint.save && checkpoint.every > 0;
+    const size_t cen_bytes = sizeof(float) * B * k * d;
+    PinnedBuffer ck_slots[2];
+    if (checkpoints)
+        for (auto& slot : ck_slots) slot.allocate(cen_bytes + row_bytes * niter, "checkpoint copies");
+    auto ck_slot = [&](int64_t count) {
+        return static_cast<unsigned char*>(ck_slots[(count / checkpoint.every) % 2].get());
+    };
+    struct WaitOnExit { // an exception (a failed save) leaves no copy in flight into freed slots
+        cudaStream_t s;
+        bool armed;
+        ~WaitOnExit() {
+            if (armed) (void)cudaStreamSynchronize(s);
+        }
+    } wait_on_exit{s, checkpoints};
+    std::vector<int64_t> pending;          // due iteration counts copied, not yet saved, in order
+    auto save_ended = [&](int64_t ended) { // iterations [0, ended) have ended
+        while (!pending.empty() && pending.front() <= ended) {
+            const int64_t count = pending.front();
+            const unsigned char* slot = ck_slot(count);
+            const auto st = stats_of(slot + cen_bytes, count);
+            checkpoint.save(int(count), reinterpret_cast<const float*>(slot), st);
+            deliver(st, count);
+            pending.erase(pending.begin());
+        }
+    };
     int64_t done = niter;
     for (int64_t it = 0; it < niter; it++) {
-        if (opt.stop_on_sigint && it >= kAhead) {
+        if ((opt.stop_on_sigint || checkpoints) && it >= kAhead) {
             FLASH_CUDA_CHECK(cudaEventSynchronize(ev[2 * (it - kAhead) + 2]));
-            if (stop_requested()) {
+            save_ended(it - kAhead + 1);
+            if (opt.stop_on_sigint && stop_requested()) {
                 done = it;
                 break;
             }
@@ -287,24 +348,24 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
             assign_part();
             update_part(it, ev[2 * it + 1]);
         }
+        if (checkpoints && checkpoint.due(it + 1, niter)) { // (before the event: it covers the copies)
+            unsigned char* slot = ck_slot(it + 1);
+            FLASH_CUDA_CHECK(cudaMemcpyAsync(slot, cen.get(), cen_bytes, cudaMemcpyDeviceToHost, s));
+            FLASH_CUDA_CHECK(
+                cudaMemcpyAsync(slot + cen_bytes, stats_hist.get(), row_bytes * (it + 1), cudaMemcpyDeviceToHost, s));
+            pending.push_back(it + 1);
+        }
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
     }
 
     std::vector<unsigned char> h_hist(row_bytes * done);
-    FLASH_CUDA_CHECK(cudaMemcpyAsync(centroids, cen.get(), sizeof(float) * B * k * d, cudaMemcpyDeviceToHost, s));
+    FLASH_CUDA_CHECK(cudaMemcpyAsync(centroids, cen.get(), cen_bytes, cudaMemcpyDeviceToHost, s));
     if (done > 0)
         FLASH_CUDA_CHECK(cudaMemcpyAsync(h_hist.data(), stats_hist.get(), row_bytes * done, cudaMemcpyDeviceToHost, s));
     clock.mark("enqueue");
     FLASH_CUDA_CHECK(cudaStreamSynchronize(s));
     clock.mark("run");
-    std::vector<double> h_obj(B * done), h_imb(B * done);
-    std::vector<int> h_split(B * done);
-    for (int64_t it = 0; it < done; it++) {
-        const unsigned char* row = h_hist.data() + it * row_bytes;
-        std::memcpy(&h_obj[it * B], row, sizeof(double) * B);
-        std::memcpy(&h_imb[it * B], row + sizeof(double) * B, sizeof(double) * B);
-        std::memcpy(&h_split[it * B], row + 2 * sizeof(double) * B, sizeof(int) * B);
-    }
+    // (Checkpoints still pending are of iterations before the last: the caller saves the end.)
 
     if (phases && done > 0 && split.lists.count.get()) { // the re-check's share, last iteration
         std::vector<uint32_t> cnt(B);
@@ -331,24 +392,8 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
                      "post %.3f\n",
                      1e3 * t_assign / done, 1e3 * t_update / done, 1e3 * t_split / done, 1e3 * t_post / done);
     }
-    std::vector<std::vector<IterationStats>> stats(B);
-    double search = 0;
-    for (int64_t it = 0; it < done; it++) {
-        search += ev.seconds(2 * it, 2 * it + 1);
-        const double t = ev.seconds(0, 2 * it + 2);
-        for (int64_t b = 0; b < B; b++) {
-            IterationStats st;
-            st.obj = h_obj[it * B + b];
-            st.time_s = t;
-            st.search_time_s = search;
-            st.imbalance = h_imb[it * B + b];
-            st.nsplit = h_split[it * B + b];
-            stats[b].push_back(st);
-        }
-    }
-    if (opt.on_iteration)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t it = 0; it < done; it++) opt.on_iteration(b, int(it), stats[b][it]);
+    auto stats = stats_of(h_hist.data(), done);
+    deliver(stats, done);
     return stats;
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/flash_kmeans.h"
+#include "kernels/lloyd_common.h"
 
 namespace flash::cuda_engine {
 
@@ -21,7 +22,8 @@ bool fits_in_memory(const Points& x, int64_t k, int device, bool tf32);
 
 /// Lloyd iterations on the GPU; see flash::run_lloyd. The input is already validated
 /// (shapes, k, niter); x may live on the host or on a device.
-std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt);
+std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centroids, const LloydOptions& opt,
+                                                   const CheckpointHook& checkpoint = {});
 
 /// See flash::assign_nearest.
 void assign_nearest(const Points& x, const float* centroids, int64_t k, Metric metric,

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "faiss_ext/FlashClustering.h"
+#include "gpu/checkpoint_probe.h"
 #include "gpu/require_gpu.h"
 #include "kernels/cpu/half_convert.h"
 #include "kernels/cuda/check.cuh"
@@ -974,7 +975,7 @@ TEST(CudaEngine, StopRequestEndsTheRunBetweenIterations) {
     std::vector<float> straight = c0, resumed = c0;
     flash::run_lloyd(p, straight.data(), options(k, 12, flash::Backend::CUDA));
     seg.on_iteration = [](int64_t, int it, const flash::IterationStats&) {
-        if (it == 5) flash::request_stop(); // (callbacks come at the end of each segment's call)
+        if (it == 5) flash::request_stop(); // (callbacks come at each checkpoint: here after 8)
     };
     EXPECT_THROW(flash::run_lloyd(p, resumed.data(), seg), flash::Interrupted);
     seg.on_iteration = nullptr;
@@ -982,6 +983,29 @@ TEST(CudaEngine, StopRequestEndsTheRunBetweenIterations) {
     flash::run_lloyd(p, resumed.data(), seg);
     std::remove(ck.c_str());
     EXPECT_EQ(straight, resumed);
+}
+
+// A checkpointed run is one engine call (one upload and set-up): its checkpoints are written
+// while it goes on, each iteration's callback comes once the checkpoint after it is written (the
+// last ones at the end, the file then still at 8), and the first checkpoint holds the bits of a
+// 4-iteration run.
+TEST(CudaEngine, CheckpointsAreWrittenDuringTheRun) {
+    REQUIRE_GPU();
+    const int64_t n = 50000, d = 64, k = 128;
+    const auto x = flash_test::gaussian_mixture(n, d, 30, 35);
+    const auto p = host_points(x.data(), n, d);
+    const std::vector<float> c0(x.begin(), x.begin() + k * d);
+    std::vector<float> four = c0, straight = c0, probed = c0;
+    flash::run_lloyd(p, four.data(), options(k, 4, flash::Backend::CUDA));
+    flash::run_lloyd(p, straight.data(), options(k, 12, flash::Backend::CUDA));
+    auto opt = options(k, 12, flash::Backend::CUDA);
+    opt.checkpoint_every = 4;
+    const auto probe = flash_test::probe_checkpoints(p, probed.data(), opt, "gpu");
+    EXPECT_EQ(probe.file_iterations, (std::vector<int>{4, 4, 4, 4, 8, 8, 8, 8, 8, 8, 8, 8}));
+    EXPECT_EQ(probe.first_checkpoint, four);
+    EXPECT_EQ(probe.last.iterations_done, 12);
+    EXPECT_EQ(probe.last.centroids, straight);
+    EXPECT_EQ(probed, straight);
 }
 
 // Host points above the staging threshold go up through pinned buffers in 32 MiB pieces (here

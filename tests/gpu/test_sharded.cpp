@@ -2,6 +2,7 @@
 // GPU) against the in-memory engine. Integer-valued points make every cluster sum exact, so
 // all placements must give the same bits; Gaussian data is compared within float tolerance.
 // Each test skips with a printed reason when no CUDA device is visible (CI has none).
+#include <faiss/IndexFlat.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,13 +12,12 @@
 #include <vector>
 
 #include "faiss_ext/FlashClustering.h"
+#include "gpu/checkpoint_probe.h"
+#include "gpu/require_gpu.h"
 #include "kernels/cpu/half_convert.h"
 #include "kernels/cuda/cuda_engine.h"
 #include "kernels/flash_kmeans.h"
 #include "test_data.h"
-#include "gpu/require_gpu.h"
-
-#include <faiss/IndexFlat.h>
 
 namespace {
 
@@ -229,6 +229,35 @@ TEST(Sharded, FloatDataSeveralShardsMatchOneGpu) {
                 EXPECT_NEAR(o1, o2, 1e-3 * std::fabs(o1));
             }
         }
+}
+
+// A checkpointed streamed run on two shards is one engine call (the rows pinned, the resident
+// pieces uploaded once): each checkpoint is written after its iteration's callback, while the
+// run goes on, the first with the bits of a 3-iteration run, the last at the end.
+TEST(Sharded, CheckpointsAreWrittenDuringTheRun) {
+    REQUIRE_GPU();
+    const int64_t n = 30000, d = 128, k = 100;
+    const auto x = flash_test::gaussian_mixture(n, d, 50, 23);
+    const auto init = first_rows(x, 1, n, k, d);
+    const auto pts = host_points(x.data(), n, d);
+    flash::LloydOptions opt;
+    opt.k = k;
+    opt.backend = flash::Backend::CUDA;
+    opt.cuda_devices = {0, 0};
+    opt.stream_piece_rows = 7000;
+    opt.device_memory_limit = 64 << 20;
+    auto three = opt, seven = opt;
+    three.niter = 3;
+    seven.niter = 7;
+    const Result r3 = run(pts, init, three), r7 = run(pts, init, seven);
+    seven.checkpoint_every = 3;
+    std::vector<float> probed = init;
+    const auto probe = flash_test::probe_checkpoints(pts, probed.data(), seven, "sharded");
+    EXPECT_EQ(probe.file_iterations, (std::vector<int>{0, 0, 0, 3, 3, 3, 6}));
+    EXPECT_EQ(probe.first_checkpoint, r3.centroids);
+    EXPECT_EQ(probe.last.iterations_done, 7);
+    EXPECT_EQ(probe.last.centroids, r7.centroids);
+    EXPECT_EQ(probed, r7.centroids);
 }
 
 TEST(Sharded, ClearErrors) {
