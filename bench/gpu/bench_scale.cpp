@@ -2,11 +2,12 @@
 // data set per process, every combination of --k, --devices and --streaming timed on it.
 //   bench_scale --n 32000000 [--d 128] [--dtype f32|f16] [--k 4096,16384] [--niter 3]
 //               [--devices "0;0,1"] [--streaming auto,force] [--transfer f16] [--pinned]
-//               [--fp32-mode exact|tf32] [--csv out.csv]
+//               [--fp32-mode exact|tf32] [--checkpoint-every N [--checkpoint-dir /tmp]] [--csv out.csv]
 // Points: kernels/synthetic_points.h (256 centres plus noise), generated on all cores.
 // Reported per run:
 //   iter_ms    median wall time between consecutive iterations (the first one excluded)
 //   setup_s    whole call less niter * iter_ms: upload, pinning, buffers
+//   (--checkpoint-every: a checkpoint written every N iterations, to a fresh file per run)
 //   copy_ms / compute_ms   per iteration, CUDA events on the copy and compute streams of the
 //              slowest shard (sharded / streaming path only), and their ratio to iter_ms
 #include <cuda_runtime.h>
@@ -45,7 +46,8 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
     int64_t n = 1 << 20, d = 128;
     std::string dtype_s = "f32", ks = "4096", devs = "0", modes = "auto", transfer, fp32_mode = "exact", csv;
-    int niter = 3;
+    int niter = 3, checkpoint_every = 0;
+    std::string checkpoint_dir = "/tmp";
     bool pinned = false;
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
@@ -67,6 +69,8 @@ int main(int argc, char** argv) {
         else if (a == "--pinned") pinned = true;
         else if (a == "--fp32-mode") fp32_mode = value();
         else if (a == "--csv") csv = value();
+        else if (a == "--checkpoint-every") checkpoint_every = std::atoi(value().c_str());
+        else if (a == "--checkpoint-dir") checkpoint_dir = value();
         else {
             std::fprintf(stderr, "unknown argument %s\n", a.c_str());
             return 2;
@@ -115,6 +119,11 @@ int main(int argc, char** argv) {
                 if (transfer == "f16") opt.transfer_dtype = flash::DType::F16;
                 if (transfer == "bf16") opt.transfer_dtype = flash::DType::BF16;
                 if (fp32_mode == "tf32") opt.fp32_mode = flash::Fp32Mode::TF32;
+                if (checkpoint_every > 0) {
+                    opt.checkpoint_every = checkpoint_every;
+                    opt.checkpoint_path = checkpoint_dir + "/bench_scale.ckpt";
+                    std::remove(opt.checkpoint_path.c_str());
+                }
                 flash::Placement pl;
                 opt.placement = &pl;
                 flash::Points x;
@@ -133,6 +142,7 @@ int main(int argc, char** argv) {
                     continue;
                 }
                 const double call_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                if (!opt.checkpoint_path.empty()) std::remove(opt.checkpoint_path.c_str());
                 std::vector<double> gaps;
                 for (size_t i = 1; i < st[0].size(); i++) gaps.push_back(st[0][i].time_s - st[0][i - 1].time_s);
                 const double iter_s = median(gaps);
