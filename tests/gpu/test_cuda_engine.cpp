@@ -23,6 +23,7 @@
 #include "faiss_ext/FlashClustering.h"
 #include "gpu/checkpoint_probe.h"
 #include "gpu/require_gpu.h"
+#include "gpu/scoped_env.h"
 #include "kernels/cpu/half_convert.h"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/cuda_engine.h"
@@ -32,30 +33,7 @@
 namespace {
 
 using flash_test::host_points;
-
-// Puts an environment variable back (value or absence) at the end of the scope: a suite run
-// may set the switch a test sets.
-class ScopedEnv {
-  public:
-    explicit ScopedEnv(const char* name) : name_(name) {
-        if (const char* v = std::getenv(name)) had_ = true, saved_ = v;
-    }
-    ~ScopedEnv() {
-        if (had_)
-            setenv(name_, saved_.c_str(), 1);
-        else
-            unsetenv(name_);
-    }
-    ScopedEnv(const ScopedEnv&) = delete;
-    ScopedEnv& operator=(const ScopedEnv&) = delete;
-    void set(const char* value) const { setenv(name_, value, 1); }
-    void unset() const { unsetenv(name_); }
-
-  private:
-    const char* name_;
-    bool had_ = false;
-    std::string saved_;
-};
+using flash_test::ScopedEnv;
 
 double dot_d(const float* a, const float* b, int64_t d) {
     double s = 0;

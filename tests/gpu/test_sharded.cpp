@@ -14,6 +14,7 @@
 #include "faiss_ext/FlashClustering.h"
 #include "gpu/checkpoint_probe.h"
 #include "gpu/require_gpu.h"
+#include "gpu/scoped_env.h"
 #include "kernels/cpu/half_convert.h"
 #include "kernels/cuda/cuda_engine.h"
 #include "kernels/flash_kmeans.h"
@@ -22,7 +23,7 @@
 namespace {
 
 using flash_test::host_points;
-
+using flash_test::ScopedEnv;
 
 struct Result {
     std::vector<float> centroids;
@@ -297,29 +298,6 @@ TEST(Sharded, ClearErrors) {
         }
     }
 }
-
-// Puts an environment variable back (value or absence) at the end of the scope.
-class ScopedEnv {
-  public:
-    explicit ScopedEnv(const char* name) : name_(name) {
-        if (const char* v = std::getenv(name)) had_ = true, saved_ = v;
-    }
-    ~ScopedEnv() {
-        if (had_)
-            setenv(name_, saved_.c_str(), 1);
-        else
-            unsetenv(name_);
-    }
-    ScopedEnv(const ScopedEnv&) = delete;
-    ScopedEnv& operator=(const ScopedEnv&) = delete;
-    void set(const char* value) const { setenv(name_, value, 1); }
-    void unset() const { unsetenv(name_); }
-
-  private:
-    const char* name_;
-    bool had_ = false;
-    std::string saved_;
-};
 
 // A resident piece whose allocation fails (the planner's estimate was optimistic, or another
 // process took memory since; FLASH_TEST_FAIL_RESIDENT=j fails each shard's j-th resident piece)
