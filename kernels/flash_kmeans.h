@@ -100,7 +100,8 @@ struct LloydOptions {
     /// reuse FAISS' own post-processing bit for bit.
     std::function<void(float* centroids, int64_t k, int64_t d)> post_process;
     /// Called after each iteration of problem b (on the host; the one-GPU engine, which keeps
-    /// the loop on the device, calls it at the end of the run and at each checkpoint).
+    /// the loop on the device, calls it at the end of the run and at each checkpoint, after
+    /// writing it; the other engines after each iteration, before its checkpoint).
     std::function<void(int64_t b, int iter, const IterationStats&)> on_iteration;
 
     /// Resumable runs: when checkpoint_path is set, centroids, finished iterations and

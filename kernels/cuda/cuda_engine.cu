@@ -154,6 +154,21 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     FLASH_CUDA_CHECK(cudaMemsetAsync(stats_ws.get(), 0, sizeof(double) * stats_ws.size(), s));
     SortInverseUpdate update(B, n, d, k, s);
     Events ev(2 * size_t(niter) + 1);
+    // Checkpoints inside the run (CheckpointHook), where one falls before the last iteration: two
+    // pinned slots, each a checkpoint's centroids and the stats rows of the `every` iterations
+    // before it (allocated here, before the run's first event: not in its time).
+    const bool checkpoints = checkpoint.save && checkpoint.every > 0 && checkpoint.every < niter;
+    const size_t cen_bytes = sizeof(float) * B * k * d;
+    PinnedBuffer ck_slots[2];
+    if (checkpoints)
+        for (auto& slot : ck_slots) slot.allocate(cen_bytes + row_bytes * checkpoint.every, "checkpoint copies");
+    struct WaitOnExit { // an exception (a failed save) leaves no copy in flight into freed slots
+        cudaStream_t s;
+        bool armed;
+        ~WaitOnExit() {
+            if (armed) (void)cudaStreamSynchronize(s);
+        }
+    } wait_on_exit{s, checkpoints};
     clock.mark("buffers");
 
     FLASH_CUDA_CHECK(cudaMemcpyAsync(cen.get(), centroids, sizeof(float) * B * k * d, cudaMemcpyHostToDevice, s));
@@ -266,12 +281,13 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     });
     clock.mark("graphs");
     FLASH_CUDA_CHECK(cudaEventRecord(ev[0], s));
-    // The stats of iterations [0, count) from their history rows (host copy) and events (ended).
-    auto stats_of = [&](const unsigned char* rows, int64_t count) {
-        std::vector<std::vector<IterationStats>> st(B);
-        double search = 0;
-        for (int64_t it = 0; it < count; it++) {
-            const unsigned char* row = rows + it * row_bytes;
+    // The stats of every iteration, appended as their history rows reach the host (at each
+    // checkpoint and at the end; their events have ended by then): rows[0] is iteration `first`'s.
+    std::vector<std::vector<IterationStats>> stats(B);
+    double search = 0;
+    auto append_stats = [&](const unsigned char* rows, int64_t first, int64_t upto) {
+        for (int64_t it = int64_t(stats[0].size()); it < upto; it++) {
+            const unsigned char* row = rows + (it - first) * row_bytes;
             search += ev.seconds(2 * it, 2 * it + 1);
             const double t = ev.seconds(0, 2 * it + 2);
             for (int64_t b = 0; b < B; b++) {
@@ -281,16 +297,15 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
                 std::memcpy(&one.nsplit, row + 2 * sizeof(double) * B + sizeof(int) * b, sizeof(int));
                 one.time_s = t;
                 one.search_time_s = search;
-                st[b].push_back(one);
+                stats[b].push_back(one);
             }
         }
-        return st;
     };
     int64_t delivered = 0; // iterations whose stats went to on_iteration
-    auto deliver = [&](const std::vector<std::vector<IterationStats>>& st, int64_t upto) {
+    auto deliver = [&](int64_t upto) {
         if (opt.on_iteration)
             for (int64_t b = 0; b < B; b++)
-                for (int64_t it = delivered; it < upto; it++) opt.on_iteration(b, int(it), st[b][it]);
+                for (int64_t it = delivered; it < upto; it++) opt.on_iteration(b, int(it), stats[b][it]);
         delivered = upto;
     };
 
@@ -298,44 +313,23 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
     // host then keeps at most kAhead iterations queued, waiting for the end of iteration
     // it - kAhead before it queues iteration it, and queues no more once a stop is requested;
     // those already queued finish, and the run returns their stats only.
-    // Checkpoints (CheckpointHook) bound the queue the same way: after each due iteration its
-    // centroids and stats rows are copied behind it on the stream into pinned slot
-    // (done / every) % 2, and saved once the host has seen that iteration end, while the GPU goes
-    // on with the queued ones (one setup for the whole run, not one per checkpoint). Two slots
-    // suffice: a slot's next copy is queued after its previous one was saved.
+    // Checkpoints: after each due iteration its centroids and stats rows are copied behind it on
+    // the stream into pinned slot (count / every) % 2; once the host has queued the iteration
+    // after next, it waits for the due one to end and writes it while the GPU works on the two
+    // queued since (one set-up for the whole run, not one per checkpoint; no wait between
+    // checkpoints). Two slots suffice: a slot's next copy (2 every iterations on) is queued after
+    // its checkpoint was written, at most kAhead = 2 iterations behind.
     constexpr int64_t kAhead = 2;
-    const bool checkpoints = checkpoint.save && checkpoint.every > 0;
-    const size_t cen_bytes = sizeof(float) * B * k * d;
-    PinnedBuffer ck_slots[2];
-    if (checkpoints)
-        for (auto& slot : ck_slots) slot.allocate(cen_bytes + row_bytes * niter, "checkpoint copies");
+    static_assert(kAhead <= 2, "two checkpoint slots");
     auto ck_slot = [&](int64_t count) {
         return static_cast<unsigned char*>(ck_slots[(count / checkpoint.every) % 2].get());
     };
-    struct WaitOnExit { // an exception (a failed save) leaves no copy in flight into freed slots
-        cudaStream_t s;
-        bool armed;
-        ~WaitOnExit() {
-            if (armed) (void)cudaStreamSynchronize(s);
-        }
-    } wait_on_exit{s, checkpoints};
-    std::vector<int64_t> pending;          // due iteration counts copied, not yet saved, in order
-    auto save_ended = [&](int64_t ended) { // iterations [0, ended) have ended
-        while (!pending.empty() && pending.front() <= ended) {
-            const int64_t count = pending.front();
-            const unsigned char* slot = ck_slot(count);
-            const auto st = stats_of(slot + cen_bytes, count);
-            checkpoint.save(int(count), reinterpret_cast<const float*>(slot), st);
-            deliver(st, count);
-            pending.erase(pending.begin());
-        }
-    };
+    std::vector<int64_t> pending; // due iteration counts copied, not yet written, in order
     int64_t done = niter;
     for (int64_t it = 0; it < niter; it++) {
-        if ((opt.stop_on_sigint || checkpoints) && it >= kAhead) {
+        if (opt.stop_on_sigint && it >= kAhead) {
             FLASH_CUDA_CHECK(cudaEventSynchronize(ev[2 * (it - kAhead) + 2]));
-            save_ended(it - kAhead + 1);
-            if (opt.stop_on_sigint && stop_requested()) {
+            if (stop_requested()) {
                 done = it;
                 break;
             }
@@ -348,11 +342,21 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
             assign_part();
             update_part(it, ev[2 * it + 1]);
         }
-        if (checkpoints && checkpoint.due(it + 1, niter)) { // (before the event: it covers the copies)
+        while (!pending.empty() && pending.front() <= it + 1 - kAhead) {
+            const int64_t count = pending.front();
+            FLASH_CUDA_CHECK(cudaEventSynchronize(ev[2 * (count - 1) + 2])); // (it covers the copies)
+            const unsigned char* slot = ck_slot(count);
+            append_stats(slot + cen_bytes, count - checkpoint.every, count);
+            checkpoint.save(int(count), reinterpret_cast<const float*>(slot), stats);
+            deliver(count);
+            pending.erase(pending.begin());
+        }
+        if (checkpoints && checkpoint.due(it + 1, niter)) {
             unsigned char* slot = ck_slot(it + 1);
             FLASH_CUDA_CHECK(cudaMemcpyAsync(slot, cen.get(), cen_bytes, cudaMemcpyDeviceToHost, s));
-            FLASH_CUDA_CHECK(
-                cudaMemcpyAsync(slot + cen_bytes, stats_hist.get(), row_bytes * (it + 1), cudaMemcpyDeviceToHost, s));
+            FLASH_CUDA_CHECK(cudaMemcpyAsync(slot + cen_bytes,
+                                             stats_hist.get() + row_bytes * (it + 1 - checkpoint.every),
+                                             row_bytes * checkpoint.every, cudaMemcpyDeviceToHost, s));
             pending.push_back(it + 1);
         }
         FLASH_CUDA_CHECK(cudaEventRecord(ev[2 * it + 2], s));
@@ -392,8 +396,8 @@ std::vector<std::vector<IterationStats>> run_lloyd(const Points& x, float* centr
                      "post %.3f\n",
                      1e3 * t_assign / done, 1e3 * t_update / done, 1e3 * t_split / done, 1e3 * t_post / done);
     }
-    auto stats = stats_of(h_hist.data(), done);
-    deliver(stats, done);
+    append_stats(h_hist.data(), 0, done);
+    deliver(done);
     return stats;
 }
 

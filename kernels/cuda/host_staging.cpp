@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
-#include <thread>
 
 #include "kernels/cpu/half_convert.h"
 #include "kernels/lloyd_common.h"
@@ -33,8 +32,10 @@ StagingTeamCap::~StagingTeamCap() {
 }
 
 int staging_team_share(size_t teams) {
-    const size_t hardware = std::max(std::thread::hardware_concurrency(), 1u);
-    return int(std::max<size_t>(hardware / std::max<size_t>(teams, 1), 1));
+    // OpenMP's default team size: the threads this process may use (affinity, cpusets,
+    // OMP_NUM_THREADS), where hardware_concurrency() counts every CPU of the machine.
+    const size_t threads = size_t(std::max(omp_get_max_threads(), 1));
+    return int(std::max<size_t>(threads / std::max<size_t>(teams, 1), 1));
 }
 
 bool stage_elements(const void* src, DType src_type, void* dst, DType dst_type, int64_t count) {

@@ -18,7 +18,7 @@ bool stage_elements(const void* src, DType src_type, void* dst, DType dst_type, 
 /// Within this scope, stage_elements calls on this thread use at most `threads` OpenMP threads
 /// (0: no cap). Threads that stage at the same time (one per shard of PartialSums) each open
 /// their own team, so each takes a share (staging_team_share) to keep the total within the
-/// hardware's threads.
+/// threads the process may use.
 class StagingTeamCap {
   public:
     explicit StagingTeamCap(int threads);
@@ -30,8 +30,8 @@ class StagingTeamCap {
     int saved_;
 };
 
-/// Threads per team for `teams` teams staging at the same time: the hardware's threads split
-/// evenly, at least 1 each.
+/// Threads per team for `teams` teams staging at the same time: OpenMP's default team size on
+/// the calling thread (the threads the process may use) split evenly, at least 1 each.
 int staging_team_share(size_t teams);
 
 } // namespace flash::cuda_engine

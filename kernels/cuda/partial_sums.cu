@@ -249,13 +249,14 @@ class Shard {
         std::vector<bool> keep(pieces_.size(), false);
         if (opt_.streaming == Streaming::Off || (opt_.streaming == Streaming::Auto && fixed + all <= budget_)) {
             if (opt_.streaming == Streaming::Off && fixed + all > budget_) {
-                const MemoryPart points{
-                    "the points kept resident", all,
-                    fixed + slots <= budget_ ? "streaming (Streaming::Auto) would fit" : "more GPUs (cuda_devices)"};
+                const MemoryPart points{"the points kept resident", all,
+                                        "streaming them (Streaming::Auto) or more GPUs (cuda_devices)"};
                 throw std::runtime_error("faiss-flash: out of GPU memory: with Streaming::Off this shard needs " +
                                          format_bytes(fixed + all) + " on CUDA device " + std::to_string(dev_) + ", " +
                                          format_bytes(budget_) + " is available to it; " +
-                                         describe_parts({points, clusters, scratch, weights}));
+                                         describe_parts({points, clusters, scratch, weights}) + "; a streaming run (" +
+                                         format_bytes(fixed + slots) +
+                                         (fixed + slots <= budget_ ? ") would fit" : ") would not fit either"));
             }
             std::fill(keep.begin(), keep.end(), true);
         } else if (opt_.streaming == Streaming::Auto) {
@@ -305,7 +306,7 @@ class Shard {
         // Test only (tests/gpu/test_sharded.cpp): FLASH_TEST_FAIL_RESIDENT=j fails the allocation
         // of each shard's j-th resident piece (from 0) as if the device were out of memory.
         const char* fail_env = std::getenv("FLASH_TEST_FAIL_RESIDENT");
-        const long fail_at = fail_env ? std::atol(fail_env) : -1;
+        const long fail_at = fail_env && *fail_env >= '0' && *fail_env <= '9' ? std::atol(fail_env) : -1;
         size_t failed = pieces_.size(); // the first piece that could not stay
         for (size_t i = 0, nth = 0; i < pieces_.size() && failed == pieces_.size(); i++) {
             if (!keep[i]) continue;
@@ -604,7 +605,7 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
         budget[dv] = b / nshards;
     }
     // The shards stage their copies at the same time, each on its own OpenMP team: together
-    // they get the hardware's threads (more only oversubscribe the cores that convert the rows).
+    // they share the threads the process may use (more only oversubscribe the cores that convert).
     const int staging_threads = staging_team_share(S);
     for (size_t i = 0; i < S; i++) {
         const size_t p0 = i * pieces.size() / S, p1 = (i + 1) * pieces.size() / S;

@@ -3,10 +3,11 @@
 //          [--max-points-per-centroid 256] [--metric l2|ip] [--backend auto|cpu|cuda]
 //          [-o centroids.fvecs]
 //   mpirun -np 2 flash_mpi_kmeans --synthetic N --dim D -k K ...   (generated shards, no file)
-// Rank 0 prints one line per iteration and writes the centroids; it opens OUT before training
-// (an unwritable path fails at once, on every rank) but writes it only at the end; if the run
-// fails, it removes an OUT that it created or began to overwrite (an existing OUT is untouched
-// until that final write).
+// Rank 0 prints one line per iteration and writes the centroids; it opens OUT before training,
+// in the step that reads the shards (an unwritable path fails there, on every rank), but writes
+// it only at the end; if the run fails with an error, it removes an OUT that it created or
+// began to overwrite (an existing OUT is untouched until that final write; a run killed from
+// outside may leave the empty file it created).
 // With --backend cuda each rank uses the GPU of its index among the ranks of its node. Exit
 // status: 0, 1 on an error (every rank leaves; rank 0 names the rank that failed), 2 on a bad
 // command line.
@@ -199,8 +200,9 @@ int main(int argc, char** argv) {
         }
         flash::distributed::run_kmeans(MPI_COMM_WORLD, local, cen.data(), opt);
         if (rank == 0 && !a.out.empty()) {
-            remove_on_error = a.out; // truncated from here on
             std::ofstream f(a.out, std::ios::binary);
+            if (!f) throw std::runtime_error("cannot write " + a.out); // (not truncated: kept)
+            remove_on_error = a.out;                                   // truncated from here on
             const int32_t dim = int32_t(d);
             for (int64_t c = 0; c < opt.lloyd.k; c++) {
                 f.write(reinterpret_cast<const char*>(&dim), 4);

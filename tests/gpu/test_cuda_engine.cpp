@@ -966,7 +966,7 @@ TEST(CudaEngine, StopRequestEndsTheRunBetweenIterations) {
 // A checkpointed run is one engine call (one upload and set-up): its checkpoints are written
 // while it goes on, each iteration's callback comes once the checkpoint after it is written (the
 // last ones at the end, the file then still at 8), and the first checkpoint holds the bits of a
-// 4-iteration run.
+// 4-iteration run; the same with a checkpoint after every iteration of a batch.
 TEST(CudaEngine, CheckpointsAreWrittenDuringTheRun) {
     REQUIRE_GPU();
     const int64_t n = 50000, d = 64, k = 128;
@@ -984,6 +984,27 @@ TEST(CudaEngine, CheckpointsAreWrittenDuringTheRun) {
     EXPECT_EQ(probe.last.iterations_done, 12);
     EXPECT_EQ(probe.last.centroids, straight);
     EXPECT_EQ(probed, straight);
+
+    // A checkpoint after every iteration of a batch of two (the tightest use of the two pinned
+    // slots): each iteration's callback comes once its checkpoint is written; the checkpoint
+    // after iteration 6 is still queued when the loop ends (it is written two iterations on),
+    // and the caller's final checkpoint replaces it, so the last two callbacks see 5.
+    const int64_t B = 2, nb = n / B;
+    std::vector<float> init(B * k * d);
+    for (int64_t b = 0; b < B; b++)
+        std::copy(x.begin() + b * nb * d, x.begin() + (b * nb + k) * d, init.begin() + b * k * d);
+    const auto pb = host_points(x.data(), nb, d, flash::DType::F32, B);
+    std::vector<float> one = init, batch_straight = init, batch_probed = init;
+    flash::run_lloyd(pb, one.data(), options(k, 1, flash::Backend::CUDA));
+    flash::run_lloyd(pb, batch_straight.data(), options(k, 7, flash::Backend::CUDA));
+    auto every1 = options(k, 7, flash::Backend::CUDA);
+    every1.checkpoint_every = 1;
+    const auto each = flash_test::probe_checkpoints(pb, batch_probed.data(), every1, "gpu_every1");
+    EXPECT_EQ(each.file_iterations, (std::vector<int>{1, 2, 3, 4, 5, 5, 5}));
+    EXPECT_EQ(each.first_checkpoint, one);
+    EXPECT_EQ(each.last.iterations_done, 7);
+    EXPECT_EQ(each.last.centroids, batch_straight);
+    EXPECT_EQ(batch_probed, batch_straight);
 }
 
 // Host points above the staging threshold go up through pinned buffers in 32 MiB pieces (here
