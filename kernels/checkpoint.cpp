@@ -37,8 +37,9 @@ T get(std::ifstream& f, const std::string& path) {
     return v;
 }
 
-// kSampledRows rows of bytes spread evenly over rows (and the last one).
+// kSampledRows rows of bytes spread evenly over rows (and the last one); none of none.
 uint64_t sampled_rows(uint64_t h, const void* data, int64_t rows, size_t row) {
+    if (rows <= 0) return h;
     const int64_t step = rows / kSampledRows + 1;
     for (int64_t r = 0; r < rows; r += step) h = fnv1a(h, static_cast<const char*>(data) + size_t(r) * row, row);
     return fnv1a(h, static_cast<const char*>(data) + size_t(rows - 1) * row, row);
@@ -62,6 +63,25 @@ uint64_t run_fingerprint(const Points& x, const float* initial_centroids, const 
     h = fnv1a(h, initial_centroids, sizeof(float) * size_t(x.batch * opt.k * x.d));
     if (opt.weights) h = sampled_rows(h, opt.weights, x.batch * x.n, sizeof(float));
     return h;
+}
+
+void check_same_run(const Checkpoint& found, const Checkpoint& expected, int niter, const std::string& path) {
+    if (found.batch != expected.batch || found.n != expected.n || found.d != expected.d || found.k != expected.k ||
+        found.metric != expected.metric || found.data_fingerprint != expected.data_fingerprint)
+        throw std::invalid_argument("faiss-flash: checkpoint " + path +
+                                    " was written for another problem (shape, metric or data differ)");
+    if (found.run_fingerprint != expected.run_fingerprint)
+        throw std::invalid_argument("faiss-flash: checkpoint " + path +
+                                    " was written for another run of this data (initial centroids, weights, "
+                                    "k_frozen, spherical, int_centroids, fp32_mode or transfer_dtype differ)");
+    if (found.iterations_done > niter) // its centroids are those of a later iteration
+        throw std::invalid_argument(
+            "faiss-flash: checkpoint " + path + " holds " + std::to_string(found.iterations_done) +
+            " iterations, more than niter = " + std::to_string(niter) + "; delete it or ask for at least as many");
+}
+
+uint64_t combine_fingerprints(const std::vector<uint64_t>& parts) {
+    return fnv1a(1469598103934665603ull, parts.data(), sizeof(uint64_t) * parts.size());
 }
 
 void save_checkpoint(const std::string& path, const Checkpoint& c) {

@@ -138,18 +138,7 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
 
     Checkpoint found;
     if (!opt.checkpoint_path.empty() && load_checkpoint(opt.checkpoint_path, found)) {
-        if (found.batch != ck.batch || found.n != ck.n || found.d != ck.d || found.k != ck.k ||
-            found.metric != ck.metric || found.data_fingerprint != ck.data_fingerprint)
-            throw std::invalid_argument("faiss-flash: checkpoint " + opt.checkpoint_path +
-                                        " was written for another problem (shape, metric or data differ)");
-        if (found.run_fingerprint != ck.run_fingerprint)
-            throw std::invalid_argument("faiss-flash: checkpoint " + opt.checkpoint_path +
-                                        " was written for another run of this data (initial centroids, weights, "
-                                        "k_frozen, spherical, int_centroids, fp32_mode or transfer_dtype differ)");
-        if (found.iterations_done > opt.niter) // its centroids are those of a later iteration
-            throw std::invalid_argument("faiss-flash: checkpoint " + opt.checkpoint_path + " holds " +
-                                        std::to_string(found.iterations_done) + " iterations, more than niter = " +
-                                        std::to_string(opt.niter) + "; delete it or ask for at least as many");
+        check_same_run(found, ck, opt.niter, opt.checkpoint_path);
         ck.iterations_done = found.iterations_done;
         for (int64_t b = 0; b < x.batch; b++)
             ck.stats[b].assign(found.stats[b].begin(), found.stats[b].begin() + ck.iterations_done);

@@ -10,6 +10,7 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/utils/distances.h>
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +24,7 @@
 #include <string>
 
 #include "faiss_ext/FlashClustering.h"
+#include "kernels/checkpoint.h"
 #include "kernels/distributed/lloyd_mpi.h"
 #include "kernels/distributed/lloyd_mpi_detail.h"
 #include "kernels/lloyd_common.h"
@@ -215,6 +217,111 @@ void check_failures() {
     flash::distributed::run_collectively(MPI_COMM_WORLD, [] {});
 }
 
+// Resumable distributed runs (integer data: exact sums): a run that fails after its fifth
+// iteration (a callback throwing on the last rank) or is stopped (a stop request on the last
+// rank only) resumes from rank 0's checkpoint to the bits of an uninterrupted run, on every
+// rank, with every iteration's callback once; a checkpoint of another run is refused on every
+// rank.
+void check_checkpoints(const std::vector<float>& x) {
+    const int rank = mpi_rank(), last = mpi_size() - 1;
+    const int64_t n = 3000, d = 8, k = 12;
+    const auto bounds = shard_bounds(n, true);
+    flash::Points local;
+    local.data = x.data() + bounds[rank] * d;
+    local.n = bounds[rank + 1] - bounds[rank];
+    local.d = d;
+    long pid = long(getpid());
+    MPI_Bcast(&pid, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    const std::string path = "mpi_kmeans_check_" + std::to_string(pid) + ".ckpt"; // (rank 0's, in its directory)
+    auto options = [&] {
+        flash::distributed::MpiKmeansOptions o;
+        o.lloyd.k = k;
+        o.lloyd.niter = 8;
+        o.lloyd.backend = flash::Backend::CPU;
+        o.max_points_per_centroid = 50; // subsampled
+        o.lloyd.checkpoint_path = path;
+        o.lloyd.checkpoint_every = 2;
+        return o;
+    };
+    std::vector<float> straight(k * d), resumed(k * d);
+    auto plain = options();
+    plain.lloyd.checkpoint_path.clear();
+    plain.lloyd.checkpoint_every = 0;
+    const auto st_straight = flash::distributed::run_kmeans(MPI_COMM_WORLD, local, straight.data(), plain);
+    auto file_iterations = [&] { // rank 0's checkpoint, sent to every rank
+        int done = -1;
+        flash::Checkpoint c;
+        if (rank == 0 && flash::load_checkpoint(path, c)) done = c.iterations_done;
+        MPI_Bcast(&done, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        return done;
+    };
+    // Resumed with a callback that records the iterations it sees (the whole history, in order)
+    // and a post-processing that counts the iterations run (and the initial centroids): only
+    // those after the checkpoint's `from`.
+    auto resume = [&](const std::string& what, int from) {
+        std::vector<int> seen;
+        int processed = 0;
+        auto o = options();
+        o.lloyd.on_iteration = [&seen](int64_t, int it, const flash::IterationStats&) { seen.push_back(it); };
+        o.lloyd.post_process = [&processed](float*, int64_t, int64_t) { processed++; }; // (the default: none)
+        const auto st = flash::distributed::run_kmeans(MPI_COMM_WORLD, local, resumed.data(), o);
+        expect(std::memcmp(resumed.data(), straight.data(), sizeof(float) * k * d) == 0,
+               what + ": resumed centroids equal the uninterrupted run's");
+        expect(st.size() == st_straight.size() && st.back().obj == st_straight.back().obj,
+               what + ": resumed stats (8 iterations, same objective)");
+        expect(seen == std::vector<int>({0, 1, 2, 3, 4, 5, 6, 7}),
+               what + ": every iteration's callback once, in order");
+        expect(processed == 1 + 8 - from, what + ": ran only the iterations after the checkpoint");
+        expect(file_iterations() == 8, what + ": the final checkpoint holds 8 iterations");
+        if (rank == 0) std::remove(path.c_str());
+    };
+
+    auto crash = options();
+    crash.lloyd.on_iteration = [last](int64_t, int it, const flash::IterationStats&) {
+        if (mpi_rank() == last && it == 4) throw std::runtime_error("simulated crash");
+    };
+    try {
+        flash::distributed::run_kmeans(MPI_COMM_WORLD, local, resumed.data(), crash);
+        expect(false, "checkpoint: the crashing run did not throw");
+    } catch (const std::exception&) {
+    }
+    expect(file_iterations() == 4, "checkpoint: a run that failed after 5 iterations left the one after 4");
+    resume("checkpoint after a failure", 4);
+
+    auto stopped = options();
+    stopped.lloyd.stop_on_sigint = true;
+    stopped.lloyd.on_iteration = [last](int64_t, int it, const flash::IterationStats&) {
+        if (mpi_rank() == last && it == 1) flash::request_stop(); // one rank only
+    };
+    try {
+        flash::distributed::run_kmeans(MPI_COMM_WORLD, local, resumed.data(), stopped);
+        expect(false, "checkpoint: the stopped run did not throw");
+    } catch (const flash::Interrupted& e) {
+        expect(std::string(e.what()).find("stopped after iteration 3 of 8") != std::string::npos,
+               std::string("checkpoint: Interrupted on every rank: ") + e.what());
+    }
+    expect(file_iterations() == 3,
+           "checkpoint: a stop requested during iteration 2 on one rank ends every rank after 3");
+    resume("checkpoint after a stop request", 3);
+
+    // Another run's checkpoint (another seed): refused on every rank, the file left as it is.
+    flash::clear_stop_request(); // (the last rank's request, honoured)
+    flash::distributed::run_kmeans(MPI_COMM_WORLD, local, resumed.data(), options()); // a checkpoint of 8
+    auto other = options();
+    other.seed = 99;
+    try {
+        flash::distributed::run_kmeans(MPI_COMM_WORLD, local, resumed.data(), other);
+        expect(false, "checkpoint: another run's checkpoint was accepted");
+    } catch (const flash::distributed::RankFailed& e) {
+        expect(rank != 0 && e.failed_rank == 0, "checkpoint: RankFailed names rank 0");
+    } catch (const std::invalid_argument& e) {
+        expect(rank == 0 && std::string(e.what()).find("another problem") != std::string::npos,
+               std::string("checkpoint: refusal on rank 0: ") + e.what());
+    }
+    expect(file_iterations() == 8, "checkpoint: a refused checkpoint is left as it was");
+    if (rank == 0) std::remove(path.c_str());
+}
+
 void check_building_blocks() {
     const int rank = mpi_rank(), size = mpi_size();
     // Chunked all-reduce: pieces of 3 elements, against the closed form.
@@ -265,6 +372,7 @@ int main(int argc, char** argv) {
         check_building_blocks();
         // Failures first: the runs after them show that no rank was left behind in a collective.
         check_failures();
+        check_checkpoints(flash_test::integer_points(3000, 8, 40, 77));
         const auto xi = flash_test::integer_points(3000, 8, 40, 77);
         run_case({"integer data, no subsampling", 3000, 8, 12, 1000}, xi);
         run_case({"integer data, subsampled, uneven shards", 3000, 8, 20, 50, true, true}, xi);

@@ -1,8 +1,12 @@
 // Distributed k-means of an .fvecs file: each MPI rank reads only its own slice of rows.
 //   mpirun -np 4 flash_mpi_kmeans data.fvecs -k 1024 [--niter 25] [--seed 1234]
 //          [--max-points-per-centroid 256] [--metric l2|ip] [--backend auto|cpu|cuda]
-//          [-o centroids.fvecs]
+//          [-o centroids.fvecs] [--checkpoint PATH [--checkpoint-every N]]
 //   mpirun -np 2 flash_mpi_kmeans --synthetic N --dim D -k K ...   (generated shards, no file)
+// --checkpoint: rank 0 writes the run's state there every N iterations (default 1) and at the
+// end; the same command run again resumes from it to the same centroids. SIGINT, SIGTERM or
+// SIGUSR1 (mpirun forwards SIGUSR1 to every rank) stop every rank after the current iteration,
+// with the checkpoint written: exit status 130.
 // Rank 0 prints one line per iteration and writes the centroids; it opens OUT before training,
 // in the step that reads the shards (an unwritable path fails there, on every rank), but writes
 // it only at the end; if the run fails with an error, it removes an OUT that it created or
@@ -12,6 +16,7 @@
 // status: 0, 1 on an error (every rank leaves; rank 0 names the rank that failed), 2 on a bad
 // command line.
 #include <mpi.h>
+#include <signal.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -22,7 +27,9 @@
 #include <string>
 #include <vector>
 
+#include "kernels/checkpoint.h"
 #include "kernels/distributed/lloyd_mpi.h"
+#include "kernels/lloyd_common.h"
 #include "kernels/synthetic_points.h"
 
 namespace {
@@ -30,6 +37,7 @@ namespace {
 const char* kUsage =
     "usage: flash_mpi_kmeans FILE.fvecs -k K [--niter N] [--seed S] [--max-points-per-centroid M]\n"
     "                        [--metric l2|ip] [--backend auto|cpu|cuda] [-o OUT.fvecs]\n"
+    "                        [--checkpoint PATH [--checkpoint-every N]]\n"
     "       flash_mpi_kmeans --synthetic N [--dim D] -k K [...]";
 
 // A bad command line (exit status 2, with the usage).
@@ -88,6 +96,11 @@ Args parse_args(int argc, char** argv) {
             if (a.out.empty()) throw UsageError("-o needs a file name");
         } else if (f == "--synthetic") {
             a.synthetic = parse_int(f, value(), 1, int64_t(1) << 48); // n * (rank + 1) stays in range
+        } else if (f == "--checkpoint") {
+            a.opt.lloyd.checkpoint_path = value();
+            if (a.opt.lloyd.checkpoint_path.empty()) throw UsageError("--checkpoint needs a file name");
+        } else if (f == "--checkpoint-every") {
+            a.opt.lloyd.checkpoint_every = int(parse_int(f, value(), 1, kIntMax));
         } else if (f == "--dim") {
             a.dim = parse_int(f, value(), 1, 1 << 20);
         } else if (a.path.empty() && !f.empty() && f[0] != '-') {
@@ -99,6 +112,10 @@ Args parse_args(int argc, char** argv) {
     if (a.path.empty() && a.synthetic == 0) throw UsageError("give an .fvecs file or --synthetic N");
     if (!a.path.empty() && a.synthetic > 0) throw UsageError("give an .fvecs file or --synthetic N, not both");
     if (!have_k) throw UsageError("-k K (the number of centroids) is required");
+    if (a.opt.lloyd.checkpoint_every > 0 && a.opt.lloyd.checkpoint_path.empty())
+        throw UsageError("--checkpoint-every needs --checkpoint PATH");
+    if (!a.opt.lloyd.checkpoint_path.empty() && a.opt.lloyd.checkpoint_every == 0) a.opt.lloyd.checkpoint_every = 1;
+    a.opt.lloyd.stop_on_sigint = true; // (the handlers: main)
     if (metric == "ip")
         a.opt.lloyd.metric = flash::Metric::InnerProduct;
     else if (metric != "l2")
@@ -161,6 +178,12 @@ int main(int argc, char** argv) {
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
+    // A clean stop between iterations (every rank: the run's stop flag is all-reduced); after
+    // MPI_Init, which may install handlers of its own.
+    struct sigaction stop = {};
+    stop.sa_handler = [](int) { flash::request_stop(); };
+    sigemptyset(&stop.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGUSR1}) sigaction(sig, &stop, nullptr);
     int rc = 0;
     std::string remove_on_error; // rank 0: the output file if this run created it or began writing it
     // Until the centroids are computed every error is collective (run_collectively,
@@ -192,12 +215,23 @@ int main(int argc, char** argv) {
         if (rank == 0) {
             std::printf("%ld points in %ldD over %d ranks, k=%ld, %d iterations\n", long(n_total), long(d), size,
                         long(opt.lloyd.k), opt.lloyd.niter);
+            flash::Checkpoint found; // (only to say so: run_kmeans checks it is this run's)
+            try {
+                if (!opt.lloyd.checkpoint_path.empty() && flash::load_checkpoint(opt.lloyd.checkpoint_path, found))
+                    std::printf("resuming from %s (%d iterations done)\n", opt.lloyd.checkpoint_path.c_str(),
+                                found.iterations_done);
+            } catch (const std::exception&) {
+            }
             opt.lloyd.on_iteration = [](int64_t, int it, const flash::IterationStats& s) {
                 std::printf("  iteration %d (%.2f s): objective=%g imbalance=%.3f nsplit=%d\n", it, s.time_s, s.obj,
                             s.imbalance, s.nsplit);
                 std::fflush(stdout);
             };
         }
+        // A stop asked for while the shards were read: every rank leaves before training.
+        flash::distributed::run_collectively(MPI_COMM_WORLD, [] {
+            if (flash::stop_requested()) throw flash::Interrupted("faiss-flash: stopped before the first iteration");
+        });
         flash::distributed::run_kmeans(MPI_COMM_WORLD, local, cen.data(), opt);
         if (rank == 0 && !a.out.empty()) {
             std::ofstream f(a.out, std::ios::binary);
@@ -213,6 +247,9 @@ int main(int argc, char** argv) {
             remove_on_error.clear();
             std::printf("wrote %ld centroids to %s\n", long(opt.lloyd.k), a.out.c_str());
         }
+    } catch (const flash::Interrupted& e) {
+        if (rank == 0) std::fprintf(stderr, "flash_mpi_kmeans: %s\n", e.what());
+        rc = 130;
     } catch (const UsageError& e) {
         if (rank == 0) std::fprintf(stderr, "flash_mpi_kmeans: %s\n%s\n", e.what(), kUsage);
         rc = 2;

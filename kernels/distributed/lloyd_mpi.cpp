@@ -9,6 +9,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "kernels/checkpoint.h"
 #include "kernels/cpu/half_convert.h"
 #include "kernels/cpu/lloyd_cpu.h"
 #include "kernels/cuda/cuda_engine.h"
@@ -87,6 +88,7 @@ class Failures {
 void validate_arguments(const Points& local, const float* centroids, const MpiKmeansOptions& opt) {
     auto fail = [](const std::string& m) { throw std::invalid_argument("faiss-flash: " + m); };
     const LloydOptions& lo = opt.lloyd;
+    if (lo.checkpoint_every < 0) fail("checkpoint_every must be >= 0, got " + std::to_string(lo.checkpoint_every));
     if (local.batch != 1) fail("distributed k-means takes batch 1, got " + std::to_string(local.batch));
     if (local.device >= 0)
         fail("distributed k-means takes host shards, got CUDA device " + std::to_string(local.device));
@@ -101,7 +103,7 @@ void validate_arguments(const Points& local, const float* centroids, const MpiKm
 // all-reduce of the values and their negations gives every rank the max and the min).
 void check_same_options(MPI_Comm comm, const Points& local, const MpiKmeansOptions& opt) {
     const LloydOptions& lo = opt.lloyd;
-    constexpr int kFields = 10;
+    constexpr int kFields = 13;
     const char* names[kFields] = {"the dimension d",
                                   "k",
                                   "niter",
@@ -111,7 +113,10 @@ void check_same_options(MPI_Comm comm, const Points& local, const MpiKmeansOptio
                                   "k_frozen",
                                   "seed",
                                   "max_points_per_centroid",
-                                  "whether init_centroids is given"};
+                                  "whether init_centroids is given",
+                                  "whether checkpoint_path is given",
+                                  "checkpoint_every",
+                                  "stop_on_sigint"};
     int64_t v[2 * kFields] = {local.d,
                               lo.k,
                               lo.niter,
@@ -121,7 +126,10 @@ void check_same_options(MPI_Comm comm, const Points& local, const MpiKmeansOptio
                               lo.k_frozen,
                               opt.seed,
                               opt.max_points_per_centroid,
-                              int64_t(opt.init_centroids != nullptr)};
+                              int64_t(opt.init_centroids != nullptr),
+                              int64_t(!lo.checkpoint_path.empty()),
+                              lo.checkpoint_every,
+                              int64_t(lo.stop_on_sigint)};
     for (int i = 0; i < kFields; i++) v[kFields + i] = -v[i]; // values are validated, far from INT64_MIN
     check_mpi(MPI_Allreduce(MPI_IN_PLACE, v, 2 * kFields, MPI_INT64_T, MPI_MAX, comm), "MPI_Allreduce");
     for (int i = 0; i < kFields; i++)
@@ -167,6 +175,16 @@ void accumulate(const Points& x, const float* weights, const int64_t* labels, co
 } // namespace
 
 namespace detail {
+
+void bcast(MPI_Comm comm, void* buf, int64_t n, MPI_Datatype type, int root, int64_t max_count) {
+    int elem = 0;
+    check_mpi(MPI_Type_size(type, &elem), "MPI_Type_size");
+    char* p = static_cast<char*>(buf);
+    for (int64_t off = 0; off < n; off += max_count) {
+        const int count = int(std::min(max_count, n - off));
+        check_mpi(MPI_Bcast(p + off * elem, count, type, root, comm), "MPI_Bcast");
+    }
+}
 
 void allreduce_in_place(MPI_Comm comm, void* buf, int64_t n, MPI_Datatype type, MPI_Op op, int64_t max_count) {
     int elem = 0;
@@ -251,8 +269,8 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     std::vector<float> ws;       // (rows) their weights, or empty
     Points xl = local;
     std::unique_ptr<cuda_engine::PartialSums> gpu;
-    // One all-reduce per iteration: (k, d) sums, (k) weighted counts, the objective and a
-    // failure flag; the (k) plain counts go in a second one (int64).
+    // One all-reduce per iteration: (k, d) sums, (k) weighted counts, the objective, a failure
+    // flag and a stop flag; the (k) plain counts go in a second one (int64).
     std::vector<double> packed;
     std::vector<int64_t> count;
     std::vector<int64_t> labels;
@@ -288,7 +306,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
                 go.cuda_device = local_rank % std::max(1, cuda_engine::device_count());
             gpu = std::make_unique<cuda_engine::PartialSums>(xl, go);
         }
-        packed.assign(size_t(k * d + k + 2), 0.0);
+        packed.assign(size_t(k * d + k + 3), 0.0);
         count.assign(size_t(k), 0);
         counts_f.assign(size_t(k), 0.0f);
         if (!gpu) {
@@ -334,14 +352,75 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     };
     failures.local(post_process);
 
+    // Resumable runs (checkpoint_path, on every rank): rank 0 writes the checkpoint, after every
+    // checkpoint_every iterations and at the end (or when stopped); a run that finds one of the
+    // same run (the same shards in the same ranks, options and initial centroids) continues from
+    // its centroids and stats, which rank 0 reads and sends to every rank.
+    std::vector<IterationStats> stats;
+    Checkpoint ck;
+    const bool checkpointing = !lo.checkpoint_path.empty();
+    if (checkpointing) {
+        failures.agree(); // (the initial post-processing) before the collectives below
+        Points shard = local;
+        if (shard.n == 0) shard.data = nullptr; // (its shape only)
+        LloydOptions shard_opt = lo;
+        shard_opt.k = k;
+        const uint64_t mine[2] = {data_fingerprint(shard), run_fingerprint(shard, centroids, shard_opt)};
+        std::vector<uint64_t> all(size_t(2 * size));
+        check_mpi(MPI_Allgather(mine, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, comm), "MPI_Allgather");
+        std::vector<uint64_t> data_parts = {uint64_t(opt.seed), uint64_t(opt.max_points_per_centroid)}, run_parts;
+        for (int r = 0; r < size; r++) {
+            data_parts.push_back(all[2 * r]);
+            run_parts.push_back(all[2 * r + 1]);
+        }
+        ck.batch = 1;
+        ck.n = n_global;
+        ck.d = d;
+        ck.k = k;
+        ck.metric = int(lo.metric);
+        ck.data_fingerprint = combine_fingerprints(data_parts);
+        ck.run_fingerprint = combine_fingerprints(run_parts);
+        ck.stats.assign(1, {});
+        int64_t resumed = 0;
+        failures.local([&] {
+            Checkpoint found;
+            if (rank != 0 || !load_checkpoint(lo.checkpoint_path, found)) return;
+            check_same_run(found, ck, lo.niter, lo.checkpoint_path);
+            resumed = found.iterations_done;
+            ck.stats = found.stats;
+            std::copy(found.centroids.begin(), found.centroids.end(), centroids);
+        });
+        failures.agree();
+        check_mpi(MPI_Bcast(&resumed, 1, MPI_INT64_T, 0, comm), "MPI_Bcast");
+        if (resumed > 0) {
+            detail::bcast(comm, centroids, k * d, MPI_FLOAT, 0);
+            ck.stats[0].resize(size_t(resumed));
+            detail::bcast(comm, ck.stats[0].data(), resumed * int64_t(sizeof(IterationStats)), MPI_BYTE, 0);
+            stats = ck.stats[0];
+            if (lo.on_iteration) // callers see the whole history
+                failures.local([&] {
+                    for (int it = 0; it < int(resumed); it++) lo.on_iteration(0, it, stats[it]);
+                });
+        }
+    }
+    auto save = [&] { // rank 0, after the iterations in stats
+        if (!checkpointing || rank != 0) return;
+        ck.iterations_done = int(stats.size());
+        ck.stats[0] = stats;
+        ck.centroids.assign(centroids, centroids + k * d);
+        save_checkpoint(lo.checkpoint_path, ck);
+    };
+    if (lo.stop_on_sigint) clear_stop_request(); // (as the engine: not one left from an earlier run)
+
     double* sums = packed.data(); // (k, d)
     double* wsum = sums + k * d;  // (k)
     double* obj = wsum + k;       // (1)
     double* failed = obj + 1;     // (1) number of ranks that failed
-    std::vector<IterationStats> stats;
-    const double t0 = wall_seconds();
-    double search = 0;
-    for (int it = 0; it < lo.niter; it++) {
+    double* stop = failed + 1;    // (1) number of ranks asked to stop (stop_on_sigint)
+    const double t_before = stats.empty() ? 0 : stats.back().time_s; // (a resumed run's time goes on)
+    const double t0 = wall_seconds() - t_before;
+    double search = stats.empty() ? 0 : stats.back().search_time_s;
+    for (int it = int(stats.size()); it < lo.niter; it++) {
         const double ts = wall_seconds();
         failures.local([&] {
             if (gpu) {
@@ -356,6 +435,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
             }
         });
         *failed = failures.failed() ? 1 : 0;
+        *stop = lo.stop_on_sigint && stop_requested() ? 1 : 0;
         detail::allreduce_in_place(comm, packed.data(), int64_t(packed.size()), MPI_DOUBLE, MPI_SUM);
         if (*failed != 0) failures.agree(); // throws on every rank
         detail::allreduce_in_place(comm, count.data(), k, MPI_INT64_T, MPI_SUM);
@@ -370,8 +450,18 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
         failures.local(post_process);
         stats.push_back(st);
         if (lo.on_iteration) failures.local([&] { lo.on_iteration(0, it, st); });
+        const bool stopping = *stop != 0; // (the same on every rank: a sum)
+        if (checkpointing &&
+            (stopping || it + 1 == lo.niter || (lo.checkpoint_every > 0 && (it + 1) % lo.checkpoint_every == 0)))
+            failures.local(save);
+        if (stopping) {
+            failures.agree();
+            throw Interrupted("faiss-flash: stopped after iteration " + std::to_string(it + 1) + " of " +
+                              std::to_string(lo.niter) +
+                              (checkpointing ? "; resume from checkpoint " + lo.checkpoint_path : ""));
+        }
     }
-    failures.agree(); // post-processing or callback failures since the last all-reduce
+    failures.agree(); // post-processing, callback or checkpoint failures since the last all-reduce
     return stats;
 }
 

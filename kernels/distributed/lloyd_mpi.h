@@ -19,11 +19,20 @@ namespace flash::distributed {
 
 struct MpiKmeansOptions {
     /// k, niter, metric, spherical, int_centroids, k_frozen, weights (local: one per row of
-    /// this rank's shard), backend, cuda_device, post_process, on_iteration. Everything but
-    /// weights, cuda_device and on_iteration must be the same on every rank, post_process
-    /// included (it sets the centroids). Checked across ranks: d, k, niter, metric,
-    /// spherical, int_centroids, k_frozen, seed, max_points_per_centroid and whether
-    /// init_centroids is given; not checked: backend, fp32_mode, transfer_dtype, post_process.
+    /// this rank's shard), backend, cuda_device, post_process, on_iteration, checkpoint_path,
+    /// checkpoint_every, stop_on_sigint. Everything but weights, cuda_device, on_iteration and
+    /// checkpoint_path's value must be the same on every rank, post_process included (it sets
+    /// the centroids). Checked across ranks: d, k, niter, metric, spherical, int_centroids,
+    /// k_frozen, seed, max_points_per_centroid, whether init_centroids and checkpoint_path are
+    /// given, checkpoint_every, stop_on_sigint; not checked: backend, fp32_mode,
+    /// transfer_dtype, post_process.
+    /// Checkpoints: rank 0 writes to its checkpoint_path every checkpoint_every iterations, at
+    /// the end and when stopped; a run that finds one of the same run (the same shards in the
+    /// same ranks, options and initial centroids; else std::invalid_argument) resumes from it
+    /// on every rank, to the same centroids as an uninterrupted run. stop_on_sigint: a stop
+    /// request (flash::request_stop, e.g. from the caller's signal handler; run_kmeans installs
+    /// none) on any rank stops every rank after the current iteration, checkpoint written,
+    /// with flash::Interrupted; requests made before the call are dropped when it starts.
     LloydOptions lloyd;
     int seed = 1234;                   ///< as faiss::ClusteringParameters::seed
     int max_points_per_centroid = 256; ///< > 0; as faiss::ClusteringParameters

@@ -17,6 +17,9 @@ constexpr int64_t kMaxMpiCount = int64_t(1) << 26;
 void allreduce_in_place(MPI_Comm comm, void* buf, int64_t n, MPI_Datatype type, MPI_Op op,
                         int64_t max_count = kMaxMpiCount);
 
+/// MPI_Bcast(buf, n, type, root) for any 64-bit n, in pieces of at most max_count elements.
+void bcast(MPI_Comm comm, void* buf, int64_t n, MPI_Datatype type, int root, int64_t max_count = kMaxMpiCount);
+
 /// The first m entries of faiss_rand_perm(n, seed) (FAISS' rand_perm), 0 <= m <= n, in
 /// O(m) memory when m is small against n: Fisher-Yates fixes position i at step i, so only
 /// the first m steps run, with the displaced entries kept in a hash map.
