@@ -5,9 +5,16 @@
                [--devices 0,1] [--streaming auto|off|force] [--max-gpu-memory GB]
                [--transfer-dtype float16|bfloat16] [--fp32-mode exact|tf32]
                [--ivf-index out.faissindex] [--compare] [--verbose]
+               [--checkpoint run.ckpt [--checkpoint-every N]]
+
+With --checkpoint the run is resumable: the centroids are saved every N iterations (1 unless
+--checkpoint-every says otherwise) and at the end; the same command run again after a crash or
+Ctrl-C continues from the file to the same centroids as an uninterrupted run.
 """
 import argparse
+import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -51,6 +58,19 @@ def _ordinals(text):
     return v
 
 
+def _check_checkpoint_path(path):
+    """Raises DataFileError unless a checkpoint can be written at path. An existing file is left
+    alone (that is how a run resumes); the directory is probed with an unnamed temporary file,
+    since os.access says yes to root even where nobody can create a file (/proc)."""
+    check_output_dir(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot write in {parent} ({e.strerror or e})") from None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="flash-kmeans", description="Exact k-means with faiss-flash")
     ap.add_argument("input")
@@ -75,15 +95,27 @@ def main(argv=None):
     ap.add_argument("--verbose", action="store_true",
                     help="a progress line per iteration (on by default for long runs)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--checkpoint", metavar="PATH",
+                    help="resumable run: save the centroids here; an existing checkpoint of the same run is resumed")
+    ap.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                    help="iterations between checkpoints (1: a crash loses at most one iteration)")
     args = ap.parse_args(argv)
+    if args.checkpoint is None and args.checkpoint_every is not None:
+        ap.error("--checkpoint-every: needs --checkpoint")
     # Everything that can be checked before reading the data and training is checked here.
-    outputs = (("-o", args.output, check_output_path), ("--ivf-index", args.ivf_index, check_output_dir))
+    outputs = (("-o", args.output, check_output_path), ("--ivf-index", args.ivf_index, check_output_dir),
+               ("--checkpoint", args.checkpoint, _check_checkpoint_path))
     for flag, path, check in outputs:
         if path is not None:
             try:
                 check(path)
             except DataFileError as e:
                 ap.error(f"{flag}: {e}")
+    if args.checkpoint is not None:
+        # The checkpoint is rewritten during the run: it must not be the input or another output.
+        for flag, path in (("input", args.input), ("-o", args.output), ("--ivf-index", args.ivf_index)):
+            if path is not None and os.path.realpath(path) == os.path.realpath(args.checkpoint):
+                ap.error(f"--checkpoint: {args.checkpoint}: the same file as {flag}")
     from . import cuda_available
     if parse_device(args.device)[0] == "cuda" and not cuda_available():
         print(f"flash-kmeans: --device {args.device}: no CUDA device is available (or this build has no CUDA)",
@@ -112,16 +144,33 @@ def main(argv=None):
         placement["devices"] = args.devices
     if args.max_gpu_memory is not None:
         placement["max_gpu_memory"] = max(1, int(args.max_gpu_memory * 1e9))
+    if args.checkpoint is not None:
+        params.update(checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every or 1)
+        # The library checks that the file belongs to this run (and says what differs if not).
+        # Its iteration count is not read here: the bindings have no reader for the format.
+        if os.path.exists(args.checkpoint):
+            print(f"resuming from {args.checkpoint}", flush=True)
     try:
         km = Kmeans(d, args.k, device=args.device, **params, **placement)
         t0 = time.perf_counter()
         km.train(x)
         t_ours = time.perf_counter() - t0
     except (ValueError, TypeError) as e:
-        print(f"flash-kmeans: {args.input}: {e}", file=sys.stderr)
+        message = str(e)
+        if args.checkpoint is not None and "checkpoint" in message and args.checkpoint in message:
+            # a checkpoint of another run, or a damaged one: the library's message names it
+            print(f"flash-kmeans: {message.removeprefix('faiss-flash: ')}", file=sys.stderr)
+        else:
+            print(f"flash-kmeans: {args.input}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("flash-kmeans: interrupted", file=sys.stderr)
+        # The library saves the checkpoint before it raises (a Ctrl-C before training began
+        # leaves none: then the command starts afresh).
+        if args.checkpoint is not None and os.path.exists(args.checkpoint):
+            print(f"flash-kmeans: interrupted; run the same command again to resume from {args.checkpoint}",
+                  file=sys.stderr)
+        else:
+            print("flash-kmeans: interrupted", file=sys.stderr)
         return 130
     except (RuntimeError, MemoryError) as e:  # the engine failed (a CUDA error, out of memory)
         print(f"flash-kmeans: {str(e) or type(e).__name__}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """The flash-kmeans command line."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -198,3 +200,138 @@ def test_unwritable_outputs_after_training_are_one_line_errors(tmp_path, rs):
         r = cli(str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu", flag, name)
         assert r.returncode == 1 and f"{name}: cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert "objective" in r.stdout
+
+
+# Resumable runs (--checkpoint). The library's own tests (tests/test_checkpoint.cpp) cover the
+# format; these check the command line around it: same bytes out, resume after SIGKILL and
+# SIGINT, and the refusals.
+
+def _ckpt_args(path, every=None):
+    return ["--checkpoint", str(path)] + ([] if every is None else ["--checkpoint-every", str(every)])
+
+
+@pytest.mark.parametrize("ext, every", [(".npy", None), (".fvecs", 3)])
+def test_checkpointed_run_gives_the_same_centroids(tmp_path, rs, ext, every):
+    x = gaussian(rs, 3000, 8)
+    data = str(tmp_path / f"x{ext}")
+    np.save(data, x) if ext == ".npy" else write_fvecs(data, x)
+    common = [data, "-k", "10", "--niter", "7", "--device", "cpu"]  # 7: the last checkpoint comes at the end
+    plain = cli(*common, "-o", str(tmp_path / f"plain{ext}"))
+    assert plain.returncode == 0, plain.stderr
+    ckpt = tmp_path / "run.ckpt"
+    first = cli(*common, *_ckpt_args(ckpt, every), "-o", str(tmp_path / f"ckpt{ext}"))
+    assert first.returncode == 0, first.stderr
+    assert ckpt.exists() and "resuming" not in first.stdout
+    assert (tmp_path / f"ckpt{ext}").read_bytes() == (tmp_path / f"plain{ext}").read_bytes()
+    # The same command again resumes from the finished run's checkpoint: nothing left to do.
+    again = cli(*common, *_ckpt_args(ckpt, every), "-o", str(tmp_path / f"again{ext}"))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {ckpt}" in again.stdout
+    assert (tmp_path / f"again{ext}").read_bytes() == (tmp_path / f"plain{ext}").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """A CPU run of about 2.5 s on 2 cores (30 iterations of 60000 x 64 points, k = 512: one
+    iteration is ~0.08 s, so a kill after the first checkpoint lands with most of the run left),
+    and the centroids of an uninterrupted run of it."""
+    tmp = tmp_path_factory.mktemp("long_run")
+    seed = 1234
+    print(f"numpy seed {seed}")
+    np.save(tmp / "x.npy", gaussian(np.random.RandomState(seed), 60000, 64))
+    args = [str(tmp / "x.npy"), "-k", "512", "--niter", "30", "--device", "cpu", "--quiet"]
+    r = cli(*args, "-o", str(tmp / "uninterrupted.npy"))
+    assert r.returncode == 0, r.stderr
+    return args, (tmp / "uninterrupted.npy").read_bytes()
+
+
+def _start_until_checkpoint(args, ckpt, timeout=60):
+    """The CLI started in the background, returned once its first checkpoint exists (the library
+    writes it atomically: once the name exists, the file is complete)."""
+    proc = subprocess.Popen([sys.executable, "-m", "faiss_flash.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(ckpt) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if not os.path.exists(ckpt):
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"no checkpoint {ckpt} after {timeout} s (exit status {proc.returncode}): {err}")
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        pytest.fail(f"the run ended (exit status {proc.returncode}) before it could be stopped: "
+                    f"make the data larger\n{out}{err}")
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_stopped_run_resumes_to_the_same_centroids(tmp_path, long_run, sig):
+    args, uninterrupted = long_run
+    ckpt, out = tmp_path / "run.ckpt", tmp_path / "c.npy"
+    cmd = [*args, "--checkpoint", str(ckpt), "-o", str(out)]
+    proc = _start_until_checkpoint(cmd, ckpt)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    # The centroids are written only after the last iteration: none means the run was stopped
+    # before its end (a run that got there first would fail here rather than test nothing).
+    assert not out.exists(), f"the run finished before {sig.name}: make the data larger"
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, (proc.returncode, stderr)
+    else:  # the library stops after the current iteration, saves the checkpoint and says where
+        assert proc.returncode == 130, (proc.returncode, stderr)
+        assert stderr.strip() == f"flash-kmeans: interrupted; run the same command again to resume from {ckpt}"
+    assert ckpt.exists()
+    r = cli(*cmd)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {ckpt}" in r.stdout
+    assert out.read_bytes() == uninterrupted
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--checkpoint-every", "2"], "--checkpoint-every: needs --checkpoint"),
+    (["--checkpoint", "{tmp}/run.ckpt", "--checkpoint-every", "0"],
+     "--checkpoint-every: expected a positive integer, got 0"),
+    (["--checkpoint", "{tmp}/run.ckpt", "--checkpoint-every", "-2"],
+     "--checkpoint-every: expected a positive integer, got -2"),
+    (["--checkpoint", "{tmp}/no/such/dir/run.ckpt"], "--checkpoint: {tmp}/no/such/dir/run.ckpt: no such directory"),
+    (["--checkpoint", "{tmp}"], "--checkpoint: {tmp}: is a directory"),
+    (["--checkpoint", "{tmp}/x.npy"], "--checkpoint: {tmp}/x.npy: the same file as input"),
+    (["--checkpoint", "{tmp}/c.npy", "-o", "{tmp}/c.npy"], "--checkpoint: {tmp}/c.npy: the same file as -o"),
+    pytest.param(["--checkpoint", "/proc/run.ckpt"], "--checkpoint: /proc/run.ckpt: cannot write in /proc",
+                 marks=pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux' /proc")),
+])
+def test_bad_checkpoint_options_are_usage_errors(tmp_path, rs, args, word):
+    np.save(tmp_path / "x.npy", gaussian(rs, 500, 4))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = cli(str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu", *args)
+    assert r.returncode == 2 and word.replace("{tmp}", str(tmp_path)) in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""  # nothing was trained
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]  # nor written
+
+
+@pytest.mark.parametrize("change, word", [
+    (["-k", "5"], "was written for another problem (shape, metric or data differ)"),
+    (["--seed", "7"], "was written for another run of this data"),
+    (["--niter", "2"], "holds 4 iterations, more than niter = 2"),
+])
+def test_checkpoint_of_another_run_is_refused(tmp_path, rs, change, word):
+    # 1000 points, not subsampled (k * max_points_per_centroid = 1024): the seed changes only the
+    # initial centroids.
+    np.save(tmp_path / "x.npy", gaussian(rs, 1000, 8))
+    ckpt = tmp_path / "run.ckpt"
+    common = [str(tmp_path / "x.npy"), "-k", "4", "--niter", "4", "--device", "cpu", "--checkpoint", str(ckpt)]
+    assert cli(*common).returncode == 0
+    before = ckpt.read_bytes()
+    r = cli(*common, *change, "-o", str(tmp_path / "c.npy"))
+    assert r.returncode == 2 and r.stderr.strip().startswith(f"flash-kmeans: checkpoint {ckpt} {word}"), r.stderr
+    assert "Traceback" not in r.stderr and "objective" not in r.stdout
+    assert ckpt.read_bytes() == before and not (tmp_path / "c.npy").exists()  # left as it was
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, rs):
+    np.save(tmp_path / "x.npy", gaussian(rs, 500, 4))
+    ckpt = tmp_path / "notes.txt"
+    ckpt.write_text("not a checkpoint\n")
+    r = cli(str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu", "--checkpoint", str(ckpt))
+    assert r.returncode == 2 and r.stderr.strip() == f"flash-kmeans: {ckpt} is not a faiss-flash checkpoint"
+    assert ckpt.read_text() == "not a checkpoint\n"
