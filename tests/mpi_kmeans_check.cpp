@@ -304,6 +304,22 @@ void check_checkpoints(const std::vector<float>& x) {
            "checkpoint: a stop requested during iteration 2 on one rank ends every rank after 3");
     resume("checkpoint after a stop request", 3);
 
+    // A stop requested during the last iteration: the run ends as it would have, no Interrupted.
+    auto late = options();
+    late.lloyd.checkpoint_path.clear();
+    late.lloyd.checkpoint_every = 0;
+    late.lloyd.stop_on_sigint = true;
+    late.lloyd.on_iteration = [last](int64_t, int it, const flash::IterationStats&) {
+        if (mpi_rank() == last && it == 6) flash::request_stop(); // read at the last all-reduce
+    };
+    try {
+        const auto st = flash::distributed::run_kmeans(MPI_COMM_WORLD, local, resumed.data(), late);
+        expect(st.size() == 8 && std::memcmp(resumed.data(), straight.data(), sizeof(float) * k * d) == 0,
+               "checkpoint: a stop during the last iteration leaves the run whole");
+    } catch (const std::exception& e) {
+        expect(false, std::string("checkpoint: a stop during the last iteration threw: ") + e.what());
+    }
+
     // Another run's checkpoint (another seed): refused on every rank, the file left as it is.
     flash::clear_stop_request(); // (the last rank's request, honoured)
     flash::distributed::run_kmeans(MPI_COMM_WORLD, local, resumed.data(), options()); // a checkpoint of 8

@@ -17,23 +17,28 @@ wait_for() { # file: up to 60 s
   while [ ! -e "$1" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done
   [ -e "$1" ]
 }
+# Absolute checkpoint paths: the pkill pattern below then matches this test's runs only (another
+# build's copy of the test may run on the machine); whatever is left running goes at the end.
+ck_kill=$PWD/mpi_ck_kill.ckpt ck_usr1=$PWD/mpi_ck_usr1.ckpt
+cleanup() { pkill -KILL -f "flash_mpi_kmean[s] .*$PWD/mpi_ck_" 2> /dev/null; wait; }
+trap cleanup EXIT
 rm -f mpi_ck_ref.fvecs mpi_ck_kill.* mpi_ck_usr1.*
 (run -o mpi_ck_ref.fvecs) > mpi_ck_ref.log 2>&1 || { cat mpi_ck_ref.log; fail "the uninterrupted run"; }
 
-(run --checkpoint mpi_ck_kill.ckpt -o mpi_ck_kill.fvecs) > mpi_ck_kill.log 2>&1 &
-wait_for mpi_ck_kill.ckpt || fail "no checkpoint appeared"
+(run --checkpoint "$ck_kill" -o mpi_ck_kill.fvecs) > mpi_ck_kill.log 2>&1 &
+wait_for "$ck_kill" || fail "no checkpoint appeared"
 # The ranks and mpirun (the bracket keeps this script's own command line from matching).
-pkill -KILL -f 'flash_mpi_kmean[s] --synthetic 400000 .*mpi_ck_kill' || fail "nothing to kill"
+pkill -KILL -f "flash_mpi_kmean[s] .*$ck_kill" || fail "nothing to kill"
 wait
-(run --checkpoint mpi_ck_kill.ckpt -o mpi_ck_kill.fvecs) > mpi_ck_kill.log 2>&1 || { cat mpi_ck_kill.log; fail "the resumed run"; }
+(run --checkpoint "$ck_kill" -o mpi_ck_kill.fvecs) > mpi_ck_kill.log 2>&1 || { cat mpi_ck_kill.log; fail "the resumed run"; }
 cat mpi_ck_kill.log
-grep -Eq '^resuming from mpi_ck_kill.ckpt \(([1-9]|1[0-5]) iterations done\)' mpi_ck_kill.log ||
+grep -Eq "^found checkpoint $ck_kill \\(([1-9]|1[0-5]) iterations done\\)" mpi_ck_kill.log ||
   fail "the rerun did not resume mid-way"
 cmp mpi_ck_ref.fvecs mpi_ck_kill.fvecs || fail "killed and resumed: other centroids"
 
-(run --checkpoint mpi_ck_usr1.ckpt -o mpi_ck_usr1.fvecs) > mpi_ck_usr1.log 2>&1 &
+(run --checkpoint "$ck_usr1" -o mpi_ck_usr1.fvecs) > mpi_ck_usr1.log 2>&1 &
 pid=$!
-wait_for mpi_ck_usr1.ckpt || fail "no checkpoint appeared (SIGUSR1 case)"
+wait_for "$ck_usr1" || fail "no checkpoint appeared (SIGUSR1 case)"
 kill -USR1 $pid
 wait $pid
 rc=$?
@@ -41,8 +46,8 @@ cat mpi_ck_usr1.log
 [ $rc -eq 130 ] || fail "SIGUSR1: exit status $rc, not 130"
 grep -q 'stopped after iteration' mpi_ck_usr1.log || fail "SIGUSR1: no stop message"
 [ ! -e mpi_ck_usr1.fvecs ] || fail "SIGUSR1: a stopped run wrote its output"
-(run --checkpoint mpi_ck_usr1.ckpt -o mpi_ck_usr1.fvecs) > mpi_ck_usr1.log 2>&1 || { cat mpi_ck_usr1.log; fail "resumed after SIGUSR1"; }
-grep -q '^resuming from mpi_ck_usr1.ckpt' mpi_ck_usr1.log || fail "the rerun after SIGUSR1 did not resume"
+(run --checkpoint "$ck_usr1" -o mpi_ck_usr1.fvecs) > mpi_ck_usr1.log 2>&1 || { cat mpi_ck_usr1.log; fail "resumed after SIGUSR1"; }
+grep -q "^found checkpoint $ck_usr1" mpi_ck_usr1.log || fail "the rerun after SIGUSR1 did not resume"
 cmp mpi_ck_ref.fvecs mpi_ck_usr1.fvecs || fail "stopped and resumed: other centroids"
 rm -f mpi_ck_ref.* mpi_ck_kill.* mpi_ck_usr1.*
 echo "mpi_tool_checkpoint: killed and stopped runs resumed to the same centroids"

@@ -182,6 +182,7 @@ int main(int argc, char** argv) {
     // MPI_Init, which may install handlers of its own.
     struct sigaction stop = {};
     stop.sa_handler = [](int) { flash::request_stop(); };
+    stop.sa_flags = SA_RESTART;
     sigemptyset(&stop.sa_mask);
     for (int sig : {SIGINT, SIGTERM, SIGUSR1}) sigaction(sig, &stop, nullptr);
     int rc = 0;
@@ -218,7 +219,7 @@ int main(int argc, char** argv) {
             flash::Checkpoint found; // (only to say so: run_kmeans checks it is this run's)
             try {
                 if (!opt.lloyd.checkpoint_path.empty() && flash::load_checkpoint(opt.lloyd.checkpoint_path, found))
-                    std::printf("resuming from %s (%d iterations done)\n", opt.lloyd.checkpoint_path.c_str(),
+                    std::printf("found checkpoint %s (%d iterations done)\n", opt.lloyd.checkpoint_path.c_str(),
                                 found.iterations_done);
             } catch (const std::exception&) {
             }
@@ -228,10 +229,10 @@ int main(int argc, char** argv) {
                 std::fflush(stdout);
             };
         }
-        // A stop asked for while the shards were read: every rank leaves before training.
-        flash::distributed::run_collectively(MPI_COMM_WORLD, [] {
-            if (flash::stop_requested()) throw flash::Interrupted("faiss-flash: stopped before the first iteration");
-        });
+        // A stop asked for (on any rank) while the shards were read: every rank leaves before training.
+        int stop = flash::stop_requested() ? 1 : 0;
+        MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (stop) throw flash::Interrupted("faiss-flash: stopped before the first iteration");
         flash::distributed::run_kmeans(MPI_COMM_WORLD, local, cen.data(), opt);
         if (rank == 0 && !a.out.empty()) {
             std::ofstream f(a.out, std::ios::binary);

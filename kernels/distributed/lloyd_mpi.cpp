@@ -240,6 +240,9 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     check_mpi(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size");
     const LloydOptions& lo = opt.lloyd;
+    // As the engine: a request left from before the call is dropped (on entry: one made while
+    // the run sets up stops it after its first iteration).
+    if (lo.stop_on_sigint) clear_stop_request();
     Failures failures(comm);
     failures.local([&] { validate_arguments(local, centroids, opt); });
     failures.agree();
@@ -410,7 +413,6 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
         ck.centroids.assign(centroids, centroids + k * d);
         save_checkpoint(lo.checkpoint_path, ck);
     };
-    if (lo.stop_on_sigint) clear_stop_request(); // (as the engine: not one left from an earlier run)
 
     double* sums = packed.data(); // (k, d)
     double* wsum = sums + k * d;  // (k)
@@ -450,7 +452,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
         failures.local(post_process);
         stats.push_back(st);
         if (lo.on_iteration) failures.local([&] { lo.on_iteration(0, it, st); });
-        const bool stopping = *stop != 0; // (the same on every rank: a sum)
+        const bool stopping = *stop != 0 && it + 1 < lo.niter; // (the same on every rank: a sum; none after the last)
         if (checkpointing &&
             (stopping || it + 1 == lo.niter || (lo.checkpoint_every > 0 && (it + 1) % lo.checkpoint_every == 0)))
             failures.local(save);

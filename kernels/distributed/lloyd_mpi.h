@@ -32,7 +32,9 @@ struct MpiKmeansOptions {
     /// on every rank, to the same centroids as an uninterrupted run. stop_on_sigint: a stop
     /// request (flash::request_stop, e.g. from the caller's signal handler; run_kmeans installs
     /// none) on any rank stops every rank after the current iteration, checkpoint written,
-    /// with flash::Interrupted; requests made before the call are dropped when it starts.
+    /// with flash::Interrupted; requests made before the call are dropped when it starts (the
+    /// flag is the process's, as in flash::run_lloyd: another stoppable run in the same process
+    /// shares it).
     LloydOptions lloyd;
     int seed = 1234;                   ///< as faiss::ClusteringParameters::seed
     int max_points_per_centroid = 256; ///< > 0; as faiss::ClusteringParameters

@@ -102,6 +102,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.checkpoint is None and args.checkpoint_every is not None:
         ap.error("--checkpoint-every: needs --checkpoint")
+    if args.checkpoint == "":
+        ap.error("--checkpoint: needs a file name")
     # Everything that can be checked before reading the data and training is checked here.
     outputs = (("-o", args.output, check_output_path), ("--ivf-index", args.ivf_index, check_output_dir),
                ("--checkpoint", args.checkpoint, _check_checkpoint_path))
@@ -145,11 +147,13 @@ def main(argv=None):
     if args.max_gpu_memory is not None:
         placement["max_gpu_memory"] = max(1, int(args.max_gpu_memory * 1e9))
     if args.checkpoint is not None:
-        params.update(checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every or 1)
-        # The library checks that the file belongs to this run (and says what differs if not).
-        # Its iteration count is not read here: the bindings have no reader for the format.
+        # (with the placement, not params: --compare's stock faiss.Kmeans takes params)
+        placement.update(checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every or 1)
+        # The library checks that the file belongs to this run (and says what differs if not):
+        # a run resumes from it, or stops with that reason. Its iteration count is not read
+        # here: the bindings have no reader for the format.
         if os.path.exists(args.checkpoint):
-            print(f"resuming from {args.checkpoint}", flush=True)
+            print(f"found checkpoint {args.checkpoint}", flush=True)
     try:
         km = Kmeans(d, args.k, device=args.device, **params, **placement)
         t0 = time.perf_counter()

@@ -221,13 +221,21 @@ def test_checkpointed_run_gives_the_same_centroids(tmp_path, rs, ext, every):
     ckpt = tmp_path / "run.ckpt"
     first = cli(*common, *_ckpt_args(ckpt, every), "-o", str(tmp_path / f"ckpt{ext}"))
     assert first.returncode == 0, first.stderr
-    assert ckpt.exists() and "resuming" not in first.stdout
+    assert ckpt.exists() and "found checkpoint" not in first.stdout
     assert (tmp_path / f"ckpt{ext}").read_bytes() == (tmp_path / f"plain{ext}").read_bytes()
     # The same command again resumes from the finished run's checkpoint: nothing left to do.
     again = cli(*common, *_ckpt_args(ckpt, every), "-o", str(tmp_path / f"again{ext}"))
     assert again.returncode == 0, again.stderr
-    assert f"resuming from {ckpt}" in again.stdout
+    assert f"found checkpoint {ckpt}" in again.stdout
     assert (tmp_path / f"again{ext}").read_bytes() == (tmp_path / f"plain{ext}").read_bytes()
+
+
+def test_checkpoint_with_compare(tmp_path, rs):
+    # --compare runs stock faiss.Kmeans with the run's parameters: not the checkpoint's.
+    np.save(tmp_path / "x.npy", gaussian(rs, 2000, 8))
+    r = cli(str(tmp_path / "x.npy"), "-k", "8", "--niter", "3", "--device", "cpu",
+            "--checkpoint", str(tmp_path / "run.ckpt"), "--compare")
+    assert r.returncode == 0 and "stock faiss" in r.stdout and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -283,12 +291,13 @@ def test_stopped_run_resumes_to_the_same_centroids(tmp_path, long_run, sig):
     assert ckpt.exists()
     r = cli(*cmd)
     assert r.returncode == 0, r.stderr
-    assert f"resuming from {ckpt}" in r.stdout
+    assert f"found checkpoint {ckpt}" in r.stdout
     assert out.read_bytes() == uninterrupted
 
 
 @pytest.mark.parametrize("args, word", [
     (["--checkpoint-every", "2"], "--checkpoint-every: needs --checkpoint"),
+    (["--checkpoint", ""], "--checkpoint: needs a file name"),
     (["--checkpoint", "{tmp}/run.ckpt", "--checkpoint-every", "0"],
      "--checkpoint-every: expected a positive integer, got 0"),
     (["--checkpoint", "{tmp}/run.ckpt", "--checkpoint-every", "-2"],
