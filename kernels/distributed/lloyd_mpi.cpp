@@ -176,24 +176,28 @@ void accumulate(const Points& x, const float* weights, const int64_t* labels, co
 
 namespace detail {
 
-void bcast(MPI_Comm comm, void* buf, int64_t n, MPI_Datatype type, int root, int64_t max_count) {
+namespace {
+
+// call(piece, count) over buf's n elements of type in pieces of at most max_count.
+template <class Call>
+void in_pieces(void* buf, int64_t n, MPI_Datatype type, int64_t max_count, Call&& call) {
     int elem = 0;
     check_mpi(MPI_Type_size(type, &elem), "MPI_Type_size");
     char* p = static_cast<char*>(buf);
-    for (int64_t off = 0; off < n; off += max_count) {
-        const int count = int(std::min(max_count, n - off));
-        check_mpi(MPI_Bcast(p + off * elem, count, type, root, comm), "MPI_Bcast");
-    }
+    for (int64_t off = 0; off < n; off += max_count) call(p + off * elem, int(std::min(max_count, n - off)));
+}
+
+} // namespace
+
+void bcast(MPI_Comm comm, void* buf, int64_t n, MPI_Datatype type, int root, int64_t max_count) {
+    in_pieces(buf, n, type, max_count,
+              [&](void* piece, int count) { check_mpi(MPI_Bcast(piece, count, type, root, comm), "MPI_Bcast"); });
 }
 
 void allreduce_in_place(MPI_Comm comm, void* buf, int64_t n, MPI_Datatype type, MPI_Op op, int64_t max_count) {
-    int elem = 0;
-    check_mpi(MPI_Type_size(type, &elem), "MPI_Type_size");
-    char* p = static_cast<char*>(buf);
-    for (int64_t off = 0; off < n; off += max_count) {
-        const int count = int(std::min(max_count, n - off));
-        check_mpi(MPI_Allreduce(MPI_IN_PLACE, p + off * elem, count, type, op, comm), "MPI_Allreduce");
-    }
+    in_pieces(buf, n, type, max_count, [&](void* piece, int count) {
+        check_mpi(MPI_Allreduce(MPI_IN_PLACE, piece, count, type, op, comm), "MPI_Allreduce");
+    });
 }
 
 std::vector<int64_t> rand_perm_prefix(int64_t n, int64_t m, int64_t seed) {
