@@ -1,8 +1,5 @@
 // API layer of the engine: validate, pick the backend, hand over.
-#include <signal.h>
-
 #include <algorithm>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -13,6 +10,7 @@
 #include "kernels/flash_kmeans.h"
 #include "kernels/lloyd_common.h"
 #include "kernels/sharded_lloyd.h"
+#include "kernels/stop_scope.h"
 
 namespace flash {
 
@@ -72,50 +70,6 @@ std::vector<std::vector<IterationStats>> run_on(Backend backend, const Points& x
     }
     return cpu::run_lloyd(x, centroids, opt);
 }
-
-// The runs in progress that stop on request (stop_on_sigint), counted process-wide: while
-// there is one, SIGINT asks them to stop between iterations, and the handler that was there
-// before the first is put back after the last (per run, two overlapping runs could leave ours
-// installed for good). A stop request reaches every such run; it is cleared when one starts
-// with none in progress, so one run cannot wipe another's pending stop.
-class StopScope {
-  public:
-    explicit StopScope(bool enable) : enabled_(enable) {
-        if (!enabled_) return;
-        std::lock_guard<std::mutex> lock(mutex());
-        State& st = state();
-        if (st.runs++ == 0) {
-            clear_stop_request();
-            struct sigaction sa = {};
-            sa.sa_handler = [](int) { request_stop(); };
-            sigemptyset(&sa.sa_mask);
-            sigaction(SIGINT, &sa, &st.previous);
-        }
-    }
-    ~StopScope() {
-        if (!enabled_) return;
-        std::lock_guard<std::mutex> lock(mutex());
-        State& st = state();
-        if (--st.runs == 0) sigaction(SIGINT, &st.previous, nullptr);
-    }
-    StopScope(const StopScope&) = delete;
-    StopScope& operator=(const StopScope&) = delete;
-
-  private:
-    struct State {
-        int runs = 0;
-        struct sigaction previous = {};
-    };
-    static std::mutex& mutex() {
-        static std::mutex m;
-        return m;
-    }
-    static State& state() {
-        static State s;
-        return s;
-    }
-    bool enabled_;
-};
 
 // Runs the iterations saving a checkpoint every checkpoint_every of them, resuming from an
 // existing one. Each Lloyd iteration depends only on the centroids (FAISS' split rule reseeds

@@ -15,6 +15,7 @@
 #include "kernels/cuda/cuda_engine.h"
 #include "kernels/distributed/lloyd_mpi_detail.h"
 #include "kernels/lloyd_common.h"
+#include "kernels/stop_scope.h"
 
 namespace flash::distributed {
 
@@ -244,9 +245,10 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     check_mpi(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size");
     const LloydOptions& lo = opt.lloyd;
-    // As the engine: a request left from before the call is dropped (on entry: one made while
-    // the run sets up stops it after its first iteration).
-    if (lo.stop_on_sigint) clear_stop_request();
+    // As the engine: SIGINT stops the run while it goes on, and a request left from before the
+    // call is dropped unless another stoppable run is in progress (on entry: one made while the
+    // run sets up stops it after its first iteration).
+    const StopScope stop_scope(lo.stop_on_sigint);
     Failures failures(comm);
     failures.local([&] { validate_arguments(local, centroids, opt); });
     failures.agree();

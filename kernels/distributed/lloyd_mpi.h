@@ -29,12 +29,11 @@ struct MpiKmeansOptions {
     /// Checkpoints: rank 0 writes to its checkpoint_path every checkpoint_every iterations, at
     /// the end and when stopped; a run that finds one of the same run (the same shards in the
     /// same ranks, options and initial centroids; else std::invalid_argument) resumes from it
-    /// on every rank, to the same centroids as an uninterrupted run. stop_on_sigint: a stop
-    /// request (flash::request_stop, e.g. from the caller's signal handler; run_kmeans installs
-    /// none) on any rank stops every rank after the current iteration, checkpoint written,
-    /// with flash::Interrupted; requests made before the call are dropped when it starts (the
-    /// flag is the process's, as in flash::run_lloyd: another stoppable run in the same process
-    /// shares it).
+    /// on every rank, to the same centroids as an uninterrupted run. stop_on_sigint: as in
+    /// flash::run_lloyd, SIGINT (or flash::request_stop, e.g. from the caller's handler of
+    /// another signal) stops the run; a request on any rank stops every rank after the current
+    /// iteration, checkpoint written, with flash::Interrupted. A request made before the call
+    /// is dropped when it starts, unless another stoppable run of the process is in progress.
     LloydOptions lloyd;
     int seed = 1234;                   ///< as faiss::ClusteringParameters::seed
     int max_points_per_centroid = 256; ///< > 0; as faiss::ClusteringParameters

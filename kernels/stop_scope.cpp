@@ -1,0 +1,47 @@
+#include "kernels/stop_scope.h"
+
+#include <signal.h>
+
+#include <mutex>
+
+#include "kernels/flash_kmeans.h"
+#include "kernels/lloyd_common.h"
+
+namespace flash {
+
+namespace {
+
+struct State {
+    std::mutex mutex;
+    int runs = 0;
+    struct sigaction previous = {};
+};
+
+State& state() {
+    static State s;
+    return s;
+}
+
+} // namespace
+
+StopScope::StopScope(bool enable) : enabled_(enable) {
+    if (!enabled_) return;
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (st.runs++ == 0) {
+        clear_stop_request();
+        struct sigaction sa = {};
+        sa.sa_handler = [](int) { request_stop(); };
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &st.previous);
+    }
+}
+
+StopScope::~StopScope() {
+    if (!enabled_) return;
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (--st.runs == 0) sigaction(SIGINT, &st.previous, nullptr);
+}
+
+} // namespace flash

@@ -1,0 +1,23 @@
+// The Lloyd runs in progress that stop on request (LloydOptions::stop_on_sigint), counted
+// process-wide; shared by the single-process engines and the MPI engine.
+#pragma once
+
+namespace flash {
+
+/// While at least one enabled scope is alive, SIGINT asks the runs to stop between iterations
+/// (flash::request_stop), and the handler that was there before the first is put back after
+/// the last (per run, two overlapping runs could leave ours installed for good). A stop request
+/// reaches every such run; it is cleared when one starts with none in progress, so one run
+/// cannot wipe another's pending stop.
+class StopScope {
+  public:
+    explicit StopScope(bool enable);
+    ~StopScope();
+    StopScope(const StopScope&) = delete;
+    StopScope& operator=(const StopScope&) = delete;
+
+  private:
+    bool enabled_;
+};
+
+} // namespace flash
