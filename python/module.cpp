@@ -13,6 +13,7 @@
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/utils/random.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <optional>
@@ -24,6 +25,7 @@
 #include "faiss_ext/FlashClustering.h"
 #include "faiss_ext/refresh_index.h"
 #include "faiss_ext/train_index.h"
+#include "kernels/checkpoint.h"
 #include "kernels/flash_kmeans.h"
 
 namespace py = pybind11;
@@ -321,6 +323,28 @@ py::dict refresh_ivf(uintptr_t index_ptr, const std::string& type_name, std::opt
     return out;
 }
 
+// A checkpoint's contents (kernels/checkpoint.h), or None when the file does not exist; a file
+// that is not a faiss-flash checkpoint is a ValueError.
+py::object read_checkpoint(const std::string& path) {
+    flash::Checkpoint c;
+    if (!flash::load_checkpoint(path, c)) return py::none();
+    py::dict out;
+    out["iterations_done"] = c.iterations_done;
+    out["batch"] = c.batch;
+    out["n"] = c.n;
+    out["d"] = c.d;
+    out["k"] = c.k;
+    out["metric"] = c.metric == int(flash::Metric::InnerProduct) ? "ip" : "l2";
+    py::array_t<double> obj({c.batch, int64_t(c.iterations_done)});
+    for (int64_t b = 0; b < c.batch; b++)
+        for (int it = 0; it < c.iterations_done; it++) obj.mutable_at(b, it) = c.stats[b][it].obj;
+    out["obj"] = obj;
+    py::array_t<float> cen({c.batch, c.k, c.d});
+    std::copy(c.centroids.begin(), c.centroids.end(), cen.mutable_data());
+    out["centroids"] = cen;
+    return std::move(out);
+}
+
 py::array_t<int> rand_perm(int64_t n, int64_t seed) {
     py::array_t<int> perm(n);
     faiss::rand_perm(perm.mutable_data(), size_t(n), seed);
@@ -357,6 +381,7 @@ PYBIND11_MODULE(_faiss_flash, m) {
     m.def("free_assign_index", &free_assign_index);
     m.def("install_assign_index", &install_assign_index);
     m.def("refresh_ivf", &refresh_ivf);
+    m.def("read_checkpoint", &read_checkpoint);
     m.def("rand_perm", &rand_perm, "faiss::rand_perm (FAISS' own initialisation permutation)");
     m.def("_cast_probe", &cast_probe);
     m.def("_force_name_cast", [](bool on) { g_force_name_cast = on; });

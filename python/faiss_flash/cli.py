@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from ._arrays import parse_device
+from .checkpoint import read_checkpoint
 from .io import DataFileError, check_output_dir, check_output_path, read_vectors, write_vectors
 
 
@@ -150,10 +151,13 @@ def main(argv=None):
         # (with the placement, not params: --compare's stock faiss.Kmeans takes params)
         placement.update(checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every or 1)
         # The library checks that the file belongs to this run (and says what differs if not):
-        # a run resumes from it, or stops with that reason. Its iteration count is not read
-        # here: the bindings have no reader for the format.
-        if os.path.exists(args.checkpoint):
-            print(f"found checkpoint {args.checkpoint}", flush=True)
+        # a run resumes from it, or stops with that reason.
+        try:
+            found = read_checkpoint(args.checkpoint)
+        except ValueError:  # not a checkpoint: the run refuses it below, with this reason
+            found = None
+        if found is not None:
+            print(f"found checkpoint {args.checkpoint} ({found.iterations_done} iterations done)", flush=True)
     try:
         km = Kmeans(d, args.k, device=args.device, **params, **placement)
         t0 = time.perf_counter()

@@ -123,3 +123,19 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_read_checkpoint(tmp_path, rs):
+    x = gaussian(rs, 2000, 8)
+    ckpt = tmp_path / "run.ckpt"
+    assert faiss_flash.read_checkpoint(ckpt) is None  # no file yet
+    km = faiss_flash.Kmeans(8, 5, niter=3, device="cpu", checkpoint_path=str(ckpt), checkpoint_every=1)
+    km.train(x)
+    info = faiss_flash.read_checkpoint(ckpt)
+    # n: the training set, subsampled as FAISS does to k * max_points_per_centroid (5 * 256) rows
+    assert (info.iterations_done, info.batch, info.n, info.d, info.k, info.metric) == (3, 1, 1280, 8, 5, "l2")
+    np.testing.assert_array_equal(info.centroids[0], km.centroids)
+    np.testing.assert_allclose(info.obj[0], km.obj, rtol=1e-12)
+    (tmp_path / "other").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a faiss-flash checkpoint"):
+        faiss_flash.read_checkpoint(tmp_path / "other")

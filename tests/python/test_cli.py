@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+import faiss_flash
 from conftest import gaussian
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -289,9 +290,11 @@ def test_stopped_run_resumes_to_the_same_centroids(tmp_path, long_run, sig):
         assert proc.returncode == 130, (proc.returncode, stderr)
         assert stderr.strip() == f"flash-kmeans: interrupted; run the same command again to resume from {ckpt}"
     assert ckpt.exists()
+    mid = faiss_flash.read_checkpoint(ckpt).iterations_done
+    assert 0 < mid < 30, mid  # stopped mid-way
     r = cli(*cmd)
     assert r.returncode == 0, r.stderr
-    assert f"found checkpoint {ckpt}" in r.stdout
+    assert f"found checkpoint {ckpt} ({mid} iterations done)" in r.stdout
     assert out.read_bytes() == uninterrupted
 
 
