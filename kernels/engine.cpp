@@ -115,18 +115,19 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
         ck.centroids.assign(c, c + ncent);
         save_checkpoint(opt.checkpoint_path, ck);
     };
-    // The stats st[b][from..] of a call that started after `offset` iterations, times made
+    // Stats of problem b from a call that started after `offset` iterations, its times made
     // cumulative over the whole run.
+    auto shifted = [&](int64_t b, IterationStats s, int offset) {
+        if (offset > 0) {
+            s.time_s += ck.stats[b][offset - 1].time_s;
+            s.search_time_s += ck.stats[b][offset - 1].search_time_s;
+        }
+        return s;
+    };
+    // The stats st[b][from..] of such a call, into ck.
     auto absorb = [&](const std::vector<std::vector<IterationStats>>& st, size_t from, int offset) {
         for (int64_t b = 0; b < x.batch; b++)
-            for (size_t i = from; i < st[b].size(); i++) {
-                IterationStats s = st[b][i];
-                if (offset > 0) {
-                    s.time_s += ck.stats[b][offset - 1].time_s;
-                    s.search_time_s += ck.stats[b][offset - 1].search_time_s;
-                }
-                ck.stats[b].push_back(s);
-            }
+            for (size_t i = from; i < st[b].size(); i++) ck.stats[b].push_back(shifted(b, st[b][i], offset));
         ck.iterations_done = offset + int(st[0].size());
     };
     while (ck.iterations_done < opt.niter && !(stoppable && stop_requested())) {
@@ -145,12 +146,7 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
         }
         if (opt.on_iteration)
             seg.on_iteration = [&, offset](int64_t b, int it, const IterationStats& s) {
-                IterationStats t = s;
-                if (offset > 0) {
-                    t.time_s += ck.stats[b][offset - 1].time_s;
-                    t.search_time_s += ck.stats[b][offset - 1].search_time_s;
-                }
-                opt.on_iteration(b, offset + it, t);
+                opt.on_iteration(b, offset + it, shifted(b, s, offset));
             };
         const auto st = run_on(backend, x, centroids, seg, hook); // (before `absorbed` is read)
         absorb(st, absorbed, offset);

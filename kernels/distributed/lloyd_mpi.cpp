@@ -372,9 +372,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
         failures.agree(); // (the initial post-processing) before the collectives below
         Points shard = local;
         if (shard.n == 0) shard.data = nullptr; // (its shape only)
-        LloydOptions shard_opt = lo;
-        shard_opt.k = k;
-        const uint64_t mine[2] = {data_fingerprint(shard), run_fingerprint(shard, centroids, shard_opt)};
+        const uint64_t mine[2] = {data_fingerprint(shard), run_fingerprint(shard, centroids, lo)};
         std::vector<uint64_t> all(size_t(2 * size));
         check_mpi(MPI_Allgather(mine, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, comm), "MPI_Allgather");
         std::vector<uint64_t> data_parts = {uint64_t(opt.seed), uint64_t(opt.max_points_per_centroid)}, run_parts;
@@ -389,23 +387,21 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
         ck.metric = int(lo.metric);
         ck.data_fingerprint = combine_fingerprints(data_parts);
         ck.run_fingerprint = combine_fingerprints(run_parts);
-        ck.stats.assign(1, {});
         int64_t resumed = 0;
         failures.local([&] {
             Checkpoint found;
             if (rank != 0 || !load_checkpoint(lo.checkpoint_path, found)) return;
             check_same_run(found, ck, lo.niter, lo.checkpoint_path);
             resumed = found.iterations_done;
-            ck.stats = found.stats;
+            stats = found.stats[0];
             std::copy(found.centroids.begin(), found.centroids.end(), centroids);
         });
         failures.agree();
         check_mpi(MPI_Bcast(&resumed, 1, MPI_INT64_T, 0, comm), "MPI_Bcast");
         if (resumed > 0) {
             detail::bcast(comm, centroids, k * d, MPI_FLOAT, 0);
-            ck.stats[0].resize(size_t(resumed));
-            detail::bcast(comm, ck.stats[0].data(), resumed * int64_t(sizeof(IterationStats)), MPI_BYTE, 0);
-            stats = ck.stats[0];
+            stats.resize(size_t(resumed));
+            detail::bcast(comm, stats.data(), resumed * int64_t(sizeof(IterationStats)), MPI_BYTE, 0);
             if (lo.on_iteration) // callers see the whole history
                 failures.local([&] {
                     for (int it = 0; it < int(resumed); it++) lo.on_iteration(0, it, stats[it]);
@@ -415,7 +411,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     auto save = [&] { // rank 0, after the iterations in stats
         if (!checkpointing || rank != 0) return;
         ck.iterations_done = int(stats.size());
-        ck.stats[0] = stats;
+        ck.stats = {stats};
         ck.centroids.assign(centroids, centroids + k * d);
         save_checkpoint(lo.checkpoint_path, ck);
     };
