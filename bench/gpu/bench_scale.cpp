@@ -2,7 +2,8 @@
 // data set per process, every combination of --k, --devices and --streaming timed on it.
 //   bench_scale --n 32000000 [--d 128] [--dtype f32|f16] [--k 4096,16384] [--niter 3]
 //               [--devices "0;0,1"] [--streaming auto,force] [--transfer f16] [--pinned]
-//               [--fp32-mode exact|tf32] [--checkpoint-every N [--checkpoint-dir /tmp]] [--csv out.csv]
+//               [--fp32-mode exact|tf32] [--checkpoint-every N [--checkpoint-dir /tmp]] [--piece-rows R]
+//               [--csv out.csv]
 // Points: kernels/synthetic_points.h (256 centres plus noise), generated on all cores.
 // Reported per run:
 //   iter_ms    median wall time between consecutive iterations (the first one excluded)
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
     int64_t n = 1 << 20, d = 128;
     std::string dtype_s = "f32", ks = "4096", devs = "0", modes = "auto", transfer, fp32_mode = "exact", csv;
     int niter = 3, checkpoint_every = 0;
+    int64_t piece_rows = 0; // LloydOptions::stream_piece_rows (0: its default)
     std::string checkpoint_dir = "/tmp";
     bool pinned = false;
     for (int i = 1; i < argc; i++) {
@@ -70,6 +72,7 @@ int main(int argc, char** argv) {
         else if (a == "--fp32-mode") fp32_mode = value();
         else if (a == "--csv") csv = value();
         else if (a == "--checkpoint-every") checkpoint_every = std::atoi(value().c_str());
+        else if (a == "--piece-rows") piece_rows = std::atoll(value().c_str());
         else if (a == "--checkpoint-dir") checkpoint_dir = value();
         else {
             std::fprintf(stderr, "unknown argument %s\n", a.c_str());
@@ -119,6 +122,7 @@ int main(int argc, char** argv) {
                 if (transfer == "f16") opt.transfer_dtype = flash::DType::F16;
                 if (transfer == "bf16") opt.transfer_dtype = flash::DType::BF16;
                 if (fp32_mode == "tf32") opt.fp32_mode = flash::Fp32Mode::TF32;
+                opt.stream_piece_rows = piece_rows;
                 if (checkpoint_every > 0) {
                     opt.checkpoint_every = checkpoint_every;
                     opt.checkpoint_path = checkpoint_dir + "/bench_scale.ckpt";

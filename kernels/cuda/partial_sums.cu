@@ -229,7 +229,6 @@ class Shard {
         // The planner's estimate of the device memory, by what each part grows with.
         const size_t fp32_cluster = width_ ? 4 * width_ + 4 : (half_ ? 2 * d + 8 : 0);
         const size_t fp32_row = width_ ? 4 * width_ + 16 + 4 * kCandidateSlots : (half_ ? 2 * d : 0);
-        auto piece_bytes = [&](const Piece& p) { return size_t(p.rows) * (row_bytes_ + 4); };
         size_t all = 0; // every piece resident: rows and norms
         for (const auto& p : pieces_) all += piece_bytes(p);
         const MemoryPart clusters{
@@ -267,35 +266,17 @@ class Shard {
                                          ", " + format_bytes(budget_) + " is available to this shard; " +
                                          describe_parts({streams, clusters, scratch, weights}));
             }
-            // As many pieces as fit stay, the streamed ones spread evenly among them (the pieces
-            // are computed in order whatever stays, so the bits do not change): each streamed
-            // piece's copy then runs behind the compute of the resident pieces before it. With
-            // the resident ones first, the copies of all but the first kSlots streamed pieces
-            // waited for the resident compute to end (200M fp32 points, 74% resident, K = 4096
-            // on an H100: 1.24x the larger of copy and compute time per iteration).
-            size_t avail = budget_ - fixed - slots, fit = 0;
-            for (size_t i = 0; i < pieces_.size(); i++)
-                if (piece_bytes(pieces_[i]) <= avail) {
-                    fit++;
-                    avail -= piece_bytes(pieces_[i]);
-                }
-            avail = budget_ - fixed - slots;
-            const size_t total = pieces_.size(), streamed = total - fit;
-            for (size_t i = 0; i < total; i++) {
-                const bool stream = (i + 1) * streamed / total > i * streamed / total; // every total / streamed
-                if (!stream && piece_bytes(pieces_[i]) <= avail) {
-                    keep[i] = true;
-                    avail -= piece_bytes(pieces_[i]);
-                }
-            }
+            keep = spread_plan(budget_ - fixed - slots);
         }
 
-        // The stream buffers before the resident pieces: where the estimate was optimistic (or
-        // another process took memory since), a resident piece that cannot be allocated is
-        // streamed through them instead, with the pieces after it (not allocated yet); the
-        // placement changes, the bits do not. A plan that streams nothing has none (up to
-        // kSlots pieces' worth a resident run never uses): there a failure gives back resident
-        // pieces, the latest first, until they fit.
+        // The stream buffers before the resident pieces (a plan that streams nothing has none:
+        // up to kSlots pieces' worth a resident run never uses). Where the estimate was
+        // optimistic (or another process took memory since), a resident piece that cannot be
+        // allocated makes a second plan within what the first one got: the resident pieces
+        // are given back, the stream buffers allocated if the first plan had none, and the
+        // pieces that fit in the rest kept, spread among the streamed ones as in the first
+        // plan. Should that one fail too, the pieces from the failed one on are streamed. The
+        // placement changes, the bits do not.
         const bool plan_streams = std::find(keep.begin(), keep.end(), false) != keep.end();
         const std::string stream_buffers = std::to_string(kSlots) + " stream buffers of " + std::to_string(P_) +
                                            " rows (stream_piece_rows) and their norms";
@@ -303,39 +284,20 @@ class Shard {
             throw_out_of_memory(stream_buffers, slots, "a smaller stream_piece_rows helps");
         data_.resize(pieces_.size());
         norms_.resize(pieces_.size());
-        // Test only (tests/gpu/test_sharded.cpp): FLASH_TEST_FAIL_RESIDENT=j fails the allocation
-        // of each shard's j-th resident piece (from 0) as if the device were out of memory.
-        const char* fail_env = std::getenv("FLASH_TEST_FAIL_RESIDENT");
-        const long fail_at = fail_env && *fail_env >= '0' && *fail_env <= '9' ? std::atol(fail_env) : -1;
-        size_t failed = pieces_.size(); // the first piece that could not stay
-        for (size_t i = 0, nth = 0; i < pieces_.size() && failed == pieces_.size(); i++) {
-            if (!keep[i]) continue;
-            const size_t bytes = size_t(pieces_[i].rows) * row_bytes_;
-            try {
-                if (long(nth++) == fail_at)
-                    throw std::runtime_error("faiss-flash: out of GPU memory (FLASH_TEST_FAIL_RESIDENT)");
-                data_[i] = std::make_unique<DeviceBuffer<unsigned char>>(bytes, "resident points");
-                norms_[i] = std::make_unique<DeviceBuffer<float>>(pieces_[i].rows, "resident point norms");
-            } catch (const std::runtime_error&) {
+        TestAllocationFailures test_failures;
+        size_t got = 0; // bytes of the resident pieces allocated
+        if (allocate_resident(keep, test_failures, got) < pieces_.size()) {
+            for (size_t i = 0; i < pieces_.size(); i++) {
                 data_[i].reset();
                 norms_[i].reset();
-                if (opt_.streaming == Streaming::Off)
-                    throw_out_of_memory("with Streaming::Off, the rows of piece " + std::to_string(i) + " of " +
-                                            std::to_string(pieces_.size()) + " and their norms",
-                                        piece_bytes(pieces_[i]),
-                                        "another process may have taken memory since the plan; Streaming::Auto "
-                                        "would stream them");
-                failed = i;
             }
-        }
-        if (failed < pieces_.size() && !plan_streams) {
-            size_t last = failed; // pieces [0, last) are resident
-            while (!allocate_stream_buffers()) {
-                if (last == 0) throw_out_of_memory(stream_buffers, slots, "a smaller stream_piece_rows helps");
-                last--;
-                data_[last].reset();
-                norms_[last].reset();
+            if (!plan_streams) {
+                if (!allocate_stream_buffers())
+                    throw_out_of_memory(stream_buffers, slots, "a smaller stream_piece_rows helps");
+                got = got > slots ? got - slots : 0;
             }
+            const std::vector<bool> second = spread_plan(got);
+            (void)allocate_resident(second, test_failures, got);
         }
         if (opt_.weights)
             FLASH_CUDA_CHECK(cudaMemcpyAsync(weights_.get(), opt_.weights + flat0_, sizeof(float) * (flat1_ - flat0_),
@@ -470,6 +432,80 @@ class Shard {
     bool direct() const { return direct_; }
 
   private:
+    // Test only (tests/gpu/test_sharded.cpp): FLASH_TEST_FAIL_RESIDENT=j[,j...] fails the
+    // shard's j-th attempt to allocate a resident piece (from 0, counted over both plans) as
+    // if the device were out of memory.
+    struct TestAllocationFailures {
+        std::vector<long> at;
+        long attempt = 0;
+        TestAllocationFailures() {
+            const char* env = std::getenv("FLASH_TEST_FAIL_RESIDENT");
+            for (const char* p = env; p && *p >= '0' && *p <= '9';) {
+                char* end = nullptr;
+                at.push_back(std::strtol(p, &end, 10));
+                p = *end == ',' ? end + 1 : end;
+            }
+        }
+        bool next_fails() { return std::find(at.begin(), at.end(), attempt++) != at.end(); }
+    };
+
+    // Which pieces stay resident within `avail` bytes: as many as fit, in order, the streamed
+    // ones spread evenly among them (the pieces are computed in order whatever stays, so the
+    // bits do not change): each streamed piece's copy then runs behind the compute of the
+    // resident pieces before it. With the resident ones first, the copies of all but the first
+    // kSlots streamed pieces waited for the resident compute to end (200M fp32 points, 74%
+    // resident, K = 4096 on an H100: 1.24x the larger of copy and compute time per iteration).
+    std::vector<bool> spread_plan(size_t avail) const {
+        const size_t total = pieces_.size();
+        size_t room = avail, fit = 0;
+        for (const Piece& p : pieces_)
+            if (piece_bytes(p) <= room) {
+                fit++;
+                room -= piece_bytes(p);
+            }
+        std::vector<bool> keep(total, false);
+        const size_t streamed = total - fit;
+        for (size_t i = 0; i < total; i++) {
+            const bool stream = (i + 1) * streamed / total > i * streamed / total; // every total / streamed
+            if (!stream && piece_bytes(pieces_[i]) <= avail) {
+                keep[i] = true;
+                avail -= piece_bytes(pieces_[i]);
+            }
+        }
+        return keep;
+    }
+
+    // Allocates the pieces of `keep` in order up to the first that fails (returned; the piece
+    // count if none), which with the pieces after it is streamed. `got`: the bytes allocated.
+    size_t allocate_resident(const std::vector<bool>& keep, TestAllocationFailures& test, size_t& got) {
+        got = 0;
+        for (size_t i = 0; i < pieces_.size(); i++) {
+            if (!keep[i]) continue;
+            try {
+                if (test.next_fails())
+                    throw std::runtime_error("faiss-flash: out of GPU memory (FLASH_TEST_FAIL_RESIDENT)");
+                data_[i] = std::make_unique<DeviceBuffer<unsigned char>>(size_t(pieces_[i].rows) * row_bytes_,
+                                                                         "resident points");
+                norms_[i] = std::make_unique<DeviceBuffer<float>>(pieces_[i].rows, "resident point norms");
+                got += piece_bytes(pieces_[i]);
+            } catch (const std::runtime_error&) {
+                data_[i].reset();
+                norms_[i].reset();
+                if (opt_.streaming == Streaming::Off)
+                    throw_out_of_memory("with Streaming::Off, the rows of piece " + std::to_string(i) + " of " +
+                                            std::to_string(pieces_.size()) + " and their norms",
+                                        piece_bytes(pieces_[i]),
+                                        "another process may have taken memory since the plan; Streaming::Auto "
+                                        "would stream them");
+                return i;
+            }
+        }
+        return pieces_.size();
+    }
+
+    // A resident piece's device bytes: its rows and their norms.
+    size_t piece_bytes(const Piece& p) const { return size_t(p.rows) * (row_bytes_ + 4); }
+
     // Allocates the kSlots stream buffers and the streamed pieces' norms; false, with none of
     // them kept, when the device cannot give them.
     bool allocate_stream_buffers() {

@@ -300,9 +300,11 @@ TEST(Sharded, ClearErrors) {
 }
 
 // A resident piece whose allocation fails (the planner's estimate was optimistic, or another
-// process took memory since; FLASH_TEST_FAIL_RESIDENT=j fails each shard's j-th resident piece)
-// is streamed through the stream buffers instead, with the pieces after it: the placement
-// changes, the bits do not. With Streaming::Off it is an out-of-memory error.
+// process took memory since; FLASH_TEST_FAIL_RESIDENT=j[,j...] fails each shard's j-th
+// allocation attempts) makes a second plan within the bytes the first one got: the stream
+// buffers come out of them where the first plan had none, and the pieces that fit in the rest
+// stay, spread among the streamed ones. A failure in the second plan streams the rest. The
+// placement changes, the bits do not. With Streaming::Off it is an out-of-memory error.
 TEST(Sharded, FailedResidentAllocationStreamsInstead) {
     REQUIRE_GPU();
     const int64_t B = 2, n = 25000, d = 64, k = 40;
@@ -315,18 +317,24 @@ TEST(Sharded, FailedResidentAllocationStreamsInstead) {
     const Result in_memory = run(pts, init, opt);
     opt.stream_piece_rows = 4096; // 7 pieces per problem: 6 of 4096 rows, then 424
     ScopedEnv fail("FLASH_TEST_FAIL_RESIDENT");
-    {
-        // No stream buffers in the plan: they are allocated when the second piece fails.
-        SCOPED_TRACE("two shards planned fully resident, each shard's second piece fails");
-        auto o = opt;
-        o.cuda_devices = {0, 0}; // a shard per problem
-        fail.set("1");
-        const Result r = run(pts, init, o);
+    auto two = opt;
+    two.cuda_devices = {0, 0}; // a shard per problem, each planned fully resident (no stream buffers)
+    auto expect_resident = [&](const char* what, const char* failing, int64_t rows) {
+        SCOPED_TRACE(what);
+        fail.set(failing);
+        const Result r = run(pts, init, two);
         expect_same_run(in_memory, r, 1e-12);
         EXPECT_EQ(r.placement.shards, 2);
-        EXPECT_EQ(r.placement.resident_rows, 2 * 4096);
-        EXPECT_EQ(r.placement.streamed_rows, B * n - 2 * 4096);
-    }
+        EXPECT_EQ(r.placement.resident_rows, rows);
+        EXPECT_EQ(r.placement.streamed_rows, B * n - rows);
+    };
+    // The first plan got five pieces (rows and norms, 4096 x 260 bytes each) before the sixth
+    // failed; the three stream buffers (4096 x 772 bytes) leave room for two.
+    expect_resident("each shard's sixth piece fails", "5", 2 * 2 * 4096);
+    // One piece's bytes do not hold the stream buffers: everything is streamed.
+    expect_resident("each shard's second piece fails", "1", 0);
+    // The second plan keeps two pieces (attempts 6 and 7); the second of them fails.
+    expect_resident("a failure in each plan", "5,7", 2 * 4096);
     {
         // The stream buffers are allocated before the resident pieces.
         SCOPED_TRACE("planned part resident (a memory cap), the first resident piece fails");
