@@ -33,7 +33,7 @@ template <class T>
 T get(std::ifstream& f, const std::string& path) {
     T v;
     if (!f.read(reinterpret_cast<char*>(&v), sizeof(T)))
-        throw std::invalid_argument("faiss-flash: checkpoint " + path + " is truncated");
+        throw BadCheckpoint("faiss-flash: checkpoint " + path + " is truncated");
     return v;
 }
 
@@ -68,16 +68,16 @@ uint64_t run_fingerprint(const Points& x, const float* initial_centroids, const 
 void check_same_run(const Checkpoint& found, const Checkpoint& expected, int niter, const std::string& path) {
     if (found.batch != expected.batch || found.n != expected.n || found.d != expected.d || found.k != expected.k ||
         found.metric != expected.metric || found.data_fingerprint != expected.data_fingerprint)
-        throw std::invalid_argument("faiss-flash: checkpoint " + path +
-                                    " was written for another problem (shape, metric or data differ)");
+        throw BadCheckpoint("faiss-flash: checkpoint " + path +
+                            " was written for another problem (shape, metric or data differ)");
     if (found.run_fingerprint != expected.run_fingerprint)
-        throw std::invalid_argument("faiss-flash: checkpoint " + path +
-                                    " was written for another run of this data (initial centroids, weights, "
-                                    "k_frozen, spherical, int_centroids, fp32_mode or transfer_dtype differ)");
+        throw BadCheckpoint("faiss-flash: checkpoint " + path +
+                            " was written for another run of this data (initial centroids, weights, "
+                            "k_frozen, spherical, int_centroids, fp32_mode or transfer_dtype differ)");
     if (found.iterations_done > niter) // its centroids are those of a later iteration
-        throw std::invalid_argument(
-            "faiss-flash: checkpoint " + path + " holds " + std::to_string(found.iterations_done) +
-            " iterations, more than niter = " + std::to_string(niter) + "; delete it or ask for at least as many");
+        throw BadCheckpoint("faiss-flash: checkpoint " + path + " holds " + std::to_string(found.iterations_done) +
+                            " iterations, more than niter = " + std::to_string(niter) +
+                            "; delete it or ask for at least as many");
 }
 
 uint64_t combine_fingerprints(const std::vector<uint64_t>& parts) {
@@ -126,10 +126,10 @@ bool load_checkpoint(const std::string& path, Checkpoint& c) {
     }
     char magic[8];
     if (!f.read(magic, sizeof(magic)) || std::memcmp(magic, kMagic, sizeof(kMagic) - 1) != 0)
-        throw std::invalid_argument("faiss-flash: " + path + " is not a faiss-flash checkpoint");
+        throw BadCheckpoint("faiss-flash: " + path + " is not a faiss-flash checkpoint");
     if (magic[7] != kMagic[7])
-        throw std::invalid_argument("faiss-flash: checkpoint " + path +
-                                    " was written by another version of faiss-flash; delete it to start afresh");
+        throw BadCheckpoint("faiss-flash: checkpoint " + path +
+                            " was written by another version of faiss-flash; delete it to start afresh");
     c.batch = get<int64_t>(f, path);
     c.n = get<int64_t>(f, path);
     c.d = get<int64_t>(f, path);
@@ -141,7 +141,7 @@ bool load_checkpoint(const std::string& path, Checkpoint& c) {
     constexpr int64_t kMax = int64_t(1) << 40; // (each factor checked before the product: no overflow)
     if (c.batch <= 0 || c.n <= 0 || c.d <= 0 || c.k <= 0 || done < 0 || done > INT32_MAX || c.batch > kMax ||
         c.k > kMax || c.d > kMax || c.batch > kMax / c.k || c.batch * c.k > kMax / c.d)
-        throw std::invalid_argument("faiss-flash: checkpoint " + path + " has an invalid header");
+        throw BadCheckpoint("faiss-flash: checkpoint " + path + " has an invalid header");
     c.iterations_done = int(done);
     c.stats.assign(c.batch, {});
     for (auto& sb : c.stats)
@@ -158,7 +158,7 @@ bool load_checkpoint(const std::string& path, Checkpoint& c) {
         }
     c.centroids.resize(size_t(c.batch * c.k * c.d));
     if (!f.read(reinterpret_cast<char*>(c.centroids.data()), std::streamsize(sizeof(float) * c.centroids.size())))
-        throw std::invalid_argument("faiss-flash: checkpoint " + path + " is truncated");
+        throw BadCheckpoint("faiss-flash: checkpoint " + path + " is truncated");
     return true;
 }
 

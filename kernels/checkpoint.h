@@ -28,7 +28,7 @@ uint64_t data_fingerprint(const Points& x);
 /// sample, as for the data), k_frozen, spherical, int_centroids, fp32_mode, transfer_dtype.
 uint64_t run_fingerprint(const Points& x, const float* initial_centroids, const LloydOptions& opt);
 
-/// Throws std::invalid_argument naming what differs when `found` (read from path) is not a
+/// Throws BadCheckpoint naming what differs when `found` (read from path) is not a
 /// checkpoint of the run `expected` describes (shape, metric, data or run fingerprint) or holds
 /// more iterations than niter.
 void check_same_run(const Checkpoint& found, const Checkpoint& expected, int niter, const std::string& path);
@@ -39,7 +39,7 @@ uint64_t combine_fingerprints(const std::vector<uint64_t>& parts);
 /// Writes to path + ".tmp" then renames, so a reader never sees a partial file.
 void save_checkpoint(const std::string& path, const Checkpoint& c);
 
-/// False if the file does not exist; throws std::invalid_argument if it is malformed or of
+/// False if the file does not exist; throws BadCheckpoint if it is malformed or of
 /// another format version, std::runtime_error if it exists but cannot be read.
 bool load_checkpoint(const std::string& path, Checkpoint& c);
 

@@ -120,6 +120,14 @@ struct Interrupted : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+/// Thrown when the file at checkpoint_path cannot be resumed from: not a faiss-flash
+/// checkpoint, written by another version, damaged, or a checkpoint of another run or of more
+/// iterations than niter (the message names the file and says which). A std::invalid_argument;
+/// a file that cannot be read or written is a std::runtime_error instead.
+struct BadCheckpoint : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
 /// Asks the Lloyd runs in progress that have stop_on_sigint set to stop after their current
 /// iteration (async-signal-safe); other runs ignore it. A request made while no such run is in
 /// progress is dropped when the next one starts.

@@ -324,7 +324,7 @@ py::dict refresh_ivf(uintptr_t index_ptr, const std::string& type_name, std::opt
 }
 
 // A checkpoint's contents (kernels/checkpoint.h), or None when the file does not exist; a file
-// that is not a faiss-flash checkpoint is a ValueError.
+// that is not a faiss-flash checkpoint is a BadCheckpointError (a ValueError).
 py::object read_checkpoint(const std::string& path) {
     flash::Checkpoint c;
     if (!flash::load_checkpoint(path, c)) return py::none();
@@ -363,6 +363,9 @@ PYBIND11_MODULE(_faiss_flash, m) {
         return PyErr_NewException("faiss_flash.FaissError", bases.ptr(), nullptr);
     }();
     m.attr("FaissError") = py::handle(faiss_error);
+    // A checkpoint_path file that cannot be resumed from (another run's, damaged, not a
+    // checkpoint): a ValueError of its own, so that callers can tell it from other bad input.
+    py::register_exception<flash::BadCheckpoint>(m, "BadCheckpointError", PyExc_ValueError);
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);

@@ -85,7 +85,7 @@ bool wait_for_checkpoint(const std::string& ck, int iters) {
         flash::Checkpoint c;
         try {
             if (flash::load_checkpoint(ck, c) && c.iterations_done >= iters) return true;
-        } catch (const std::invalid_argument&) {
+        } catch (const flash::BadCheckpoint&) {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -152,10 +152,10 @@ TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
     opt.checkpoint_every = 1;
     flash::run_lloyd(p, c.data(), opt);
     opt.k = 4;
-    EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), std::invalid_argument);
+    EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), flash::BadCheckpoint);
     std::ofstream(ck) << "garbage";
     opt.k = 5;
-    EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), std::invalid_argument);
+    EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), flash::BadCheckpoint);
 }
 
 TEST(Checkpoint, SegmentedRunEqualsPlainRun) {
@@ -187,7 +187,7 @@ TEST(Checkpoint, ALongerRunsCheckpointIsRejected) {
     flash::run_lloyd(p, c6.data(), opt);
     opt.niter = 3; // its centroids are those after 6 iterations, not 3
     auto c3 = c;
-    EXPECT_THROW(flash::run_lloyd(p, c3.data(), opt), std::invalid_argument);
+    EXPECT_THROW(flash::run_lloyd(p, c3.data(), opt), flash::BadCheckpoint);
     opt.niter = 6; // as many: nothing left to do, the saved centroids
     auto again = c;
     flash::run_lloyd(p, again.data(), opt);
@@ -206,15 +206,15 @@ TEST(Checkpoint, AnotherRunOfTheSameDataIsRejected) {
     auto c1 = c;
     flash::run_lloyd(p, c1.data(), opt);
     auto other_start = c_other;
-    EXPECT_THROW(flash::run_lloyd(p, other_start.data(), opt), std::invalid_argument);
+    EXPECT_THROW(flash::run_lloyd(p, other_start.data(), opt), flash::BadCheckpoint);
     auto weighted = c;
     auto o = opt;
     o.weights = w.data();
-    EXPECT_THROW(flash::run_lloyd(p, weighted.data(), o), std::invalid_argument);
+    EXPECT_THROW(flash::run_lloyd(p, weighted.data(), o), flash::BadCheckpoint);
     o = opt;
     o.spherical = true;
     auto spherical = c;
-    EXPECT_THROW(flash::run_lloyd(p, spherical.data(), o), std::invalid_argument);
+    EXPECT_THROW(flash::run_lloyd(p, spherical.data(), o), flash::BadCheckpoint);
     auto same = c; // the same run again: resumed (finished), the same centroids
     flash::run_lloyd(p, same.data(), opt);
     EXPECT_EQ(same, c1);

@@ -19,7 +19,8 @@ class CheckpointInfo(NamedTuple):
 
 
 def read_checkpoint(path) -> Optional[CheckpointInfo]:
-    """The checkpoint at path, or None when there is no file there. Raises ValueError when the
-    file is not a faiss-flash checkpoint (or is truncated, or of another format version)."""
+    """The checkpoint at path, or None when there is no file there. Raises BadCheckpointError (a
+    ValueError) when the file is not a faiss-flash checkpoint (or is truncated, or of another
+    format version); training raises it too for a checkpoint of another run."""
     info = _faiss_flash.read_checkpoint(str(path))
     return None if info is None else CheckpointInfo(**info)

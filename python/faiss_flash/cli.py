@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from ._arrays import parse_device
+from ._faiss_flash import BadCheckpointError
 from .checkpoint import read_checkpoint
 from .io import DataFileError, check_output_dir, check_output_path, read_vectors, write_vectors
 
@@ -154,7 +155,7 @@ def main(argv=None):
         # a run resumes from it, or stops with that reason.
         try:
             found = read_checkpoint(args.checkpoint)
-        except ValueError:  # not a checkpoint: the run refuses it below, with this reason
+        except BadCheckpointError:  # not a checkpoint: the run refuses it below, with this reason
             found = None
         if found is not None:
             print(f"found checkpoint {args.checkpoint} ({found.iterations_done} iterations done)", flush=True)
@@ -163,13 +164,11 @@ def main(argv=None):
         t0 = time.perf_counter()
         km.train(x)
         t_ours = time.perf_counter() - t0
+    except BadCheckpointError as e:  # a checkpoint of another run, or a damaged one: the message names it
+        print(f"flash-kmeans: {str(e).removeprefix('faiss-flash: ')}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError) as e:
-        message = str(e)
-        if args.checkpoint is not None and "checkpoint" in message and args.checkpoint in message:
-            # a checkpoint of another run, or a damaged one: the library's message names it
-            print(f"flash-kmeans: {message.removeprefix('faiss-flash: ')}", file=sys.stderr)
-        else:
-            print(f"flash-kmeans: {args.input}: {e}", file=sys.stderr)
+        print(f"flash-kmeans: {args.input}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # The library saves the checkpoint before it raises (a Ctrl-C before training began

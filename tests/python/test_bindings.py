@@ -137,5 +137,26 @@ def test_read_checkpoint(tmp_path, rs):
     np.testing.assert_array_equal(info.centroids[0], km.centroids)
     np.testing.assert_allclose(info.obj[0], km.obj, rtol=1e-12)
     (tmp_path / "other").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a faiss-flash checkpoint"):
+    with pytest.raises(faiss_flash.BadCheckpointError, match="not a faiss-flash checkpoint"):
         faiss_flash.read_checkpoint(tmp_path / "other")
+
+
+def test_bad_checkpoint_error(tmp_path, rs):
+    # A checkpoint that a run cannot resume from is a BadCheckpointError, a ValueError of its own
+    # (so callers tell it from other bad input); the file is left as it was.
+    assert issubclass(faiss_flash.BadCheckpointError, ValueError)
+    x = gaussian(rs, 1000, 8)
+    ckpt = tmp_path / "run.ckpt"
+    faiss_flash.Kmeans(8, 5, niter=3, device="cpu", checkpoint_path=str(ckpt)).train(x)
+    before = ckpt.read_bytes()
+    other_run = faiss_flash.Kmeans(8, 5, niter=3, seed=7, device="cpu", checkpoint_path=str(ckpt))
+    with pytest.raises(faiss_flash.BadCheckpointError, match="another run of this data"):
+        other_run.train(x)
+    with pytest.raises(faiss_flash.BadCheckpointError, match="more than niter"):
+        faiss_flash.Kmeans(8, 5, niter=2, device="cpu", checkpoint_path=str(ckpt)).train(x)
+    ckpt.write_bytes(before[:100])
+    with pytest.raises(faiss_flash.BadCheckpointError, match="truncated"):
+        faiss_flash.Kmeans(8, 5, niter=3, device="cpu", checkpoint_path=str(ckpt)).train(x)
+    with pytest.raises(ValueError) as bad_input:  # other bad input stays a plain ValueError
+        faiss_flash.Kmeans(8, 5, niter=3, device="cpu", checkpoint_path=str(ckpt)).train(x[:3])
+    assert not isinstance(bad_input.value, faiss_flash.BadCheckpointError)
