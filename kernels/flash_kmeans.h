@@ -35,6 +35,7 @@ struct Placement {
     int64_t streamed_rows = 0;     ///< rows copied from host memory every iteration
     int64_t streamed_bytes = 0;    ///< bytes copied per iteration
     bool host_pinned = false;      ///< streamed rows were DMA'd from pinned memory (no staging copy)
+    int64_t converted_rows = 0;    ///< streamed rows converted once to transfer_dtype in pinned memory
     double setup_s = 0;            ///< allocation, pinning and the upload of the resident rows
     double copy_s = 0;             ///< per iteration: host-to-device copy time (slowest shard, CUDA events)
     double compute_s = 0;          ///< per iteration: assignment + partial sums (slowest shard, CUDA events)
@@ -90,7 +91,9 @@ struct LloydOptions {
     /// Rows per piece of the sharded / streaming engine (0: about 1 GiB of points per piece).
     int64_t stream_piece_rows = 0;
     /// Pin (cudaHostRegister) the streamed part of pageable host points once per run, so
-    /// every iteration DMAs it directly; false (or when pinning fails): staging copies.
+    /// every iteration DMAs it directly; with transfer_dtype, convert it once into pinned host
+    /// memory of that type instead (where that takes at most half of the host's available
+    /// memory). False (or when pinning fails): staging copies, converting every iteration.
     bool pin_host_data = true;
     /// When set, receives how the sharded / streaming engine placed the points.
     Placement* placement = nullptr;

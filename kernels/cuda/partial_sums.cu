@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <map>
@@ -99,6 +100,23 @@ class HostRegistration {
   private:
     void* ptr_ = nullptr;
 };
+
+// Bytes of host memory available to new allocations (MemAvailable of /proc/meminfo, else the
+// free pages). Test only (tests/gpu/test_sharded.cpp): FLASH_TEST_HOST_MEMORY=bytes.
+size_t host_memory_available() {
+    if (const char* env = std::getenv("FLASH_TEST_HOST_MEMORY"); env && *env >= '0' && *env <= '9')
+        return size_t(std::strtoull(env, nullptr, 10));
+    if (FILE* f = std::fopen("/proc/meminfo", "r")) {
+        char line[256];
+        unsigned long long kb = 0;
+        bool found = false;
+        while (!found && std::fgets(line, sizeof line, f)) found = std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
+        std::fclose(f);
+        if (found) return size_t(kb) * 1024;
+    }
+    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+}
 
 bool is_pinned(const void* p) {
     cudaPointerAttributes attr{};
@@ -308,7 +326,7 @@ class Shard {
         cudaStream_t cs = copy_->get();
         for (size_t i = 0; i < pieces_.size(); i++) {
             if (!resident(i)) continue;
-            transfer(pieces_[i], data_[i]->get());
+            transfer(i, data_[i]->get());
             launch_row_norms(data_[i]->get(), t_, pieces_[i].rows, d, norms_[i]->get(), cs);
         }
         FLASH_CUDA_CHECK(cudaStreamSynchronize(cs));
@@ -346,7 +364,7 @@ class Shard {
                 slot = int(streamed++ % kSlots);
                 FLASH_CUDA_CHECK(cudaStreamWaitEvent(cs, (*slot_free_)[slot], 0));
                 FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i], cs));
-                transfer(p, slot_data_[slot].get());
+                transfer(i, slot_data_[slot].get());
                 FLASH_CUDA_CHECK(cudaEventRecord(ev[4 * i + 1], cs));
                 FLASH_CUDA_CHECK(cudaEventRecord((*slot_ready_)[slot], cs));
                 FLASH_CUDA_CHECK(cudaStreamWaitEvent(s, (*slot_ready_)[slot], 0));
@@ -430,6 +448,60 @@ class Shard {
     }
     size_t row_bytes() const { return row_bytes_; }
     bool direct() const { return direct_; }
+    // Every streamed row goes over PCIe in one DMA per piece from pinned memory: the caller's
+    // (pinned or registered) or converted once (convert_streamed_once).
+    bool dmas_streamed_rows() const {
+        if (direct_) return true;
+        for (size_t i = 0; i < pieces_.size(); i++)
+            if (!resident(i) && (!converted_ || !converted_rows_[i])) return false;
+        return true;
+    }
+    int64_t converted_rows() const {
+        int64_t r = 0;
+        for (size_t i = 0; i < converted_rows_.size(); i++) r += converted_rows_[i] ? pieces_[i].rows : 0;
+        return r;
+    }
+    // Host bytes of the streamed rows in the transfer type.
+    size_t streamed_bytes() const { return size_t(rows_where(false)) * row_bytes_; }
+
+    // Points sent in another type (transfer_dtype): converts streamed pieces, in order, as many
+    // as `budget` bytes hold, once into pinned host memory of that type, so that every pass
+    // DMAs them instead of converting them again through the staging buffers (the others are
+    // staged as before). False, with nothing kept, when that memory cannot be had; a value out
+    // of the type's range is an error.
+    bool convert_streamed_once(size_t budget) {
+        StagingTeamCap team(staging_threads_);
+        std::vector<size_t> chosen;
+        size_t bytes = 0;
+        for (size_t i = 0; i < pieces_.size(); i++) {
+            const size_t b = size_t(pieces_[i].rows) * row_bytes_;
+            if (resident(i) || bytes + b > budget) continue;
+            chosen.push_back(i);
+            bytes += b;
+        }
+        if (chosen.empty()) return true;
+        auto buffer = std::make_unique<PinnedBuffer>();
+        try {
+            buffer->allocate(bytes, "the streamed rows in the transfer type");
+        } catch (const std::runtime_error&) {
+            return false;
+        }
+        std::vector<const char*> rows(pieces_.size(), nullptr);
+        char* dst = static_cast<char*>(buffer->get());
+        for (size_t i : chosen) {
+            const Piece& p = pieces_[i];
+            if (!stage_elements(host_rows(p), x_.dtype, dst, t_, p.rows * x_.d)) throw_out_of_range();
+            rows[i] = dst;
+            dst += size_t(p.rows) * row_bytes_;
+        }
+        converted_ = std::move(buffer);
+        converted_rows_ = std::move(rows);
+        return true;
+    }
+    void drop_converted() {
+        converted_.reset();
+        converted_rows_.clear();
+    }
 
   private:
     // Test only (tests/gpu/test_sharded.cpp): FLASH_TEST_FAIL_RESIDENT=j[,j...] fails the
@@ -532,21 +604,25 @@ class Shard {
                                  " is free (" + hint + ")");
     }
 
-    // Queues the copy of piece p's rows (converted to t_) into dst on the copy stream: one
-    // DMA from pinned memory, or through the pinned staging buffers in kStagingBytes steps.
-    void transfer(const Piece& p, void* dst) {
+    // Queues the copy of piece i's rows (converted to t_) into dst on the copy stream: one
+    // DMA from pinned memory (the caller's rows, or converted once), or through the pinned
+    // staging buffers in kStagingBytes steps.
+    void transfer(size_t i, void* dst) {
         cudaStream_t cs = copy_->get();
-        const char* src = host_rows(p);
+        const Piece& p = pieces_[i];
         const int64_t count = p.rows * x_.d;
         const size_t es = dtype_size(t_);
-        if (direct_) {
+        const char* src = converted_ && converted_rows_[i] ? converted_rows_[i] : host_rows(p);
+        if (direct_ || src != host_rows(p)) {
             FLASH_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(count) * es, cudaMemcpyHostToDevice, cs));
             return;
         }
-        if (!staging_->copy(dst, src, x_.dtype, t_, count, cs))
-            throw std::invalid_argument(std::string("faiss-flash: transfer_dtype ") +
-                                        (t_ == DType::F16 ? "F16" : "BF16") +
-                                        ": the points hold values outside its range (use BF16 or F32)");
+        if (!staging_->copy(dst, src, x_.dtype, t_, count, cs)) throw_out_of_range();
+    }
+
+    [[noreturn]] void throw_out_of_range() const {
+        throw std::invalid_argument(std::string("faiss-flash: transfer_dtype ") + (t_ == DType::F16 ? "F16" : "BF16") +
+                                    ": the points hold values outside its range (use BF16 or F32)");
     }
 
     const Points& x_;
@@ -560,6 +636,8 @@ class Shard {
     size_t row_bytes_ = 0, in_row_bytes_ = 0;
     int64_t flat0_ = 0, flat1_ = 0; // the shard's rows in flattened (batch * n) order
     bool direct_ = false;
+    std::unique_ptr<PinnedBuffer> converted_; // (convert_streamed_once)
+    std::vector<const char*> converted_rows_; // per piece: its rows in converted_, or null
     int variant_ = -1;
     int64_t width_ = 0;
     bool half_ = false; // Fp32Mode::TF32: pieces assigned as scaled fp16 (xh_, ch_, cn_)
@@ -684,6 +762,20 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
         else
             m.pins.clear();
     }
+    // Points sent in another type: the streamed rows converted once into pinned host memory,
+    // as many as half of what the host has available holds (the shards in proportion to their
+    // streamed rows); the others staged every pass.
+    if (any_streamed && t != x.dtype && opt.pin_host_data) {
+        size_t bytes = 0;
+        for (auto& sh : m.shards) bytes += sh->streamed_bytes();
+        const double share = std::min(1.0, double(host_memory_available() / 2) / double(bytes));
+        std::vector<char> ok(S, 0);
+        for_each_parallel(S, [&](size_t i) {
+            ok[i] = m.shards[i]->convert_streamed_once(size_t(share * double(m.shards[i]->streamed_bytes())));
+        });
+        if (std::find(ok.begin(), ok.end(), 0) != ok.end())
+            for (auto& sh : m.shards) sh->drop_converted();
+    }
 
     Placement& pl = m.placement;
     pl.shards = int(S);
@@ -694,7 +786,8 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
         pl.resident_rows += sh->rows_where(true);
         pl.streamed_rows += streamed;
         pl.streamed_bytes += streamed * int64_t(sh->row_bytes());
-        if (streamed > 0) pl.host_pinned &= sh->direct();
+        pl.converted_rows += sh->converted_rows();
+        if (streamed > 0) pl.host_pinned &= sh->dmas_streamed_rows();
     }
     if (pl.streamed_rows == 0) pl.host_pinned = false;
     pl.setup_s = wall_seconds() - t0;

@@ -174,22 +174,54 @@ TEST(Sharded, TransferDtypeMatchesHalfInput) {
     opt.k = k;
     opt.niter = 5;
     const Result half = run(host_points(xh.data(), n, d, flash::DType::F16), init, opt);
-    for (auto streaming : {flash::Streaming::Auto, flash::Streaming::Force}) {
+    // Streamed rows are converted once into pinned host memory and DMA'd every pass
+    // (host_pinned), or with pin_host_data = false converted through the staging buffers.
+    for (auto streaming : {flash::Streaming::Auto, flash::Streaming::Force})
+        for (bool pin : {true, false}) {
+            SCOPED_TRACE(std::string(streaming == flash::Streaming::Auto ? "auto" : "force") + (pin ? "" : ", staged"));
+            auto o = opt;
+            o.transfer_dtype = flash::DType::F16;
+            o.streaming = streaming;
+            o.stream_piece_rows = 3000;
+            o.pin_host_data = pin;
+            const Result conv = run(host_points(x.data(), n, d), init, o);
+            expect_same_run(half, conv, 1e-12);
+            const bool streamed = streaming == flash::Streaming::Force;
+            EXPECT_EQ(conv.placement.streamed_rows, streamed ? n : 0);
+            EXPECT_EQ(conv.placement.host_pinned, streamed && pin);
+            EXPECT_EQ(conv.placement.converted_rows, streamed && pin ? n : 0);
+        }
+    {
+        // Host memory for only some pieces (half of what the host has available may be used;
+        // the test-only switch FLASH_TEST_HOST_MEMORY says how much that is): those pieces are
+        // converted once, the others staged every pass.
+        SCOPED_TRACE("part of the streamed rows converted once");
+        ScopedEnv host_memory("FLASH_TEST_HOST_MEMORY");
+        host_memory.set(std::to_string(2 * 3 * 3000 * d * 2).c_str()); // three pieces of 3000 fp16 rows
         auto o = opt;
         o.transfer_dtype = flash::DType::F16;
-        o.streaming = streaming;
+        o.streaming = flash::Streaming::Force;
         o.stream_piece_rows = 3000;
         const Result conv = run(host_points(x.data(), n, d), init, o);
         expect_same_run(half, conv, 1e-12);
+        EXPECT_EQ(conv.placement.converted_rows, 3 * 3000);
+        EXPECT_FALSE(conv.placement.host_pinned);
     }
-    // Values beyond fp16's range are refused, not turned into Inf.
+    // Values beyond fp16's range are refused, not turned into Inf: on upload, when converted
+    // once, and when staged.
     auto big = x;
-    big[5] = 1e6f;
-    auto o = opt;
-    o.transfer_dtype = flash::DType::F16;
-    std::vector<float> c = init;
-    o.backend = flash::Backend::CUDA;
-    EXPECT_THROW(flash::run_lloyd(host_points(big.data(), n, d), c.data(), o), std::invalid_argument);
+    big[n * d - 5] = 1e6f; // in the last piece
+    for (auto streaming : {flash::Streaming::Auto, flash::Streaming::Force})
+        for (bool pin : {true, false}) {
+            auto o = opt;
+            o.transfer_dtype = flash::DType::F16;
+            o.backend = flash::Backend::CUDA;
+            o.streaming = streaming;
+            o.stream_piece_rows = 3000;
+            o.pin_host_data = pin;
+            std::vector<float> c = init;
+            EXPECT_THROW(flash::run_lloyd(host_points(big.data(), n, d), c.data(), o), std::invalid_argument);
+        }
 }
 
 // Gaussian data: several shards agree with one GPU within float tolerance and are
