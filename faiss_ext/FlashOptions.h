@@ -21,6 +21,9 @@ struct FlashOptions {
     int64_t device_memory_limit = 0;
     flash::DType transfer_dtype = flash::DType::F32;
     int64_t stream_piece_rows = 0;
+    /// When set, receives how the sharded / streaming engine placed the points (the last
+    /// run's, with nredo > 1); left as it was when another engine ran.
+    flash::Placement* placement = nullptr;
     /// Resumable training (see flash::LloydOptions): checkpoint file, written every
     /// checkpoint_every iterations; with nredo > 1 each redo r uses path + ".redo<r>".
     std::string checkpoint_path;
@@ -40,6 +43,7 @@ inline void apply_engine_options(const FlashOptions& f, flash::LloydOptions& o) 
     o.device_memory_limit = f.device_memory_limit;
     o.transfer_dtype = f.transfer_dtype;
     o.stream_piece_rows = f.stream_piece_rows;
+    o.placement = f.placement;
 }
 
 } // namespace faiss_flash

@@ -130,7 +130,26 @@ void apply_placement(const py::dict& p, Options& o) {
     }
 }
 
-// faiss::Clustering semantics end to end; `index` is a faiss (Python) index.
+// How the sharded / streaming engine placed the points, or None when it did not run.
+py::object placement_report(const flash::Placement& p) {
+    if (p.shards == 0) return py::none();
+    py::dict out;
+    out["shards"] = p.shards;
+    out["pieces"] = p.pieces;
+    out["resident_rows"] = p.resident_rows;
+    out["streamed_rows"] = p.streamed_rows;
+    out["streamed_bytes"] = p.streamed_bytes;
+    out["host_pinned"] = p.host_pinned;
+    out["converted_rows"] = p.converted_rows;
+    out["setup_s"] = p.setup_s;
+    out["copy_s"] = p.copy_s;
+    out["compute_s"] = p.compute_s;
+    out["iteration_s"] = p.iteration_s;
+    return std::move(out);
+}
+
+// faiss::Clustering semantics end to end; `index` is a faiss (Python) index. Returns the
+// centroids, the iteration stats and the placement report (placement_report).
 py::tuple train_clustering(farray x, int64_t k, const py::dict& params, std::optional<farray> weights,
                            std::optional<farray> init, uintptr_t index_ptr, const std::string& backend, int device,
                            const py::dict& placement) {
@@ -159,6 +178,8 @@ py::tuple train_clustering(farray x, int64_t k, const py::dict& params, std::opt
     clus.flash.cuda_device = device;
     clus.flash.stop_on_sigint = true;
     apply_placement(placement, clus.flash);
+    flash::Placement placed;
+    clus.flash.placement = &placed;
     if (weights && (weights->ndim() != 1 || weights->shape(0) != n))
         throw std::invalid_argument("weights: expected shape (" + std::to_string(n) + ",)");
     if (init) {
@@ -176,7 +197,7 @@ py::tuple train_clustering(farray x, int64_t k, const py::dict& params, std::opt
     std::vector<flash::IterationStats> st;
     for (const auto& s : clus.iteration_stats)
         st.push_back({s.obj, s.time, s.time_search, s.imbalance_factor, s.nsplit});
-    return py::make_tuple(cen, stats_list(st));
+    return py::make_tuple(cen, stats_list(st), placement_report(placed));
 }
 
 flash::Points points(uintptr_t ptr, const std::string& dtype, int64_t batch, int64_t n, int64_t d, int device) {
@@ -191,10 +212,11 @@ flash::Points points(uintptr_t ptr, const std::string& dtype, int64_t batch, int
     return p;
 }
 
-py::list run_lloyd(uintptr_t ptr, const std::string& dtype, int64_t batch, int64_t n, int64_t d, int data_device,
-                   py::array_t<float, py::array::c_style> centroids, int64_t k, int niter, const std::string& metric,
-                   bool spherical, std::optional<farray> weights, const std::string& backend, int cuda_device,
-                   const py::dict& placement) {
+// The iteration stats per problem and the placement report (placement_report).
+py::tuple run_lloyd(uintptr_t ptr, const std::string& dtype, int64_t batch, int64_t n, int64_t d, int data_device,
+                    py::array_t<float, py::array::c_style> centroids, int64_t k, int niter, const std::string& metric,
+                    bool spherical, std::optional<farray> weights, const std::string& backend, int cuda_device,
+                    const py::dict& placement) {
     if (centroids.size() != batch * k * d) throw std::invalid_argument("init_centroids: expected (B, k, d) values");
     if (weights && weights->size() != batch * n) throw std::invalid_argument("weights: expected (B, N) values");
     flash::LloydOptions opt;
@@ -207,6 +229,8 @@ py::list run_lloyd(uintptr_t ptr, const std::string& dtype, int64_t batch, int64
     opt.cuda_device = cuda_device;
     opt.stop_on_sigint = true;
     apply_placement(placement, opt);
+    flash::Placement placed;
+    opt.placement = &placed;
     const flash::Points p = points(ptr, dtype, batch, n, d, data_device);
     std::vector<std::vector<flash::IterationStats>> st;
     float* c = centroids.mutable_data();
@@ -216,7 +240,7 @@ py::list run_lloyd(uintptr_t ptr, const std::string& dtype, int64_t batch, int64
     }
     py::list out;
     for (const auto& s : st) out.append(stats_list(s));
-    return out;
+    return py::make_tuple(out, placement_report(placed));
 }
 
 py::tuple assign(uintptr_t ptr, const std::string& dtype, int64_t batch, int64_t n, int64_t d, int data_device,

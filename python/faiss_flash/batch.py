@@ -6,7 +6,11 @@ import numpy as np
 from . import _faiss_flash
 from ._arrays import check_weights, describe, is_torch, parse_device, parse_placement
 
-BatchKmeansResult = namedtuple("BatchKmeansResult", "centroids labels obj iteration_stats")
+class BatchKmeansResult(namedtuple("BatchKmeansResult", "centroids labels obj iteration_stats")):
+    """centroids, labels, obj, iteration_stats (a 4-tuple), and the attribute placement_report:
+    None, or where the CUDA engine sharded or streamed host points, how (see
+    Kmeans.train)."""
+    placement_report = None
 
 
 def initial_rows(n, k, seed, batch):
@@ -84,8 +88,8 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
             raise ValueError(f"weights: expected shape {(n,) if squeeze else (b, n)}, got {w.shape}")
         check_weights(w)
         w = w.reshape(b * n)
-    stats = _faiss_flash.run_lloyd(ptr, dtype, b, n, d, data_device, centroids, k, niter, metric, spherical, w,
-                                   backend, cuda_device, placement)
+    stats, report = _faiss_flash.run_lloyd(ptr, dtype, b, n, d, data_device, centroids, k, niter, metric, spherical,
+                                           w, backend, cuda_device, placement)
     dist, labels = _faiss_flash.assign(ptr, dtype, b, n, d, data_device, centroids, k, metric, backend, cuda_device)
     # objective of the returned centroids and labels (iteration_stats[b][-1]["obj"] is, as in
     # FAISS, that of the centroids before the last update)
@@ -97,4 +101,6 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
         obj = torch.from_numpy(obj)
     if squeeze:
         centroids, labels = centroids[0], labels[0]
-    return BatchKmeansResult(centroids, labels, obj, stats)
+    result = BatchKmeansResult(centroids, labels, obj, stats)
+    result.placement_report = report
+    return result

@@ -73,6 +73,23 @@ def _check_checkpoint_path(path):
         raise DataFileError(f"{path}: cannot write in {parent} ({e.strerror or e})") from None
 
 
+def describe_placement(p):
+    """One line on how the CUDA engine sharded or streamed the training rows."""
+    rows = p["resident_rows"] + p["streamed_rows"]
+    line = (f"placement: {p['shards']} device{'s' if p['shards'] > 1 else ''}, "
+            f"{100 * p['resident_rows'] / rows:.0f}% of {rows} rows resident")
+    if p["streamed_rows"] > 0:
+        if p["converted_rows"] == p["streamed_rows"]:
+            how = "converted once into pinned memory"
+        elif p["converted_rows"] > 0:
+            how = f"{p['converted_rows']} rows converted once, the others staged"
+        else:
+            how = "pinned" if p["host_pinned"] else "staged"
+        line += (f", {p['streamed_bytes'] / 1e9:.2f} GB streamed per iteration ({how}): "
+                 f"copy {1e3 * p['copy_s']:.1f} ms, compute {1e3 * p['compute_s']:.1f} ms per iteration")
+    return line
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="flash-kmeans", description="Exact k-means with faiss-flash")
     ap.add_argument("input")
@@ -185,6 +202,8 @@ def main(argv=None):
     if verbose:
         print(flush=True)
     print(f"{n} vectors, d={d}, k={args.k}: objective {km.obj[-1]:.6g} in {t_ours:.3f} s ({args.niter} iterations)")
+    if km.placement_report is not None and not args.quiet:
+        print(describe_placement(km.placement_report))
     if args.output:
         try:
             write_vectors(args.output, km.centroids)

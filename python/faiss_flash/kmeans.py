@@ -44,6 +44,7 @@ class Kmeans:
             self._delegate = faiss.Kmeans(d, k, **faiss_kwargs)
             self.cp = self._delegate.cp
             self.centroids = None
+            self.placement_report = None
             return
         self.cp = faiss.ClusteringParameters()
         for key, value in kwargs.items():
@@ -60,12 +61,18 @@ class Kmeans:
                 getattr(self.cp, key)
                 setattr(self.cp, key, value)
         self.centroids = None
+        self.placement_report = None
 
     def train(self, x, weights=None, init_centroids=None):
         """k-means of x (n, d); returns the final objective. Sets centroids (k, d), obj
         (per-iteration objectives), iteration_stats (list of dicts: obj, time, time_search,
-        imbalance_factor, nsplit) and index (an IndexFlatL2, or IndexFlatIP when spherical,
-        holding the centroids)."""
+        imbalance_factor, nsplit), index (an IndexFlatL2, or IndexFlatIP when spherical,
+        holding the centroids) and placement_report: None, or where the CUDA engine sharded or
+        streamed host points, a dict: shards, pieces, resident_rows, streamed_rows,
+        streamed_bytes (per iteration), host_pinned (streamed rows sent by DMA from pinned
+        memory), converted_rows (converted once to transfer_dtype), setup_s, and per iteration
+        copy_s and compute_s (the slowest device's, CUDA events) and iteration_s."""
+        self.placement_report = None
         if self._delegate is not None:
             obj = self._delegate.train(x, weights=weights, init_centroids=init_centroids)
             self.centroids, self.obj = self._delegate.centroids, self._delegate.obj
@@ -83,8 +90,8 @@ class Kmeans:
         params.update(self.checkpoint)
         self.index = faiss.IndexFlatIP(self.d) if self.cp.spherical else faiss.IndexFlatL2(self.d)
         backend, dev = parse_device(self.device)
-        centroids, stats = _faiss_flash.train_clustering(x, self.k, params, weights, init_centroids,
-                                                         int(self.index.this), backend, dev, self.placement)
+        centroids, stats, self.placement_report = _faiss_flash.train_clustering(
+            x, self.k, params, weights, init_centroids, int(self.index.this), backend, dev, self.placement)
         self.centroids = centroids.reshape(self.k, self.d)
         self.obj = np.array([s["obj"] for s in stats])
         self.iteration_stats = stats

@@ -141,6 +141,20 @@ def test_read_checkpoint(tmp_path, rs):
         faiss_flash.read_checkpoint(tmp_path / "other")
 
 
+def test_placement_report_without_the_sharded_engine(rs):
+    # Only the CUDA engine's sharded / streaming path reports a placement (tests/python/
+    # test_gpu_tensors.py checks its contents); the CPU engine leaves it None.
+    x = gaussian(rs, 1000, 8)
+    km = faiss_flash.Kmeans(8, 5, niter=2, device="cpu")
+    assert km.placement_report is None
+    km.train(x)
+    assert km.placement_report is None
+    r = faiss_flash.batch_kmeans(x, 5, niter=2, device="cpu")
+    assert r.placement_report is None and len(r) == 4  # still the 4-tuple
+    centroids, labels, obj, stats = r
+    assert centroids.shape == (5, 8) and labels.shape == (1000,)
+
+
 def test_bad_checkpoint_error(tmp_path, rs):
     # A checkpoint that a run cannot resume from is a BadCheckpointError, a ValueError of its own
     # (so callers tell it from other bad input); the file is left as it was.

@@ -151,6 +151,22 @@ def test_placement_flags(tmp_path, rs):
     assert bad.returncode == 2 and "--devices" in bad.stderr
 
 
+def test_placement_line():
+    from faiss_flash.cli import describe_placement
+    base = dict(shards=2, pieces=8, resident_rows=600, streamed_rows=400, streamed_bytes=204800,
+                host_pinned=False, converted_rows=0, setup_s=0.5, copy_s=0.0123, compute_s=0.0456,
+                iteration_s=0.05)
+    assert describe_placement(dict(base, streamed_rows=0, streamed_bytes=0)) == (
+        "placement: 2 devices, 100% of 600 rows resident")
+    assert describe_placement(base) == (
+        "placement: 2 devices, 60% of 1000 rows resident, 0.00 GB streamed per iteration (staged): "
+        "copy 12.3 ms, compute 45.6 ms per iteration")
+    assert "(pinned)" in describe_placement(dict(base, host_pinned=True))
+    assert "(converted once into pinned memory)" in describe_placement(dict(base, converted_rows=400))
+    assert "(100 rows converted once, the others staged)" in describe_placement(dict(base, converted_rows=100))
+    assert describe_placement(dict(base, shards=1)).startswith("placement: 1 device, ")
+
+
 @pytest.mark.parametrize("args, word", [
     (["--max-points-per-centroid", "0"], "--max-points-per-centroid: expected a positive integer, got 0"),
     (["--max-points-per-centroid", "-3"], "--max-points-per-centroid: expected a positive integer, got -3"),

@@ -67,14 +67,22 @@ def test_sharded_and_streamed_runs_match_one_gpu(rs):
     # Integer-valued points: exact sums, so every placement gives the same bits.
     x = rs.randint(0, 16, size=(20000, 32)).astype("float32")
     ref = faiss_flash.batch_kmeans(x, 24, niter=5, device="cuda")
-    for kw in (dict(devices=[0, 0]), dict(streaming="force")):
+    assert ref.placement_report is None  # the in-memory engine
+    for kw, streamed in ((dict(devices=[0, 0]), 0), (dict(streaming="force"), 20000)):
         r = faiss_flash.batch_kmeans(x, 24, niter=5, device="cuda", **kw)
         assert np.array_equal(r.centroids, ref.centroids), kw
-    # fp32 points sent as fp16 run as fp16 points do (these integers are exact in fp16).
+        p = r.placement_report  # (20000 rows are one piece: one shard)
+        assert (p["shards"], p["resident_rows"], p["streamed_rows"]) == (1, 20000 - streamed, streamed), p
+        assert p["streamed_bytes"] == streamed * 32 * 4 and p["copy_s"] >= 0 and p["compute_s"] > 0, p
+    # fp32 points sent as fp16 run as fp16 points do (these integers are exact in fp16); the
+    # streamed rows are converted once, into pinned host memory.
     half = faiss_flash.batch_kmeans(x.astype("float16"), 24, niter=5, device="cuda")
     for streaming in ("auto", "force"):
         r = faiss_flash.batch_kmeans(x, 24, niter=5, device="cuda", transfer_dtype="float16", streaming=streaming)
         assert np.array_equal(r.centroids, half.centroids), streaming
+        p = r.placement_report
+        streamed = 20000 if streaming == "force" else 0
+        assert (p["streamed_rows"], p["converted_rows"], p["host_pinned"]) == (streamed, streamed, streamed > 0), p
 
 
 def test_tf32_mode_close_to_exact(rs):
