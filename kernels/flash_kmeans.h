@@ -36,7 +36,7 @@ struct Placement {
     int64_t streamed_bytes = 0;    ///< bytes copied per iteration
     bool host_pinned = false;      ///< streamed rows were DMA'd from pinned memory (no staging copy)
     int64_t converted_rows = 0;    ///< streamed rows converted once to transfer_dtype in pinned memory
-    double setup_s = 0;            ///< allocation, pinning and the upload of the resident rows
+    double setup_s = 0;            ///< allocation, pinning (or converting once) and the upload of the resident rows
     double copy_s = 0;             ///< per iteration: host-to-device copy time (slowest shard, CUDA events)
     double compute_s = 0;          ///< per iteration: assignment + partial sums (slowest shard, CUDA events)
     double iteration_s = 0;        ///< per iteration: wall time of the whole pass incl. the reduction
@@ -92,8 +92,9 @@ struct LloydOptions {
     int64_t stream_piece_rows = 0;
     /// Pin (cudaHostRegister) the streamed part of pageable host points once per run, so
     /// every iteration DMAs it directly; with transfer_dtype, convert it once into pinned host
-    /// memory of that type instead (where that takes at most half of the host's available
-    /// memory). False (or when pinning fails): staging copies, converting every iteration.
+    /// memory of that type instead, as many pieces as half of the host memory available to the
+    /// process holds (Placement::converted_rows). False (or when pinning fails, and for the
+    /// pieces beyond that memory): staging copies, converting every iteration.
     bool pin_host_data = true;
     /// When set, receives how the sharded / streaming engine placed the points.
     Placement* placement = nullptr;

@@ -101,21 +101,43 @@ class HostRegistration {
     void* ptr_ = nullptr;
 };
 
-// Bytes of host memory available to new allocations (MemAvailable of /proc/meminfo, else the
-// free pages). Test only (tests/gpu/test_sharded.cpp): FLASH_TEST_HOST_MEMORY=bytes.
+// The first number in file `path` (false if none: no such file, or "max").
+bool read_number(const char* path, unsigned long long& v) {
+    FILE* f = std::fopen(path, "r");
+    if (!f) return false;
+    const bool ok = std::fscanf(f, "%llu", &v) == 1;
+    std::fclose(f);
+    return ok;
+}
+
+// Bytes of host memory this process may take for new allocations: MemAvailable of
+// /proc/meminfo (else the free pages), within the memory cgroup's limit (v2, else v1) where one
+// is set, shared by the ranks of an MPI job on this node (OMPI_COMM_WORLD_LOCAL_SIZE). Test only
+// (tests/gpu/test_sharded.cpp): FLASH_TEST_HOST_MEMORY=bytes.
 size_t host_memory_available() {
     if (const char* env = std::getenv("FLASH_TEST_HOST_MEMORY"); env && *env >= '0' && *env <= '9')
         return size_t(std::strtoull(env, nullptr, 10));
+    unsigned long long avail = 0;
+    bool known = false;
     if (FILE* f = std::fopen("/proc/meminfo", "r")) {
         char line[256];
         unsigned long long kb = 0;
-        bool found = false;
-        while (!found && std::fgets(line, sizeof line, f)) found = std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
+        while (!known && std::fgets(line, sizeof line, f)) known = std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
         std::fclose(f);
-        if (found) return size_t(kb) * 1024;
+        avail = kb * 1024;
     }
-    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+    if (!known) {
+        const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        avail = pages > 0 && page > 0 ? (unsigned long long)pages * (unsigned long long)page : 0;
+    }
+    unsigned long long limit = 0, used = 0;
+    if ((read_number("/sys/fs/cgroup/memory.max", limit) && read_number("/sys/fs/cgroup/memory.current", used)) ||
+        (read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", limit) &&
+         read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes", used)))
+        avail = std::min(avail, limit > used ? limit - used : 0ull);
+    if (const char* ranks = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE"); ranks && std::atoi(ranks) > 1)
+        avail /= unsigned(std::atoi(ranks));
+    return size_t(avail);
 }
 
 bool is_pinned(const void* p) {
@@ -188,6 +210,7 @@ class Shard {
     Shard& operator=(const Shard&) = delete;
 
     const std::vector<Piece>& pieces() const { return pieces_; }
+    int device() const { return dev_; }
     bool resident(size_t i) const { return data_[i] != nullptr; }
     void set_direct(bool direct) { direct_ = direct; }
     const char* host_rows(const Piece& p) const {
@@ -467,9 +490,10 @@ class Shard {
     // Points sent in another type (transfer_dtype): converts streamed pieces, in order, as many
     // as `budget` bytes hold, once into pinned host memory of that type, so that every pass
     // DMAs them instead of converting them again through the staging buffers (the others are
-    // staged as before). False, with nothing kept, when that memory cannot be had; a value out
-    // of the type's range is an error.
-    bool convert_streamed_once(size_t budget) {
+    // staged as before), or none when that memory cannot be had; a value out of the type's
+    // range is an error.
+    void convert_streamed_once(size_t budget) {
+        DeviceScope scope(dev_); // (the pinned allocation in this shard's context, not device 0's)
         StagingTeamCap team(staging_threads_);
         std::vector<size_t> chosen;
         size_t bytes = 0;
@@ -479,12 +503,12 @@ class Shard {
             chosen.push_back(i);
             bytes += b;
         }
-        if (chosen.empty()) return true;
+        if (chosen.empty()) return;
         auto buffer = std::make_unique<PinnedBuffer>();
         try {
             buffer->allocate(bytes, "the streamed rows in the transfer type");
         } catch (const std::runtime_error&) {
-            return false;
+            return;
         }
         std::vector<const char*> rows(pieces_.size(), nullptr);
         char* dst = static_cast<char*>(buffer->get());
@@ -496,11 +520,6 @@ class Shard {
         }
         converted_ = std::move(buffer);
         converted_rows_ = std::move(rows);
-        return true;
-    }
-    void drop_converted() {
-        converted_.reset();
-        converted_rows_.clear();
     }
 
   private:
@@ -733,6 +752,7 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
     bool any_streamed = false, direct = true;
     for (auto& sh : m.shards) any_streamed |= sh->rows_where(false) > 0, direct &= sh->direct();
     if (any_streamed && !direct && t == x.dtype && opt.pin_host_data) {
+        DeviceScope scope(m.shards.front()->device()); // (a context in use, not device 0's)
         bool ok = true;
         const char* run_begin = nullptr;
         const char* run_end = nullptr;
@@ -764,17 +784,16 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
     }
     // Points sent in another type: the streamed rows converted once into pinned host memory,
     // as many as half of what the host has available holds (the shards in proportion to their
-    // streamed rows); the others staged every pass.
+    // streamed rows); the others, and those of a shard that could not get the memory, staged
+    // every pass.
     if (any_streamed && t != x.dtype && opt.pin_host_data) {
         size_t bytes = 0;
         for (auto& sh : m.shards) bytes += sh->streamed_bytes();
-        const double share = std::min(1.0, double(host_memory_available() / 2) / double(bytes));
-        std::vector<char> ok(S, 0);
+        const size_t avail = std::min(bytes, host_memory_available() / 2);
         for_each_parallel(S, [&](size_t i) {
-            ok[i] = m.shards[i]->convert_streamed_once(size_t(share * double(m.shards[i]->streamed_bytes())));
+            const size_t mine = m.shards[i]->streamed_bytes();
+            if (mine > 0) m.shards[i]->convert_streamed_once(size_t((unsigned __int128)mine * avail / bytes));
         });
-        if (std::find(ok.begin(), ok.end(), 0) != ok.end())
-            for (auto& sh : m.shards) sh->drop_converted();
     }
 
     Placement& pl = m.placement;

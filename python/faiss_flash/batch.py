@@ -12,6 +12,11 @@ class BatchKmeansResult(namedtuple("BatchKmeansResult", "centroids labels obj it
     Kmeans.train)."""
     placement_report = None
 
+    def _replace(self, **fields):
+        out = super()._replace(**fields)
+        out.placement_report = self.placement_report
+        return out
+
 
 def initial_rows(n, k, seed, batch):
     """FAISS' initialisation, one permutation per problem: problem b starts from rows
@@ -23,7 +28,7 @@ def initial_rows(n, k, seed, batch):
 
 def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_centroids=None, weights=None,
                  device="auto", devices=None, streaming="auto", max_gpu_memory=None, transfer_dtype=None,
-                 fp32_mode="exact"):
+                 fp32_mode="exact", piece_rows=None):
     """Clusters each of the B problems of x into k clusters.
 
     x: (B, N, d) or (N, d); numpy float32/float16, or torch float32/float16/bfloat16 on the CPU
@@ -37,7 +42,7 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     Host data on the CUDA engine may be larger than the GPU or spread over several: devices
     (list of CUDA ordinals, sharded in order), streaming ('auto': stream what does not fit,
     'off', 'force'), max_gpu_memory (bytes per device), transfer_dtype ('float16' / 'bfloat16':
-    float32 points sent at half the bytes). fp32_mode: 'exact' (default) or 'tf32' (opt-in,
+    float32 points sent at half the bytes), piece_rows (rows per piece; default about 1 GiB). fp32_mode: 'exact' (default) or 'tf32' (opt-in,
     TF32-class float32 products on the GPU, about twice as fast).
     """
     if metric not in ("l2", "ip"):
@@ -49,7 +54,7 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     if not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
     backend, cuda_device = parse_device(device)
-    placement = parse_placement(devices, streaming, max_gpu_memory, transfer_dtype, fp32_mode=fp32_mode)
+    placement = parse_placement(devices, streaming, max_gpu_memory, transfer_dtype, piece_rows, fp32_mode)
     if is_torch(x):
         x = x.detach()  # same storage; the initial rows below are read without autograd
     ptr, dtype, b, n, d, data_device = describe(x, "x")

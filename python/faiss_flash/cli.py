@@ -76,8 +76,9 @@ def _check_checkpoint_path(path):
 def describe_placement(p):
     """One line on how the CUDA engine sharded or streamed the training rows."""
     rows = p["resident_rows"] + p["streamed_rows"]
-    line = (f"placement: {p['shards']} device{'s' if p['shards'] > 1 else ''}, "
-            f"{100 * p['resident_rows'] / rows:.0f}% of {rows} rows resident")
+    share = 100 * p["resident_rows"] // rows  # (rounded down: 100% only when nothing streams)
+    resident = f"{share}%" if share > 0 or p["resident_rows"] == 0 else "<1%"
+    line = f"placement: {p['shards']} device{'s' if p['shards'] > 1 else ''}, {resident} of {rows} rows resident"
     if p["streamed_rows"] > 0:
         if p["converted_rows"] == p["streamed_rows"]:
             how = "converted once into pinned memory"

@@ -381,6 +381,16 @@ TEST(Sharded, FailedResidentAllocationStreamsInstead) {
         expect_same_run(in_memory, r, 1e-12);
         EXPECT_EQ(r.placement.resident_rows, 0);
         EXPECT_EQ(r.placement.streamed_rows, B * n);
+        // The second resident piece fails: the second plan keeps one piece's bytes (the stream
+        // buffers are already there), and a failure in it streams everything.
+        fail.set("1");
+        const Result one = run(pts, init, o);
+        expect_same_run(in_memory, one, 1e-12);
+        EXPECT_EQ(one.placement.resident_rows, 4096);
+        fail.set("1,2");
+        const Result none = run(pts, init, o);
+        expect_same_run(in_memory, none, 1e-12);
+        EXPECT_EQ(none.placement.resident_rows, 0);
     }
     {
         SCOPED_TRACE("Streaming::Off");

@@ -151,6 +151,8 @@ def test_placement_report_without_the_sharded_engine(rs):
     assert km.placement_report is None
     r = faiss_flash.batch_kmeans(x, 5, niter=2, device="cpu")
     assert r.placement_report is None and len(r) == 4  # still the 4-tuple
+    r.placement_report = {"shards": 1}
+    assert r._replace(obj=None).placement_report == {"shards": 1}
     centroids, labels, obj, stats = r
     assert centroids.shape == (5, 8) and labels.shape == (1000,)
 

@@ -165,6 +165,8 @@ def test_placement_line():
     assert "(converted once into pinned memory)" in describe_placement(dict(base, converted_rows=400))
     assert "(100 rows converted once, the others staged)" in describe_placement(dict(base, converted_rows=100))
     assert describe_placement(dict(base, shards=1)).startswith("placement: 1 device, ")
+    assert ", 99% of 1000 rows resident" in describe_placement(dict(base, resident_rows=999, streamed_rows=1))
+    assert ", <1% of 1000 rows resident" in describe_placement(dict(base, resident_rows=1, streamed_rows=999))
 
 
 @pytest.mark.parametrize("args, word", [

@@ -68,11 +68,11 @@ def test_sharded_and_streamed_runs_match_one_gpu(rs):
     x = rs.randint(0, 16, size=(20000, 32)).astype("float32")
     ref = faiss_flash.batch_kmeans(x, 24, niter=5, device="cuda")
     assert ref.placement_report is None  # the in-memory engine
-    for kw, streamed in ((dict(devices=[0, 0]), 0), (dict(streaming="force"), 20000)):
+    for kw, shards, streamed in ((dict(devices=[0, 0], piece_rows=5000), 2, 0), (dict(streaming="force"), 1, 20000)):
         r = faiss_flash.batch_kmeans(x, 24, niter=5, device="cuda", **kw)
         assert np.array_equal(r.centroids, ref.centroids), kw
-        p = r.placement_report  # (20000 rows are one piece: one shard)
-        assert (p["shards"], p["resident_rows"], p["streamed_rows"]) == (1, 20000 - streamed, streamed), p
+        p = r.placement_report  # (without piece_rows, 20000 rows are one piece: one shard)
+        assert (p["shards"], p["resident_rows"], p["streamed_rows"]) == (shards, 20000 - streamed, streamed), p
         assert p["streamed_bytes"] == streamed * 32 * 4 and p["copy_s"] >= 0 and p["compute_s"] > 0, p
     # fp32 points sent as fp16 run as fp16 points do (these integers are exact in fp16); the
     # streamed rows are converted once, into pinned host memory.
