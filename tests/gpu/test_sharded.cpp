@@ -192,6 +192,20 @@ TEST(Sharded, TransferDtypeMatchesHalfInput) {
             EXPECT_EQ(conv.placement.converted_rows, streamed && pin ? n : 0);
         }
     {
+        // bfloat16 likewise (these integers are exact in it too).
+        SCOPED_TRACE("bfloat16, converted once");
+        std::vector<uint16_t> xb(x.size());
+        for (size_t i = 0; i < x.size(); i++) xb[i] = flash::cpu::float_to_bf16(x[i]);
+        const Result bf = run(host_points(xb.data(), n, d, flash::DType::BF16), init, opt);
+        auto o = opt;
+        o.transfer_dtype = flash::DType::BF16;
+        o.streaming = flash::Streaming::Force;
+        o.stream_piece_rows = 3000;
+        const Result conv = run(host_points(x.data(), n, d), init, o);
+        expect_same_run(bf, conv, 1e-12);
+        EXPECT_EQ(conv.placement.converted_rows, n);
+    }
+    {
         // Host memory for only some pieces (half of what the host has available may be used;
         // the test-only switch FLASH_TEST_HOST_MEMORY says how much that is): those pieces are
         // converted once, the others staged every pass.
