@@ -174,17 +174,21 @@ TEST(Sharded, TransferDtypeMatchesHalfInput) {
     opt.k = k;
     opt.niter = 5;
     const Result half = run(host_points(xh.data(), n, d, flash::DType::F16), init, opt);
+    // The fp32 points sent as t, in pieces of 3000 rows.
+    auto sent_as = [&](flash::DType t, flash::Streaming streaming, bool pin = true) {
+        auto o = opt;
+        o.transfer_dtype = t;
+        o.streaming = streaming;
+        o.stream_piece_rows = 3000;
+        o.pin_host_data = pin;
+        return o;
+    };
     // Streamed rows are converted once into pinned host memory and DMA'd every pass
     // (host_pinned), or with pin_host_data = false converted through the staging buffers.
     for (auto streaming : {flash::Streaming::Auto, flash::Streaming::Force})
         for (bool pin : {true, false}) {
             SCOPED_TRACE(std::string(streaming == flash::Streaming::Auto ? "auto" : "force") + (pin ? "" : ", staged"));
-            auto o = opt;
-            o.transfer_dtype = flash::DType::F16;
-            o.streaming = streaming;
-            o.stream_piece_rows = 3000;
-            o.pin_host_data = pin;
-            const Result conv = run(host_points(x.data(), n, d), init, o);
+            const Result conv = run(host_points(x.data(), n, d), init, sent_as(flash::DType::F16, streaming, pin));
             expect_same_run(half, conv, 1e-12);
             const bool streamed = streaming == flash::Streaming::Force;
             EXPECT_EQ(conv.placement.streamed_rows, streamed ? n : 0);
@@ -197,11 +201,8 @@ TEST(Sharded, TransferDtypeMatchesHalfInput) {
         std::vector<uint16_t> xb(x.size());
         for (size_t i = 0; i < x.size(); i++) xb[i] = flash::cpu::float_to_bf16(x[i]);
         const Result bf = run(host_points(xb.data(), n, d, flash::DType::BF16), init, opt);
-        auto o = opt;
-        o.transfer_dtype = flash::DType::BF16;
-        o.streaming = flash::Streaming::Force;
-        o.stream_piece_rows = 3000;
-        const Result conv = run(host_points(x.data(), n, d), init, o);
+        const Result conv =
+            run(host_points(x.data(), n, d), init, sent_as(flash::DType::BF16, flash::Streaming::Force));
         expect_same_run(bf, conv, 1e-12);
         EXPECT_EQ(conv.placement.converted_rows, n);
     }
@@ -212,11 +213,7 @@ TEST(Sharded, TransferDtypeMatchesHalfInput) {
         SCOPED_TRACE("part of the streamed rows converted once");
         ScopedEnv host_memory("FLASH_TEST_HOST_MEMORY");
         host_memory.set(std::to_string(2 * 3 * 3000 * d * 2).c_str()); // three pieces of 3000 fp16 rows
-        auto o = opt;
-        o.transfer_dtype = flash::DType::F16;
-        o.streaming = flash::Streaming::Force;
-        o.stream_piece_rows = 3000;
-        const Result conv = run(host_points(x.data(), n, d), init, o);
+        const Result conv = run(host_points(x.data(), n, d), init, sent_as(flash::DType::F16, flash::Streaming::Force));
         expect_same_run(half, conv, 1e-12);
         EXPECT_EQ(conv.placement.converted_rows, 3 * 3000);
         EXPECT_FALSE(conv.placement.host_pinned);
@@ -227,12 +224,8 @@ TEST(Sharded, TransferDtypeMatchesHalfInput) {
     big[n * d - 5] = 1e6f; // in the last piece
     for (auto streaming : {flash::Streaming::Auto, flash::Streaming::Force})
         for (bool pin : {true, false}) {
-            auto o = opt;
-            o.transfer_dtype = flash::DType::F16;
+            auto o = sent_as(flash::DType::F16, streaming, pin);
             o.backend = flash::Backend::CUDA;
-            o.streaming = streaming;
-            o.stream_piece_rows = 3000;
-            o.pin_host_data = pin;
             std::vector<float> c = init;
             EXPECT_THROW(flash::run_lloyd(host_points(big.data(), n, d), c.data(), o), std::invalid_argument);
         }
