@@ -156,9 +156,7 @@ std::vector<std::vector<IterationStats>> run_resumable(Backend backend, const Po
             save(centroids);
     }
     if (stoppable && stop_requested() && ck.iterations_done < opt.niter) {
-        throw Interrupted("faiss-flash: stopped after iteration " + std::to_string(ck.iterations_done) + " of " +
-                          std::to_string(opt.niter) +
-                          (opt.checkpoint_path.empty() ? "" : "; resume from checkpoint " + opt.checkpoint_path));
+        throw stopped_after(ck.iterations_done, opt.niter, opt.checkpoint_path);
     }
     return ck.stats;
 }

@@ -24,6 +24,11 @@ State& state() {
 
 } // namespace
 
+Interrupted stopped_after(int done, int niter, const std::string& checkpoint_path) {
+    return Interrupted("faiss-flash: stopped after iteration " + std::to_string(done) + " of " + std::to_string(niter) +
+                       (checkpoint_path.empty() ? "" : "; resume from checkpoint " + checkpoint_path));
+}
+
 StopScope::StopScope(bool enable) : enabled_(enable) {
     if (!enabled_) return;
     State& st = state();

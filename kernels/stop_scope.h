@@ -2,7 +2,15 @@
 // process-wide; shared by the single-process engines and the MPI engine.
 #pragma once
 
+#include <string>
+
+#include "kernels/flash_kmeans.h"
+
 namespace flash {
+
+/// The flash::Interrupted of a run stopped after `done` of `niter` iterations, naming the
+/// checkpoint to resume from (if any).
+Interrupted stopped_after(int done, int niter, const std::string& checkpoint_path);
 
 /// While at least one enabled scope is alive, SIGINT asks the runs to stop between iterations
 /// (flash::request_stop), and the handler that was there before the first is put back after

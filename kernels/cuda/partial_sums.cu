@@ -469,19 +469,18 @@ class Shard {
         for (size_t i = 0; i < pieces_.size(); i++) r += resident(i) == resident_rows ? pieces_[i].rows : 0;
         return r;
     }
-    size_t row_bytes() const { return row_bytes_; }
     bool direct() const { return direct_; }
     // Every streamed row goes over PCIe in one DMA per piece from pinned memory: the caller's
     // (pinned or registered) or converted once (convert_streamed_once).
     bool dmas_streamed_rows() const {
         if (direct_) return true;
         for (size_t i = 0; i < pieces_.size(); i++)
-            if (!resident(i) && (!converted_ || !converted_rows_[i])) return false;
+            if (!resident(i) && !converted(i)) return false;
         return true;
     }
     int64_t converted_rows() const {
         int64_t r = 0;
-        for (size_t i = 0; i < converted_rows_.size(); i++) r += converted_rows_[i] ? pieces_[i].rows : 0;
+        for (size_t i = 0; i < pieces_.size(); i++) r += converted(i) ? pieces_[i].rows : 0;
         return r;
     }
     // Host bytes of the streamed rows in the transfer type.
@@ -498,7 +497,7 @@ class Shard {
         std::vector<size_t> chosen;
         size_t bytes = 0;
         for (size_t i = 0; i < pieces_.size(); i++) {
-            const size_t b = size_t(pieces_[i].rows) * row_bytes_;
+            const size_t b = rows_bytes(pieces_[i]);
             if (resident(i) || bytes + b > budget) continue;
             chosen.push_back(i);
             bytes += b;
@@ -516,7 +515,7 @@ class Shard {
             const Piece& p = pieces_[i];
             if (!stage_elements(host_rows(p), x_.dtype, dst, t_, p.rows * x_.d)) throw_out_of_range();
             rows[i] = dst;
-            dst += size_t(p.rows) * row_bytes_;
+            dst += rows_bytes(p);
         }
         converted_ = std::move(buffer);
         converted_rows_ = std::move(rows);
@@ -575,8 +574,7 @@ class Shard {
             try {
                 if (test.next_fails())
                     throw std::runtime_error("faiss-flash: out of GPU memory (FLASH_TEST_FAIL_RESIDENT)");
-                data_[i] = std::make_unique<DeviceBuffer<unsigned char>>(size_t(pieces_[i].rows) * row_bytes_,
-                                                                         "resident points");
+                data_[i] = std::make_unique<DeviceBuffer<unsigned char>>(rows_bytes(pieces_[i]), "resident points");
                 norms_[i] = std::make_unique<DeviceBuffer<float>>(pieces_[i].rows, "resident point norms");
                 got += piece_bytes(pieces_[i]);
             } catch (const std::runtime_error&) {
@@ -594,8 +592,12 @@ class Shard {
         return pieces_.size();
     }
 
-    // A resident piece's device bytes: its rows and their norms.
-    size_t piece_bytes(const Piece& p) const { return size_t(p.rows) * (row_bytes_ + 4); }
+    // Bytes of a piece's rows in the transfer type; a resident piece's device bytes (its rows
+    // and their norms).
+    size_t rows_bytes(const Piece& p) const { return size_t(p.rows) * row_bytes_; }
+    size_t piece_bytes(const Piece& p) const { return rows_bytes(p) + size_t(p.rows) * 4; }
+    // Piece i's rows converted once (convert_streamed_once), or null.
+    const char* converted(size_t i) const { return i < converted_rows_.size() ? converted_rows_[i] : nullptr; }
 
     // Allocates the kSlots stream buffers and the streamed pieces' norms; false, with none of
     // them kept, when the device cannot give them.
@@ -629,14 +631,12 @@ class Shard {
     void transfer(size_t i, void* dst) {
         cudaStream_t cs = copy_->get();
         const Piece& p = pieces_[i];
-        const int64_t count = p.rows * x_.d;
-        const size_t es = dtype_size(t_);
-        const char* src = converted_ && converted_rows_[i] ? converted_rows_[i] : host_rows(p);
-        if (direct_ || src != host_rows(p)) {
-            FLASH_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_t(count) * es, cudaMemcpyHostToDevice, cs));
+        if (const char* once = converted(i); once || direct_) {
+            FLASH_CUDA_CHECK(
+                cudaMemcpyAsync(dst, once ? once : host_rows(p), rows_bytes(p), cudaMemcpyHostToDevice, cs));
             return;
         }
-        if (!staging_->copy(dst, src, x_.dtype, t_, count, cs)) throw_out_of_range();
+        if (!staging_->copy(dst, host_rows(p), x_.dtype, t_, p.rows * x_.d, cs)) throw_out_of_range();
     }
 
     [[noreturn]] void throw_out_of_range() const {
@@ -656,7 +656,7 @@ class Shard {
     int64_t flat0_ = 0, flat1_ = 0; // the shard's rows in flattened (batch * n) order
     bool direct_ = false;
     std::unique_ptr<PinnedBuffer> converted_; // (convert_streamed_once)
-    std::vector<const char*> converted_rows_; // per piece: its rows in converted_, or null
+    std::vector<const char*> converted_rows_; // per piece: its rows in converted_, or null (empty: none)
     int variant_ = -1;
     int64_t width_ = 0;
     bool half_ = false; // Fp32Mode::TF32: pieces assigned as scaled fp16 (xh_, ch_, cn_)
@@ -804,7 +804,7 @@ PartialSums::PartialSums(const Points& x, const LloydOptions& options) : impl_(s
         const int64_t streamed = sh->rows_where(false);
         pl.resident_rows += sh->rows_where(true);
         pl.streamed_rows += streamed;
-        pl.streamed_bytes += streamed * int64_t(sh->row_bytes());
+        pl.streamed_bytes += int64_t(sh->streamed_bytes());
         pl.converted_rows += sh->converted_rows();
         if (streamed > 0) pl.host_pinned &= sh->dmas_streamed_rows();
     }

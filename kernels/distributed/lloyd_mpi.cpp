@@ -460,9 +460,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
             failures.local(save);
         if (stopping) {
             failures.agree();
-            throw Interrupted("faiss-flash: stopped after iteration " + std::to_string(it + 1) + " of " +
-                              std::to_string(lo.niter) +
-                              (checkpointing ? "; resume from checkpoint " + lo.checkpoint_path : ""));
+            throw stopped_after(it + 1, lo.niter, lo.checkpoint_path); // (empty: not checkpointing)
         }
     }
     failures.agree(); // post-processing, callback or checkpoint failures since the last all-reduce

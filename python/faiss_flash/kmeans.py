@@ -37,6 +37,7 @@ class Kmeans:
         self.gpu = False
         self.device = "auto"
         self.checkpoint = {}
+        self.placement_report = None
         self.placement = parse_placement(**{key: kwargs.pop(key) for key in _PLACEMENT if key in kwargs})
         self._delegate = None
         if "progressive_dim_steps" in kwargs:
@@ -44,7 +45,6 @@ class Kmeans:
             self._delegate = faiss.Kmeans(d, k, **faiss_kwargs)
             self.cp = self._delegate.cp
             self.centroids = None
-            self.placement_report = None
             return
         self.cp = faiss.ClusteringParameters()
         for key, value in kwargs.items():
@@ -61,7 +61,6 @@ class Kmeans:
                 getattr(self.cp, key)
                 setattr(self.cp, key, value)
         self.centroids = None
-        self.placement_report = None
 
     def train(self, x, weights=None, init_centroids=None):
         """k-means of x (n, d); returns the final objective. Sets centroids (k, d), obj
