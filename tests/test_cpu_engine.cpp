@@ -5,8 +5,10 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "kernels/cpu/half_convert.h"
+#include "kernels/cpu/narrow_floats.h"
 #include "kernels/cpu/update_cpu.h"
 #include "kernels/flash_kmeans.h"
 #include "test_data.h"
@@ -236,6 +238,48 @@ TEST(CpuEngine, FloatToHalfAndBf16RoundToNearestEven) {
     EXPECT_EQ(float_to_half(std::ldexp(1.5f, -25)), 0x0001u);
     EXPECT_EQ(float_to_bf16(1.00390625f), 0x3f80u); // 1 + 2^-8: halfway, rounds to even (1.0)
     EXPECT_EQ(float_to_bf16(1.01171875f), 0x3f82u); // 1 + 3 * 2^-8: halfway, rounds to even
+}
+
+// The vector path of narrow_floats (AVX2 / F16C) against the scalar loop, bit for bit: every
+// finite upper half of an fp32 word with low halves at and around the rounding points of fp16
+// (bit 12 and up, the subnormals' higher) and bf16 (bit 15), and random ones; a length that
+// leaves a tail for the scalar loop; the overflow flag from a lane in either part.
+TEST(CpuEngine, VectorNarrowingMatchesScalarBitForBit) {
+    if (!flash::cpu::narrow_floats_vectorized())
+        GTEST_SKIP() << "this CPU has no AVX2 and F16C: narrow_floats runs the scalar loop only";
+    std::vector<uint32_t> lows = {0x0000, 0x0001, 0x0fff, 0x1000, 0x1001, 0x1fff, 0x2000, 0x3000,
+                                  0x7fff, 0x8000, 0x8001, 0xbfff, 0xc000, 0xefff, 0xf000, 0xffff};
+    std::mt19937 rng(12345);
+    for (int i = 0; i < 8; i++) lows.push_back(rng() & 0xffffu);
+    std::vector<float> x;
+    for (uint32_t hi = 0; hi < 0x10000; hi++) {
+        if ((hi & 0x7f80u) == 0x7f80u) continue; // Inf / NaN: not valid input
+        for (uint32_t lo : lows) {
+            const uint32_t u = hi << 16 | lo;
+            float f;
+            std::memcpy(&f, &u, 4);
+            x.push_back(f);
+        }
+    }
+    x.resize(x.size() - x.size() % 8 + 5); // a tail of 5 for the scalar loop
+    for (flash::DType to : {flash::DType::F16, flash::DType::BF16}) {
+        const char* name = to == flash::DType::F16 ? "f16" : "bf16";
+        std::vector<uint16_t> vec(x.size()), ref(x.size());
+        EXPECT_FALSE(flash::cpu::narrow_floats(x.data(), vec.data(), int64_t(x.size()), to)) << name;
+        EXPECT_FALSE(flash::cpu::narrow_floats_scalar(x.data(), ref.data(), int64_t(x.size()), to)) << name;
+        for (size_t i = 0; i < x.size(); i++)
+            ASSERT_EQ(vec[i], ref[i]) << name << " of " << x[i] << " (element " << i << ")";
+        // overflow in one lane of the vector part, then only in the tail, then nowhere
+        const float big = to == flash::DType::F16 ? 65520.f : 3.4e38f;
+        std::vector<float> y(37, 1.5f);
+        y[11] = -big;
+        EXPECT_FALSE(flash::cpu::narrow_floats(y.data(), vec.data(), int64_t(y.size()), to)) << name;
+        y[11] = 1.5f;
+        y[35] = big;
+        EXPECT_FALSE(flash::cpu::narrow_floats(y.data(), vec.data(), int64_t(y.size()), to)) << name;
+        y[35] = to == flash::DType::F16 ? 65504.f : 3.38e38f;
+        EXPECT_TRUE(flash::cpu::narrow_floats(y.data(), vec.data(), int64_t(y.size()), to)) << name;
+    }
 }
 
 } // namespace

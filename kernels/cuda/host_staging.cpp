@@ -6,7 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "kernels/cpu/half_convert.h"
+#include "kernels/cpu/narrow_floats.h"
 #include "kernels/lloyd_common.h"
 
 namespace flash::cuda_engine {
@@ -55,23 +55,11 @@ bool stage_elements(const void* src, DType src_type, void* dst, DType dst_type, 
         throw std::invalid_argument("faiss-flash: host points convert only from F32 to F16 or BF16");
     const float* s = static_cast<const float*>(src);
     uint16_t* h = static_cast<uint16_t*>(dst);
-    const uint16_t inf_bits = dst_type == DType::F16 ? 0x7c00u : 0x7f80u;
     int overflow = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : overflow)
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t i0 = b * kBlock, i1 = std::min(count, i0 + kBlock);
-        int of = 0;
-        if (dst_type == DType::F16)
-            for (int64_t i = i0; i < i1; i++) {
-                h[i] = cpu::float_to_half(s[i]);
-                of |= (h[i] & 0x7fffu) == inf_bits;
-            }
-        else
-            for (int64_t i = i0; i < i1; i++) {
-                h[i] = cpu::float_to_bf16(s[i]);
-                of |= (h[i] & 0x7fffu) == inf_bits;
-            }
-        overflow |= of;
+        overflow |= !cpu::narrow_floats(s + i0, h + i0, i1 - i0, dst_type);
     }
     return overflow == 0;
 }
