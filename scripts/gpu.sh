@@ -15,6 +15,9 @@
 #                          # 200M (SCALE_N), d = 128, fp32 and fp16, K = 4096 and 16384, beside
 #                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host;
 #                          # SCALE_TYPES="f16" for a subset of f32, f16, f32:f16, f32:tf32.
+#   scripts/gpu.sh ceiling # cuBLAS fp16 / bf16 GEMMs at the power cap (bench/gemm_ceiling.py, needs
+#                          # torch), then bench_scale at N = 32M fp16 K = 16384 for 12 s, clocks and
+#                          # power logged beside them (smi.csv)
 #   scripts/gpu.sh python  # only the Python GPU tests (needs python3 with torch, pybind11, pytest)
 #   scripts/gpu.sh multi   # several GPUs (issue 6): sharded tests on every visible GPU, 1 vs all
 #                          # GPUs at N = 200M K = 16384 (host and resident), MPI one rank per GPU.
@@ -275,11 +278,25 @@ PY
   return $status
 }
 
+# What the card's matrix units sustain at the power cap, beside ours in the same call (run 52).
+ceiling() {
+  unpack
+  nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
+  nvidia-smi --query-gpu=timestamp,power.draw,clocks.sm,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv,noheader -lms 200 > "$out/smi.csv" &
+  local smi=$! status=0
+  python3 bench/gemm_ceiling.py || status=1
+  date +%T; "$bin/bench_scale" --n 32000000 --dtype f16 --k 16384 --niter 48 --devices 0 --streaming auto || status=1
+  date +%T; kill $smi
+  return $status
+}
+
 case "${1:-}" in
   build) build ;;
   run) run ;;
   scale) scale ;;
   multi) multi ;;
   python) unpack && python_gpu ;;
-  *) echo "usage: scripts/gpu.sh build|run|scale|multi|python" >&2; exit 2 ;;
+  ceiling) ceiling ;;
+  *) echo "usage: scripts/gpu.sh build|run|scale|multi|python|ceiling" >&2; exit 2 ;;
 esac
