@@ -16,8 +16,8 @@
 #                          # flash-kmeans' out-of-core path; SCALE_N="32000000" for a 128 GiB host;
 #                          # SCALE_TYPES="f16" for a subset of f32, f16, f32:f16, f32:tf32.
 #   scripts/gpu.sh ceiling # cuBLAS fp16 / bf16 GEMMs at the power cap (bench/gemm_ceiling.py, needs
-#                          # torch), then bench_scale at N = 32M fp16 K = 16384 for 12 s, clocks and
-#                          # power logged beside them (smi.csv)
+#                          # torch), then bench_scale at N = 32M fp16 K = 16384 for 12 s and the
+#                          # peer for as long, clocks and power logged beside them (smi.csv)
 #   scripts/gpu.sh python  # only the Python GPU tests (needs python3 with torch, pybind11, pytest)
 #   scripts/gpu.sh multi   # several GPUs (issue 6): sharded tests on every visible GPU, 1 vs all
 #                          # GPUs at N = 200M K = 16384 (host and resident), MPI one rank per GPU.
@@ -287,6 +287,10 @@ ceiling() {
   local smi=$! status=0
   python3 bench/gemm_ceiling.py || status=1
   date +%T; "$bin/bench_scale" --n 32000000 --dtype f16 --k 16384 --niter 48 --devices 0 --streaming auto || status=1
+  if [ -d .peers/flash_kmeans ]; then # the peer for as long (2 + 30 iterations)
+    date +%T; python3 bench/peers/run_peers_large.py --flash-kmeans-path .peers --n 32000000 --dtype f16 --k 16384 \
+      --m 30 --devices 0 || status=1
+  fi
   date +%T; kill $smi
   return $status
 }
