@@ -1,6 +1,7 @@
 #include "kernels/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -14,8 +15,11 @@ namespace flash {
 
 namespace {
 
-// The last byte is the format's version (2: the run fingerprint).
-constexpr char kMagic[8] = {'F', 'F', 'K', 'M', 'C', 'K', 'P', '2'};
+// The last byte is the format's version (2: the run fingerprint; 3: the file's length fixed by
+// its header, and a checksum of everything before it at the end).
+constexpr char kMagic[8] = {'F', 'F', 'K', 'M', 'C', 'K', 'P', '3'};
+constexpr size_t kHeaderBytes = sizeof(kMagic) + 8 * sizeof(int64_t);
+constexpr size_t kStatsBytes = 5 * sizeof(double); // per iteration and problem
 constexpr int64_t kSampledRows = 4096;
 
 uint64_t fnv1a(uint64_t h, const void* p, size_t bytes) {
@@ -25,17 +29,22 @@ uint64_t fnv1a(uint64_t h, const void* p, size_t bytes) {
 }
 
 template <class T>
-void put(std::ofstream& f, const T& v) {
-    f.write(reinterpret_cast<const char*>(&v), sizeof(T));
+void put(std::string& out, const T& v) {
+    out.append(reinterpret_cast<const char*>(&v), sizeof(T));
 }
 
-template <class T>
-T get(std::ifstream& f, const std::string& path) {
-    T v;
-    if (!f.read(reinterpret_cast<char*>(&v), sizeof(T)))
-        throw BadCheckpoint("faiss-flash: checkpoint " + path + " is truncated");
-    return v;
-}
+// Reads the file's bytes in order (the caller checked their number).
+struct Reader {
+    const std::string& bytes;
+    size_t at = 0;
+    template <class T>
+    T get() {
+        T v;
+        std::memcpy(&v, bytes.data() + at, sizeof(T));
+        at += sizeof(T);
+        return v;
+    }
+};
 
 // kSampledRows rows of bytes spread evenly over rows (and the last one); none of none.
 uint64_t sampled_rows(uint64_t h, const void* data, int64_t rows, size_t row) {
@@ -66,10 +75,20 @@ uint64_t run_fingerprint(const Points& x, const float* initial_centroids, const 
 }
 
 void check_same_run(const Checkpoint& found, const Checkpoint& expected, int niter, const std::string& path) {
-    if (found.batch != expected.batch || found.n != expected.n || found.d != expected.d || found.k != expected.k ||
-        found.metric != expected.metric || found.data_fingerprint != expected.data_fingerprint)
-        throw BadCheckpoint("faiss-flash: checkpoint " + path +
-                            " was written for another problem (shape, metric or data differ)");
+    std::string differ; // "name: there, here" for each field that differs
+    auto field = [&](const char* name, int64_t there, int64_t here) {
+        if (there != here)
+            differ += std::string(differ.empty() ? "" : "; ") + name + ": " + std::to_string(there) + " there, " +
+                      std::to_string(here) + " here";
+    };
+    field("batch", found.batch, expected.batch);
+    field("n", found.n, expected.n);
+    field("d", found.d, expected.d);
+    field("k", found.k, expected.k);
+    if (found.metric != expected.metric) differ += std::string(differ.empty() ? "" : "; ") + "the metric";
+    if (differ.empty() && found.data_fingerprint != expected.data_fingerprint) differ = "the data";
+    if (!differ.empty())
+        throw BadCheckpoint("faiss-flash: checkpoint " + path + " was written for another problem (" + differ + ")");
     if (found.run_fingerprint != expected.run_fingerprint)
         throw BadCheckpoint("faiss-flash: checkpoint " + path +
                             " was written for another run of this data (initial centroids, weights, "
@@ -85,25 +104,29 @@ uint64_t combine_fingerprints(const std::vector<uint64_t>& parts) {
 }
 
 void save_checkpoint(const std::string& path, const Checkpoint& c) {
+    std::string out(kMagic, sizeof(kMagic));
+    out.reserve(kHeaderBytes + size_t(c.batch * c.iterations_done) * kStatsBytes + sizeof(float) * c.centroids.size() +
+                sizeof(uint64_t));
+    put(out, c.batch);
+    put(out, c.n);
+    put(out, c.d);
+    put(out, c.k);
+    put(out, int64_t(c.metric));
+    put(out, c.data_fingerprint);
+    put(out, c.run_fingerprint);
+    put(out, int64_t(c.iterations_done));
+    for (const auto& sb : c.stats)
+        for (const auto& s : sb) {
+            const double v[5] = {s.obj, s.time_s, s.search_time_s, s.imbalance, double(s.nsplit)};
+            out.append(reinterpret_cast<const char*>(v), sizeof(v));
+        }
+    out.append(reinterpret_cast<const char*>(c.centroids.data()), sizeof(float) * c.centroids.size());
+    put(out, fnv1a(1469598103934665603ull, out.data(), out.size()));
     const std::string tmp = path + ".tmp";
     {
         std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
         if (!f) throw std::runtime_error("faiss-flash: cannot write checkpoint " + tmp);
-        f.write(kMagic, sizeof(kMagic));
-        put(f, c.batch);
-        put(f, c.n);
-        put(f, c.d);
-        put(f, c.k);
-        put(f, int64_t(c.metric));
-        put(f, c.data_fingerprint);
-        put(f, c.run_fingerprint);
-        put(f, int64_t(c.iterations_done));
-        for (const auto& sb : c.stats)
-            for (const auto& s : sb) {
-                const double v[5] = {s.obj, s.time_s, s.search_time_s, s.imbalance, double(s.nsplit)};
-                f.write(reinterpret_cast<const char*>(v), sizeof(v));
-            }
-        f.write(reinterpret_cast<const char*>(c.centroids.data()), std::streamsize(sizeof(float) * c.centroids.size()));
+        f.write(out.data(), std::streamsize(out.size()));
         if (!f) throw std::runtime_error("faiss-flash: writing checkpoint " + tmp + " failed");
     }
     // On the disk before it replaces the previous checkpoint (a crash of the machine must not
@@ -119,35 +142,60 @@ void save_checkpoint(const std::string& path, const Checkpoint& c) {
 }
 
 bool load_checkpoint(const std::string& path, Checkpoint& c) {
-    std::ifstream f(path, std::ios::binary);
+    std::ifstream f(path, std::ios::binary | std::ios::ate);
     if (!f) {
         if (::access(path.c_str(), F_OK) != 0) return false;
         throw std::runtime_error("faiss-flash: checkpoint " + path + " exists but cannot be read");
     }
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+        throw BadCheckpoint("faiss-flash: checkpoint " + path + " is a directory, not a file");
+    const std::streamoff length = f.tellg();
+    auto truncated = [&] { return BadCheckpoint("faiss-flash: checkpoint " + path + " is truncated"); };
     char magic[8];
-    if (!f.read(magic, sizeof(magic)) || std::memcmp(magic, kMagic, sizeof(kMagic) - 1) != 0)
+    if (length < std::streamoff(sizeof(magic)) || !f.seekg(0) || !f.read(magic, sizeof(magic)) ||
+        std::memcmp(magic, kMagic, sizeof(kMagic) - 1) != 0)
         throw BadCheckpoint("faiss-flash: " + path + " is not a faiss-flash checkpoint");
     if (magic[7] != kMagic[7])
         throw BadCheckpoint("faiss-flash: checkpoint " + path +
                             " was written by another version of faiss-flash; delete it to start afresh");
-    c.batch = get<int64_t>(f, path);
-    c.n = get<int64_t>(f, path);
-    c.d = get<int64_t>(f, path);
-    c.k = get<int64_t>(f, path);
-    c.metric = int(get<int64_t>(f, path));
-    c.data_fingerprint = get<uint64_t>(f, path);
-    c.run_fingerprint = get<uint64_t>(f, path);
-    const int64_t done = get<int64_t>(f, path);
+    std::string bytes(kHeaderBytes, '\0');
+    if (!f.seekg(0) || !f.read(bytes.data(), std::streamsize(bytes.size()))) throw truncated();
+    Reader r{bytes, sizeof(kMagic)};
+    c.batch = r.get<int64_t>();
+    c.n = r.get<int64_t>();
+    c.d = r.get<int64_t>();
+    c.k = r.get<int64_t>();
+    const int64_t metric = r.get<int64_t>();
+    c.metric = int(metric);
+    c.data_fingerprint = r.get<uint64_t>();
+    c.run_fingerprint = r.get<uint64_t>();
+    const int64_t done = r.get<int64_t>();
     constexpr int64_t kMax = int64_t(1) << 40; // (each factor checked before the product: no overflow)
     if (c.batch <= 0 || c.n <= 0 || c.d <= 0 || c.k <= 0 || done < 0 || done > INT32_MAX || c.batch > kMax ||
-        c.k > kMax || c.d > kMax || c.batch > kMax / c.k || c.batch * c.k > kMax / c.d)
+        c.k > kMax || c.d > kMax || c.batch > kMax / c.k || c.batch * c.k > kMax / c.d ||
+        (done > 0 && c.batch > kMax / done) ||
+        (metric != int64_t(Metric::L2) && metric != int64_t(Metric::InnerProduct)))
         throw BadCheckpoint("faiss-flash: checkpoint " + path + " has an invalid header");
+    // The header fixes the length: checked before anything is allocated for the rest.
+    const uint64_t expected = kHeaderBytes + uint64_t(c.batch * done) * kStatsBytes +
+                              sizeof(float) * uint64_t(c.batch * c.k * c.d) + sizeof(uint64_t);
+    if (uint64_t(length) < expected) throw truncated();
+    if (uint64_t(length) > expected)
+        throw BadCheckpoint("faiss-flash: checkpoint " + path + " is damaged (" + std::to_string(length) +
+                            " bytes, its header says " + std::to_string(expected) + ")");
+    bytes.resize(size_t(expected));
+    if (!f.read(bytes.data() + kHeaderBytes, std::streamsize(expected - kHeaderBytes))) throw truncated();
+    uint64_t sum;
+    std::memcpy(&sum, bytes.data() + expected - sizeof(sum), sizeof(sum));
+    if (sum != fnv1a(1469598103934665603ull, bytes.data(), size_t(expected) - sizeof(sum)))
+        throw BadCheckpoint("faiss-flash: checkpoint " + path + " is damaged (its checksum does not match)");
     c.iterations_done = int(done);
     c.stats.assign(c.batch, {});
     for (auto& sb : c.stats)
         for (int64_t i = 0; i < done; i++) {
             double v[5];
-            for (double& e : v) e = get<double>(f, path);
+            for (double& e : v) e = r.get<double>();
             IterationStats s;
             s.obj = v[0];
             s.time_s = v[1];
@@ -157,8 +205,7 @@ bool load_checkpoint(const std::string& path, Checkpoint& c) {
             sb.push_back(s);
         }
     c.centroids.resize(size_t(c.batch * c.k * c.d));
-    if (!f.read(reinterpret_cast<char*>(c.centroids.data()), std::streamsize(sizeof(float) * c.centroids.size())))
-        throw BadCheckpoint("faiss-flash: checkpoint " + path + " is truncated");
+    std::memcpy(c.centroids.data(), bytes.data() + r.at, sizeof(float) * c.centroids.size());
     return true;
 }
 

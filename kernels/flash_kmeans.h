@@ -109,9 +109,9 @@ struct LloydOptions {
     std::function<void(int64_t b, int iter, const IterationStats&)> on_iteration;
 
     /// Resumable runs: when checkpoint_path is set, centroids, finished iterations and
-    /// stats are written there (atomically) every checkpoint_every iterations and at the
-    /// end; a run that finds a checkpoint of the same problem continues from it and ends
-    /// with the same centroids as an uninterrupted run.
+    /// stats are written there (atomically) every checkpoint_every iterations (0: none before
+    /// the end) and at the end or when stopped; a run that finds a checkpoint of the same
+    /// problem continues from it and ends with the same centroids as an uninterrupted run.
     std::string checkpoint_path;
     int checkpoint_every = 0;
     /// Install a SIGINT handler for the run: Ctrl-C stops it between iterations (after

@@ -35,10 +35,14 @@ StopScope::StopScope(bool enable) : enabled_(enable) {
     std::lock_guard<std::mutex> lock(st.mutex);
     if (st.runs++ == 0) {
         clear_stop_request();
+        // A process told to ignore SIGINT (started in the background by a shell, nohup) keeps
+        // ignoring it: stops then come only from request_stop().
+        sigaction(SIGINT, nullptr, &st.previous);
+        if (st.previous.sa_handler == SIG_IGN && !(st.previous.sa_flags & SA_SIGINFO)) return;
         struct sigaction sa = {};
         sa.sa_handler = [](int) { request_stop(); };
         sigemptyset(&sa.sa_mask);
-        sigaction(SIGINT, &sa, &st.previous);
+        sigaction(SIGINT, &sa, nullptr);
     }
 }
 

@@ -14,7 +14,8 @@ Interrupted stopped_after(int done, int niter, const std::string& checkpoint_pat
 
 /// While at least one enabled scope is alive, SIGINT asks the runs to stop between iterations
 /// (flash::request_stop), and the handler that was there before the first is put back after
-/// the last (per run, two overlapping runs could leave ours installed for good). A stop request
+/// the last (per run, two overlapping runs could leave ours installed for good); where SIGINT
+/// was ignored (SIG_IGN) it stays ignored. A stop request
 /// reaches every such run; it is cleared when one starts with none in progress, so one run
 /// cannot wipe another's pending stop.
 class StopScope {

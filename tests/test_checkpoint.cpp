@@ -2,6 +2,7 @@
 // restarted from its checkpoint ends with the same centroids as an uninterrupted run.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -61,6 +63,9 @@ pid_t spawn(const std::string& out, const std::string& ck, int sleep_ms, const c
     const char* worker = worker_path();
     const pid_t pid = fork();
     if (pid == 0) {
+        // SIGINT as an interactive shell leaves it (a test run in the background inherits it
+        // ignored, and the library leaves an ignored SIGINT ignored)
+        signal(SIGINT, SIG_DFL);
         execl(worker, worker, out.c_str(), ck.c_str(), s.c_str(), backend, static_cast<char*>(nullptr));
         _exit(127);
     }
@@ -156,6 +161,67 @@ TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
     std::ofstream(ck) << "garbage";
     opt.k = 5;
     EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), flash::BadCheckpoint);
+}
+
+// A damaged file is a BadCheckpoint naming what is wrong, found before anything is allocated
+// from its header: header sizes beyond the file, a changed byte anywhere (the checksum), bytes
+// appended, an unknown metric, an older format, a directory.
+TEST(Checkpoint, DamagedCheckpointIsRefused) {
+    const TempFile ck_file("damaged.ckpt");
+    const std::string& ck = ck_file.path();
+    const auto x = flash_test::gaussian_mixture(500, 4, 5, 9);
+    std::vector<float> c(x.begin(), x.begin() + 5 * 4);
+    flash::Points p = flash_test::host_points(x.data(), 500, 4);
+    flash::LloydOptions opt = cpu_options(5, 3);
+    opt.checkpoint_path = ck;
+    opt.checkpoint_every = 1;
+    flash::run_lloyd(p, c.data(), opt);
+    const std::string good = slurp(ck);
+    flash::Checkpoint loaded;
+    ASSERT_TRUE(flash::load_checkpoint(ck, loaded));
+    EXPECT_EQ(loaded.iterations_done, 3);
+    auto refused_with = [&](const std::string& bytes, const std::string& what) {
+        std::ofstream(ck, std::ios::binary | std::ios::trunc) << bytes;
+        flash::Checkpoint out;
+        try {
+            flash::load_checkpoint(ck, out);
+            ADD_FAILURE() << "accepted a checkpoint that should say: " << what;
+        } catch (const flash::BadCheckpoint& e) {
+            EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+        }
+    };
+    auto with_int64 = [&](size_t offset, int64_t v) {
+        std::string b = good;
+        std::memcpy(b.data() + offset, &v, sizeof(v));
+        return b;
+    };
+    // header: magic, then batch, n, d, k, metric, two fingerprints, iterations (int64 each)
+    refused_with(with_int64(8 + 2 * 8, int64_t(1) << 20), "truncated");      // d
+    refused_with(with_int64(8 + 3 * 8, int64_t(1) << 30), "truncated");      // k
+    refused_with(with_int64(8 + 4 * 8, 7), "invalid header");                // metric
+    refused_with(with_int64(8 + 7 * 8, int64_t(1) << 40), "invalid header"); // iterations
+    for (size_t at : {size_t(8 + 5 * 8), size_t(80), good.size() - 20, good.size() - 1}) {
+        std::string b = good;
+        b[at] = char(b[at] ^ 0x40);
+        refused_with(b, "checksum");
+    }
+    refused_with(good + "x", "damaged");
+    refused_with(good.substr(0, good.size() - 1), "truncated");
+    std::string v2 = good;
+    v2[7] = '2';
+    refused_with(v2, "another version");
+    std::ofstream(ck, std::ios::binary | std::ios::trunc) << good;
+    ASSERT_TRUE(flash::load_checkpoint(ck, loaded)); // the file as written still loads
+    const TempFile dir_file("a_directory");
+    ASSERT_EQ(::mkdir(dir_file.path().c_str(), 0700), 0);
+    flash::Checkpoint out;
+    try {
+        flash::load_checkpoint(dir_file.path(), out);
+        ADD_FAILURE() << "a directory was read as a checkpoint";
+    } catch (const flash::BadCheckpoint& e) {
+        EXPECT_NE(std::string(e.what()).find("directory"), std::string::npos) << e.what();
+    }
+    ::rmdir(dir_file.path().c_str());
 }
 
 TEST(Checkpoint, SegmentedRunEqualsPlainRun) {
@@ -272,6 +338,33 @@ TEST(Checkpoint, OverlappingRunsRestoreTheSigintHandler) {
     b.join();
     sigaction(SIGINT, nullptr, &after);
     EXPECT_EQ(after.sa_handler, mine.sa_handler);
+    sigaction(SIGINT, &before, nullptr);
+}
+
+// A process that ignores SIGINT (started in the background by a shell) keeps ignoring it: a
+// SIGINT during a stoppable run neither stops it nor leaves a handler behind.
+TEST(Checkpoint, IgnoredSigintStaysIgnored) {
+    struct sigaction ignore = {}, before = {}, during = {}, after = {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGINT, &ignore, &before);
+    const auto x = flash_test::gaussian_mixture(1000, 4, 5, 21);
+    std::vector<float> c(x.begin(), x.begin() + 20);
+    const flash::Points p = flash_test::host_points(x.data(), 1000, 4);
+    flash::LloydOptions opt = cpu_options(5, 4);
+    opt.stop_on_sigint = true;
+    int iterations = 0;
+    opt.on_iteration = [&](int64_t, int, const flash::IterationStats&) {
+        if (iterations++ == 0) {
+            sigaction(SIGINT, nullptr, &during);
+            ::raise(SIGINT);
+        }
+    };
+    EXPECT_NO_THROW(flash::run_lloyd(p, c.data(), opt));
+    EXPECT_EQ(iterations, 4);
+    EXPECT_EQ(during.sa_handler, SIG_IGN);
+    sigaction(SIGINT, nullptr, &after);
+    EXPECT_EQ(after.sa_handler, SIG_IGN);
     sigaction(SIGINT, &before, nullptr);
 }
 

@@ -92,6 +92,16 @@ def describe_placement(p):
 
 
 def main(argv=None):
+    """The command; returns its exit status. Ctrl-C outside training (reading the data, writing
+    an output, --compare) ends it with exit status 130 and one line, as during training."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("flash-kmeans: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv):
     ap = argparse.ArgumentParser(prog="flash-kmeans", description="Exact k-means with faiss-flash")
     ap.add_argument("input")
     ap.add_argument("-k", type=_positive_int, required=True)

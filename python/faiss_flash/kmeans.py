@@ -1,4 +1,6 @@
 """Kmeans: the faiss.Kmeans API (FAISS 1.7.3) on the faiss-flash engine."""
+import os
+
 import numpy as np
 
 from . import _faiss_flash
@@ -18,8 +20,10 @@ class Kmeans:
     assign, same centroids, obj, iteration_stats and index attributes. With the CPU engine the
     centroids are bit-identical to faiss.Kmeans with the same seed (except at exact ties).
 
-    Extra keywords: device ('auto', 'cpu', 'cuda', 'cuda:N'), checkpoint_path and
-    checkpoint_every (resumable training), and for several GPUs or data larger than the GPU:
+    Extra keywords: device ('auto', 'cpu', 'cuda', 'cuda:N'), checkpoint_path (str or
+    os.PathLike) and checkpoint_every (resumable training: iterations between checkpoints, 1
+    unless given; 0: only at the end and when stopped), and for several GPUs or data larger
+    than the GPU:
     devices (list of CUDA ordinals to shard over), streaming ('auto', 'off', 'force'),
     max_gpu_memory (bytes per device), transfer_dtype ('float16' / 'bfloat16'), piece_rows;
     fp32_mode ('exact', the default, or 'tf32': opt-in TF32-class float32 products on the GPU,
@@ -54,12 +58,22 @@ class Kmeans:
             elif key == "gpu":
                 self.gpu = value
                 self.device = "auto" if value else "cpu"
-            elif key in ("checkpoint_path", "checkpoint_every"):
-                self.checkpoint[key] = value
+            elif key == "checkpoint_path":
+                if not isinstance(value, (str, os.PathLike)):
+                    raise ValueError(f"checkpoint_path: expected a str or os.PathLike, got {value!r}")
+                self.checkpoint[key] = os.fspath(value)
+            elif key == "checkpoint_every":
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                    raise ValueError(f"checkpoint_every: expected an integer >= 0, got {value!r}")
+                self.checkpoint[key] = int(value)
             else:
                 # as faiss.Kmeans: an unknown field raises AttributeError
                 getattr(self.cp, key)
                 setattr(self.cp, key, value)
+        if "checkpoint_every" in self.checkpoint and "checkpoint_path" not in self.checkpoint:
+            raise ValueError("checkpoint_every: given without checkpoint_path")
+        if "checkpoint_path" in self.checkpoint:  # as the CLI: a checkpoint every iteration unless told
+            self.checkpoint.setdefault("checkpoint_every", 1)
         self.centroids = None
 
     def train(self, x, weights=None, init_centroids=None):

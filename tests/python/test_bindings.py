@@ -141,6 +141,51 @@ def test_read_checkpoint(tmp_path, rs):
         faiss_flash.read_checkpoint(tmp_path / "other")
 
 
+def test_checkpoint_keywords(tmp_path, rs):
+    # checkpoint_path takes a path-like; with it, a checkpoint every iteration unless told (as the
+    # CLI); wrong types, a negative interval, or an interval without a path are ValueErrors
+    # naming the keyword, at construction.
+    x = gaussian(rs, 1000, 8)
+    ckpt = tmp_path / "run.ckpt"
+    km = faiss_flash.Kmeans(8, 5, niter=3, device="cpu", checkpoint_path=ckpt)
+    assert km.checkpoint == {"checkpoint_path": str(ckpt), "checkpoint_every": 1}
+    km.train(x)
+    assert faiss_flash.read_checkpoint(ckpt).iterations_done == 3
+    assert faiss_flash.Kmeans(8, 5, checkpoint_path=ckpt, checkpoint_every=0).checkpoint["checkpoint_every"] == 0
+    for kwargs, name in [({"checkpoint_path": 5}, "checkpoint_path"),
+                         ({"checkpoint_path": ckpt, "checkpoint_every": "2"}, "checkpoint_every"),
+                         ({"checkpoint_path": ckpt, "checkpoint_every": -1}, "checkpoint_every"),
+                         ({"checkpoint_path": ckpt, "checkpoint_every": True}, "checkpoint_every"),
+                         ({"checkpoint_every": 2}, "without checkpoint_path")]:
+        with pytest.raises(ValueError, match=name):
+            faiss_flash.Kmeans(8, 5, **kwargs)
+
+
+def test_damaged_checkpoint_is_refused(tmp_path, rs):
+    # A header whose sizes the file does not hold, or any changed byte (a checksum covers the
+    # file), is a BadCheckpointError, found before anything is allocated from the header.
+    x = gaussian(rs, 1000, 8)
+    ckpt = tmp_path / "run.ckpt"
+    faiss_flash.Kmeans(8, 5, niter=3, device="cpu", checkpoint_path=ckpt).train(x)
+    good = ckpt.read_bytes()
+    huge = bytearray(good)
+    huge[24:32] = (1 << 20).to_bytes(8, "little")  # d
+    huge[32:40] = (1 << 20).to_bytes(8, "little")  # k
+    ckpt.write_bytes(bytes(huge))
+    with pytest.raises(faiss_flash.BadCheckpointError, match="truncated"):
+        faiss_flash.read_checkpoint(ckpt)
+    flipped = bytearray(good)
+    flipped[-30] ^= 0x10  # a centroid's bit
+    ckpt.write_bytes(bytes(flipped))
+    with pytest.raises(faiss_flash.BadCheckpointError, match="checksum"):
+        faiss_flash.read_checkpoint(ckpt)
+    with pytest.raises(faiss_flash.BadCheckpointError, match="checksum"):
+        faiss_flash.Kmeans(8, 5, niter=3, device="cpu", checkpoint_path=ckpt).train(x)
+    ckpt.write_bytes(good + b"\0")
+    with pytest.raises(faiss_flash.BadCheckpointError, match="damaged"):
+        faiss_flash.read_checkpoint(ckpt)
+
+
 def test_placement_report_without_the_sharded_engine(rs):
     # Only the CUDA engine's sharded / streaming path reports a placement (tests/python/
     # test_gpu_tensors.py checks its contents); the CPU engine leaves it None.

@@ -275,8 +275,11 @@ def long_run(tmp_path_factory):
 def _start_until_checkpoint(args, ckpt, timeout=60):
     """The CLI started in the background, returned once its first checkpoint exists (the library
     writes it atomically: once the name exists, the file is complete)."""
+    # SIGINT at its default in the child, as an interactive shell leaves it: a test run in the
+    # background inherits it ignored, and the library leaves an ignored SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "-m", "faiss_flash.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while not os.path.exists(ckpt) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -289,6 +292,20 @@ def _start_until_checkpoint(args, ckpt, timeout=60):
         pytest.fail(f"the run ended (exit status {proc.returncode}) before it could be stopped: "
                     f"make the data larger\n{out}{err}")
     return proc
+
+
+def test_ctrl_c_outside_training_is_one_line(tmp_path, rs, monkeypatch, capsys):
+    # Ctrl-C while the data is read (or an output written) ends the command as during training:
+    # exit status 130 and one line, no traceback.
+    from faiss_flash import cli as cli_module
+    np.save(tmp_path / "x.npy", gaussian(rs, 100, 4))
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "read_vectors", interrupted)
+    assert cli_module.main([str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu"]) == 130
+    assert capsys.readouterr().err == "flash-kmeans: interrupted\n"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
@@ -340,7 +357,8 @@ def test_bad_checkpoint_options_are_usage_errors(tmp_path, rs, args, word):
 
 
 @pytest.mark.parametrize("change, word", [
-    (["-k", "5"], "was written for another problem (shape, metric or data differ)"),
+    (["-k", "5"], "was written for another problem (k: 4 there, 5 here)"),
+    (["--metric", "ip"], "was written for another problem (the metric)"),
     (["--seed", "7"], "was written for another run of this data"),
     (["--niter", "2"], "holds 4 iterations, more than niter = 2"),
 ])
