@@ -3,6 +3,7 @@
 //          [--max-points-per-centroid 256] [--metric l2|ip] [--backend auto|cpu|cuda]
 //          [-o centroids.fvecs] [--checkpoint PATH [--checkpoint-every N]]
 //   mpirun -np 2 flash_mpi_kmeans --synthetic N --dim D -k K ...   (generated shards, no file)
+// --metric ip: spherical k-means (inner product, centroids normalised), as the CLI's.
 // --checkpoint: rank 0 writes the run's state there every N iterations (default 1) and at the
 // end; the same command run again resumes from it to the same centroids. SIGINT, SIGTERM or
 // SIGUSR1 (mpirun forwards SIGUSR1 to every rank) stop every rank after the current iteration,
@@ -36,7 +37,7 @@ namespace {
 
 const char* kUsage =
     "usage: flash_mpi_kmeans FILE.fvecs -k K [--niter N] [--seed S] [--max-points-per-centroid M]\n"
-    "                        [--metric l2|ip] [--backend auto|cpu|cuda] [-o OUT.fvecs]\n"
+    "                        [--metric l2|ip (spherical)] [--backend auto|cpu|cuda] [-o OUT.fvecs]\n"
     "                        [--checkpoint PATH [--checkpoint-every N]]\n"
     "       flash_mpi_kmeans --synthetic N [--dim D] -k K [...]";
 
@@ -64,6 +65,15 @@ int64_t parse_int(const std::string& flag, const std::string& v, int64_t lo, int
     if (x < lo) throw UsageError(flag + " must be >= " + std::to_string(lo) + ", got " + v);
     if (x > hi) throw UsageError(flag + " must be <= " + std::to_string(hi) + ", got " + v);
     return x;
+}
+
+// Whether two paths name one file: the same file where both exist, else the same normalised path.
+bool same_file(const std::string& a, const std::string& b) {
+    namespace fs = std::filesystem;
+    std::error_code ea, eb;
+    if (fs::exists(a, ea) && fs::exists(b, eb)) return fs::equivalent(a, b, ea) && !ea;
+    const fs::path ca = fs::weakly_canonical(a, ea), cb = fs::weakly_canonical(b, eb);
+    return ea || eb ? a == b : ca == cb;
 }
 
 Args parse_args(int argc, char** argv) {
@@ -115,10 +125,19 @@ Args parse_args(int argc, char** argv) {
     if (a.opt.lloyd.checkpoint_every > 0 && a.opt.lloyd.checkpoint_path.empty())
         throw UsageError("--checkpoint-every needs --checkpoint PATH");
     if (!a.opt.lloyd.checkpoint_path.empty() && a.opt.lloyd.checkpoint_every == 0) a.opt.lloyd.checkpoint_every = 1;
+    const std::string& ck = a.opt.lloyd.checkpoint_path;
+    if (!a.out.empty() && !a.path.empty() && same_file(a.out, a.path))
+        throw UsageError("-o " + a.out + " is the input file: the centroids would overwrite the points");
+    if (!ck.empty() && !a.path.empty() && same_file(ck, a.path))
+        throw UsageError("--checkpoint " + ck + " is the input file");
+    if (!ck.empty() && !a.out.empty() && same_file(ck, a.out))
+        throw UsageError("--checkpoint " + ck + " and -o name the same file");
     a.opt.lloyd.stop_on_sigint = true; // (the handlers: main)
-    if (metric == "ip")
+    // --metric ip: spherical k-means, as the CLI's --metric ip and faiss.Kmeans(spherical=True)
+    if (metric == "ip") {
         a.opt.lloyd.metric = flash::Metric::InnerProduct;
-    else if (metric != "l2")
+        a.opt.lloyd.spherical = true;
+    } else if (metric != "l2")
         throw UsageError("--metric must be l2 or ip, got '" + metric + "'");
     if (backend == "cpu")
         a.opt.lloyd.backend = flash::Backend::CPU;
@@ -138,6 +157,16 @@ bool check_writable(const std::string& path) {
     std::ofstream f(path, std::ios::binary | std::ios::app);
     if (!f) throw std::runtime_error("cannot write " + path);
     return !existed;
+}
+
+// Checks before training that checkpoints can be written beside path: creates and removes the
+// writer's temporary file (path + ".tmp"); an existing checkpoint is not touched.
+void check_checkpoint_writable(const std::string& path) {
+    const std::string tmp = path + ".tmp";
+    if (!std::ofstream(tmp, std::ios::binary | std::ios::trunc))
+        throw std::runtime_error("cannot write checkpoint " + path + " (" + tmp +
+                                 " cannot be created: does its directory exist and take new files?)");
+    std::remove(tmp.c_str());
 }
 
 // Rows [r0, r1) of an .fvecs file (each row: int32 d, then d floats).
@@ -197,6 +226,8 @@ int main(int argc, char** argv) {
         flash::distributed::run_collectively(MPI_COMM_WORLD, [&] {
             a = parse_args(argc, argv);
             if (rank == 0 && !a.out.empty() && check_writable(a.out)) remove_on_error = a.out;
+            if (rank == 0 && !a.opt.lloyd.checkpoint_path.empty())
+                check_checkpoint_writable(a.opt.lloyd.checkpoint_path);
             if (a.synthetic > 0) {
                 n_total = a.synthetic;
                 d = a.dim;
