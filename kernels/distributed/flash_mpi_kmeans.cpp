@@ -172,6 +172,8 @@ void check_checkpoint_writable(const std::string& path) {
 // Rows [r0, r1) of an .fvecs file (each row: int32 d, then d floats).
 std::vector<float> read_fvecs_slice(const std::string& path, int rank, int size, int64_t& n_total, int64_t& d,
                                     int64_t& r0) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) throw std::runtime_error(path + " is a directory, not an .fvecs file");
     std::ifstream f(path, std::ios::binary | std::ios::ate);
     if (!f) throw std::runtime_error("cannot open " + path);
     const int64_t bytes = f.tellg();
@@ -237,6 +239,10 @@ int main(int argc, char** argv) {
             } else {
                 x = read_fvecs_slice(a.path, rank, size, n_total, d, r0);
             }
+            if (a.opt.lloyd.k > n_total) // (before the centroids are allocated: -k may be huge)
+                throw std::invalid_argument("number of training points (" + std::to_string(n_total) +
+                                            ") should be at least as large as number of clusters (" +
+                                            std::to_string(a.opt.lloyd.k) + ")");
             cen.resize(size_t(a.opt.lloyd.k * d)); // (here: a failed allocation is collective too)
         });
         flash::Points local;
