@@ -33,7 +33,7 @@ def time_gemm(m, n, k, dtype, seconds):
         torch.cuda.synchronize()
     ms = []
     t0 = time.time()
-    while time.time() - t0 < seconds / 2:
+    while not ms or time.time() - t0 < seconds / 2:
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         for _ in range(10):
@@ -49,7 +49,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=12.0, help="per shape: half to warm, half timed")
     args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    if not args.seconds > 0:
+        ap.error(f"--seconds: expected a positive number, got {args.seconds}")
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False  # fp32 accumulation throughout
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     for m, n, k, dtype in SHAPES:
         med, fastest, slowest, count = time_gemm(m, n, k, dtype, args.seconds)

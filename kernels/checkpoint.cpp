@@ -4,6 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -52,6 +55,19 @@ uint64_t sampled_rows(uint64_t h, const void* data, int64_t rows, size_t row) {
     const int64_t step = rows / kSampledRows + 1;
     for (int64_t r = 0; r < rows; r += step) h = fnv1a(h, static_cast<const char*>(data) + size_t(r) * row, row);
     return fnv1a(h, static_cast<const char*>(data) + size_t(rows - 1) * row, row);
+}
+
+// The file's checksum: FNV-1a over 8-byte words (then the bytes left), eight times the byte-wise
+// rate (about 0.8 GB/s byte-wise) for large checkpoints.
+uint64_t checksum(const char* p, size_t bytes) {
+    uint64_t h = 1469598103934665603ull;
+    size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        h = (h ^ w) * 1099511628211ull;
+    }
+    return fnv1a(h, p + i, bytes - i);
 }
 
 } // namespace
@@ -104,6 +120,10 @@ uint64_t combine_fingerprints(const std::vector<uint64_t>& parts) {
 }
 
 void save_checkpoint(const std::string& path, const Checkpoint& c) {
+    // (an invariant of the callers: the loader reads iterations_done stats per problem)
+    assert(std::all_of(c.stats.begin(), c.stats.end(),
+                       [&](const std::vector<IterationStats>& sb) { return int64_t(sb.size()) == c.iterations_done; }));
+    assert(c.iterations_done == 0 || int64_t(c.stats.size()) == c.batch);
     std::string out(kMagic, sizeof(kMagic));
     out.reserve(kHeaderBytes + size_t(c.batch * c.iterations_done) * kStatsBytes + sizeof(float) * c.centroids.size() +
                 sizeof(uint64_t));
@@ -121,7 +141,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& c) {
             out.append(reinterpret_cast<const char*>(v), sizeof(v));
         }
     out.append(reinterpret_cast<const char*>(c.centroids.data()), sizeof(float) * c.centroids.size());
-    put(out, fnv1a(1469598103934665603ull, out.data(), out.size()));
+    put(out, checksum(out.data(), out.size()));
     const std::string tmp = path + ".tmp";
     {
         std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
@@ -142,18 +162,18 @@ void save_checkpoint(const std::string& path, const Checkpoint& c) {
 }
 
 bool load_checkpoint(const std::string& path, Checkpoint& c) {
-    std::ifstream f(path, std::ios::binary | std::ios::ate);
-    if (!f) {
-        if (::access(path.c_str(), F_OK) != 0) return false;
-        throw std::runtime_error("faiss-flash: checkpoint " + path + " exists but cannot be read");
-    }
     struct stat st;
-    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
-        throw BadCheckpoint("faiss-flash: checkpoint " + path + " is a directory, not a file");
-    const std::streamoff length = f.tellg();
+    if (::stat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) return false;
+        throw std::runtime_error("faiss-flash: checkpoint " + path + " cannot be read (" + std::strerror(errno) + ")");
+    }
+    if (S_ISDIR(st.st_mode)) throw BadCheckpoint("faiss-flash: checkpoint " + path + " is a directory, not a file");
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw std::runtime_error("faiss-flash: checkpoint " + path + " exists but cannot be read");
+    const std::streamoff length = st.st_size;
     auto truncated = [&] { return BadCheckpoint("faiss-flash: checkpoint " + path + " is truncated"); };
     char magic[8];
-    if (length < std::streamoff(sizeof(magic)) || !f.seekg(0) || !f.read(magic, sizeof(magic)) ||
+    if (length < std::streamoff(sizeof(magic)) || !f.read(magic, sizeof(magic)) ||
         std::memcmp(magic, kMagic, sizeof(kMagic) - 1) != 0)
         throw BadCheckpoint("faiss-flash: " + path + " is not a faiss-flash checkpoint");
     if (magic[7] != kMagic[7])
@@ -188,7 +208,7 @@ bool load_checkpoint(const std::string& path, Checkpoint& c) {
     if (!f.read(bytes.data() + kHeaderBytes, std::streamsize(expected - kHeaderBytes))) throw truncated();
     uint64_t sum;
     std::memcpy(&sum, bytes.data() + expected - sizeof(sum), sizeof(sum));
-    if (sum != fnv1a(1469598103934665603ull, bytes.data(), size_t(expected) - sizeof(sum)))
+    if (sum != checksum(bytes.data(), size_t(expected) - sizeof(sum)))
         throw BadCheckpoint("faiss-flash: checkpoint " + path + " is damaged (its checksum does not match)");
     c.iterations_done = int(done);
     c.stats.assign(c.batch, {});

@@ -48,8 +48,12 @@ void validate_problem(const Points& x, const float* centroids, int64_t k, int ni
     validate_run(x.d, x.dtype, centroids, k, niter, k_frozen);
     if (x.batch <= 0) fail("batch must be positive, got " + std::to_string(x.batch));
     if (x.n <= 0) fail("number of points n must be positive, got " + std::to_string(x.n));
-    if (require_n_ge_k && x.n < k)
-        fail("number of training points (" + std::to_string(x.n) +
+    if (require_n_ge_k) check_enough_points(x.n, k);
+}
+
+void check_enough_points(int64_t n, int64_t k) {
+    if (n < k)
+        fail("number of training points (" + std::to_string(n) +
              ") should be at least as large as number of clusters (" + std::to_string(k) + ")");
 }
 

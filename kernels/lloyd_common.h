@@ -14,6 +14,8 @@ namespace flash {
 /// n < k unless !require_n_ge_k (assignment only), k_frozen out of range, niter < 0).
 void validate_problem(const Points& x, const float* centroids, int64_t k, int niter, int64_t k_frozen,
                       bool require_n_ge_k = true);
+/// Throws FAISS' std::invalid_argument for n training points and k clusters unless n >= k.
+void check_enough_points(int64_t n, int64_t k);
 /// The part of validate_problem that does not look at the points' rows (d, dtype, centroids,
 /// k, niter, k_frozen): for a shard that may be empty.
 void validate_run(int64_t d, DType dtype, const float* centroids, int64_t k, int niter, int64_t k_frozen);

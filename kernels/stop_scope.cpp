@@ -14,6 +14,7 @@ namespace {
 struct State {
     std::mutex mutex;
     int runs = 0;
+    bool installed = false; // our handler (not where SIGINT was ignored)
     struct sigaction previous = {};
 };
 
@@ -38,7 +39,8 @@ StopScope::StopScope(bool enable) : enabled_(enable) {
         // A process told to ignore SIGINT (started in the background by a shell, nohup) keeps
         // ignoring it: stops then come only from request_stop().
         sigaction(SIGINT, nullptr, &st.previous);
-        if (st.previous.sa_handler == SIG_IGN && !(st.previous.sa_flags & SA_SIGINFO)) return;
+        st.installed = !(st.previous.sa_handler == SIG_IGN && !(st.previous.sa_flags & SA_SIGINFO));
+        if (!st.installed) return;
         struct sigaction sa = {};
         sa.sa_handler = [](int) { request_stop(); };
         sigemptyset(&sa.sa_mask);
@@ -50,7 +52,7 @@ StopScope::~StopScope() {
     if (!enabled_) return;
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
-    if (--st.runs == 0) sigaction(SIGINT, &st.previous, nullptr);
+    if (--st.runs == 0 && st.installed) sigaction(SIGINT, &st.previous, nullptr);
 }
 
 } // namespace flash

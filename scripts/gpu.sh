@@ -291,7 +291,7 @@ ceiling() {
     date +%T; python3 bench/peers/run_peers_large.py --flash-kmeans-path .peers --n 32000000 --dtype f16 --k 16384 \
       --m 30 --devices 0 || status=1
   fi
-  date +%T; kill $smi
+  date +%T; kill "$smi" 2> /dev/null || true
   return $status
 }
 

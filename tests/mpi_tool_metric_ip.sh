@@ -1,6 +1,7 @@
 #!/bin/sh
-# The MPI tool's --metric ip is spherical k-means, as the CLI's: every centroid it writes has
-# unit norm (plain inner-product Lloyd would leave them at the points' scale).
+# The MPI tool's --metric ip turns spherical k-means on, as the CLI's: every centroid it writes
+# has unit norm (plain inner-product Lloyd, as before, left them at the points' scale). That the
+# metric is inner product is checked by the library's own tests (mpi_kmeans_check).
 #   mpi_tool_metric_ip.sh MPIEXEC FLASH_MPI_KMEANS
 mpiexec=$1 tool=$2
 rm -f mpi_ip.fvecs

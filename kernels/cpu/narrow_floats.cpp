@@ -5,6 +5,7 @@
 #include "kernels/cpu/half_convert.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define FLASH_NARROW_X86 1
 #endif
@@ -53,8 +54,13 @@ __attribute__((target("avx2,f16c"))) bool narrow_avx2(const float* src, uint16_t
     return tail_ok && _mm_testz_si128(overflow, overflow);
 }
 
+// AVX2 (whose check includes the OS saving the YMM registers) and F16C (CPUID leaf 1, ECX: not
+// every compiler's __builtin_cpu_supports knows it).
 bool cpu_has_avx2_f16c() {
-    static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    static const bool has = [] {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        return __builtin_cpu_supports("avx2") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+    }();
     return has;
 }
 #endif

@@ -51,7 +51,7 @@ bool stage_elements(const void* src, DType src_type, void* dst, DType dst_type, 
         }
         return true;
     }
-    if (src_type != DType::F32 || dst_type == DType::F32)
+    if (src_type != DType::F32 || (dst_type != DType::F16 && dst_type != DType::BF16)) // (not thrown inside omp)
         throw std::invalid_argument("faiss-flash: host points convert only from F32 to F16 or BF16");
     const float* s = static_cast<const float*>(src);
     uint16_t* h = static_cast<uint16_t*>(dst);

@@ -26,6 +26,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/checkpoint.h"
@@ -132,6 +133,10 @@ Args parse_args(int argc, char** argv) {
         throw UsageError("--checkpoint " + ck + " is the input file");
     if (!ck.empty() && !a.out.empty() && same_file(ck, a.out))
         throw UsageError("--checkpoint " + ck + " and -o name the same file");
+    // (the checkpoint's writer goes through PATH.tmp, which the start of the run also probes)
+    for (const auto& [flag, path] : {std::pair<std::string, std::string>{"the input file", a.path}, {"-o", a.out}})
+        if (!ck.empty() && !path.empty() && same_file(ck + ".tmp", path))
+            throw UsageError("--checkpoint " + ck + ": its temporary file " + ck + ".tmp is " + flag);
     a.opt.lloyd.stop_on_sigint = true; // (the handlers: main)
     // --metric ip: spherical k-means, as the CLI's --metric ip and faiss.Kmeans(spherical=True)
     if (metric == "ip") {
@@ -239,10 +244,7 @@ int main(int argc, char** argv) {
             } else {
                 x = read_fvecs_slice(a.path, rank, size, n_total, d, r0);
             }
-            if (a.opt.lloyd.k > n_total) // (before the centroids are allocated: -k may be huge)
-                throw std::invalid_argument("number of training points (" + std::to_string(n_total) +
-                                            ") should be at least as large as number of clusters (" +
-                                            std::to_string(a.opt.lloyd.k) + ")");
+            flash::check_enough_points(n_total, a.opt.lloyd.k); // (before the centroids: -k may be huge)
             cen.resize(size_t(a.opt.lloyd.k * d)); // (here: a failed allocation is collective too)
         });
         flash::Points local;

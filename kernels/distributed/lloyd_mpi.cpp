@@ -261,9 +261,7 @@ std::vector<IterationStats> run_kmeans(MPI_Comm comm, const Points& local, float
     check_mpi(MPI_Exscan(&n_local, &offset, 1, MPI_INT64_T, MPI_SUM, comm), "MPI_Exscan");
     if (rank == 0) offset = 0;
     check_mpi(MPI_Allreduce(&n_local, &n_global, 1, MPI_INT64_T, MPI_SUM, comm), "MPI_Allreduce");
-    if (n_global < k)
-        throw std::invalid_argument("faiss-flash: number of training points (" + std::to_string(n_global) +
-                                    ") should be at least as large as number of clusters (" + std::to_string(k) + ")");
+    check_enough_points(n_global, k);
     auto owned = [&](int64_t g) { return g >= offset && g < offset + n_local; };
 
     // Training set, as faiss::Clustering picks it from the concatenated data: all rows, or the

@@ -91,6 +91,14 @@ def describe_placement(p):
     return line
 
 
+def _remove_partial(path):
+    """An output whose writing Ctrl-C cut short: removed, so that no partial file is left."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def main(argv=None):
     """The command; returns its exit status. Ctrl-C outside training (reading the data, writing
     an output, --compare) ends it with exit status 130 and one line, as during training."""
@@ -218,6 +226,9 @@ def _main(argv):
     if args.output:
         try:
             write_vectors(args.output, km.centroids)
+        except KeyboardInterrupt:
+            _remove_partial(args.output)
+            raise
         except OSError as e:
             print(f"flash-kmeans: {args.output}: cannot write ({e.strerror or e})", file=sys.stderr)
             return 1
@@ -231,6 +242,9 @@ def _main(argv):
         index.add(x)
         try:
             faiss.write_index(index, args.ivf_index)
+        except KeyboardInterrupt:
+            _remove_partial(args.ivf_index)
+            raise
         except RuntimeError as e:  # FAISS' I/O errors
             print(f"flash-kmeans: {args.ivf_index}: cannot write ({str(e).splitlines()[-1]})", file=sys.stderr)
             return 1

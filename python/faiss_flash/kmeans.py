@@ -59,12 +59,12 @@ class Kmeans:
                 self.gpu = value
                 self.device = "auto" if value else "cpu"
             elif key == "checkpoint_path":
-                if not isinstance(value, (str, os.PathLike)):
-                    raise ValueError(f"checkpoint_path: expected a str or os.PathLike, got {value!r}")
-                self.checkpoint[key] = os.fspath(value)
+                if not isinstance(value, (str, os.PathLike)) or os.fspath(value) in ("", b""):
+                    raise ValueError(f"checkpoint_path: expected a file name (str or os.PathLike), got {value!r}")
+                self.checkpoint[key] = os.fsdecode(value)
             elif key == "checkpoint_every":
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                    raise ValueError(f"checkpoint_every: expected an integer >= 0, got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**31:
+                    raise ValueError(f"checkpoint_every: expected an integer in [0, 2**31), got {value!r}")
                 self.checkpoint[key] = int(value)
             else:
                 # as faiss.Kmeans: an unknown field raises AttributeError

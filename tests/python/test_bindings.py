@@ -156,6 +156,8 @@ def test_checkpoint_keywords(tmp_path, rs):
                          ({"checkpoint_path": ckpt, "checkpoint_every": "2"}, "checkpoint_every"),
                          ({"checkpoint_path": ckpt, "checkpoint_every": -1}, "checkpoint_every"),
                          ({"checkpoint_path": ckpt, "checkpoint_every": True}, "checkpoint_every"),
+                         ({"checkpoint_path": ckpt, "checkpoint_every": 2**31}, "checkpoint_every"),
+                         ({"checkpoint_path": ""}, "checkpoint_path"),
                          ({"checkpoint_every": 2}, "without checkpoint_path")]:
         with pytest.raises(ValueError, match=name):
             faiss_flash.Kmeans(8, 5, **kwargs)

@@ -275,11 +275,19 @@ def long_run(tmp_path_factory):
 def _start_until_checkpoint(args, ckpt, timeout=60):
     """The CLI started in the background, returned once its first checkpoint exists (the library
     writes it atomically: once the name exists, the file is complete)."""
-    # SIGINT at its default in the child, as an interactive shell leaves it: a test run in the
-    # background inherits it ignored, and the library leaves an ignored SIGINT ignored.
-    proc = subprocess.Popen([sys.executable, "-m", "faiss_flash.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # SIGINT handled (not ignored) in the child, as an interactive shell leaves it: a test run in
+    # the background inherits it ignored, and the library leaves an ignored SIGINT ignored. A
+    # handler set here becomes the default in the child at exec (no preexec_fn: this process
+    # has threads).
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "faiss_flash.cli", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ckpt) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -294,9 +302,9 @@ def _start_until_checkpoint(args, ckpt, timeout=60):
     return proc
 
 
-def test_ctrl_c_outside_training_is_one_line(tmp_path, rs, monkeypatch, capsys):
-    # Ctrl-C while the data is read (or an output written) ends the command as during training:
-    # exit status 130 and one line, no traceback.
+def test_ctrl_c_outside_training_is_one_line_and_leaves_no_partial_output(tmp_path, rs, monkeypatch, capsys):
+    # Ctrl-C while the data is read or an output written ends the command as during training:
+    # exit status 130 and one line, no traceback; the output cut short is removed.
     from faiss_flash import cli as cli_module
     np.save(tmp_path / "x.npy", gaussian(rs, 100, 4))
 
@@ -306,6 +314,16 @@ def test_ctrl_c_outside_training_is_one_line(tmp_path, rs, monkeypatch, capsys):
     monkeypatch.setattr(cli_module, "read_vectors", interrupted)
     assert cli_module.main([str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu"]) == 130
     assert capsys.readouterr().err == "flash-kmeans: interrupted\n"
+    monkeypatch.undo()
+
+    def cut_short(path, centroids):  # Ctrl-C half way through writing -o: no partial file left
+        open(path, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "write_vectors", cut_short)
+    out = tmp_path / "c.npy"
+    assert cli_module.main([str(tmp_path / "x.npy"), "-k", "3", "--device", "cpu", "-o", str(out)]) == 130
+    assert capsys.readouterr().err.endswith("flash-kmeans: interrupted\n") and not out.exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
