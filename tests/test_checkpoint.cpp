@@ -146,21 +146,32 @@ TEST(Checkpoint, SigintStopsBetweenIterationsAndResumes) {
     EXPECT_EQ(slurp(out), ref);
 }
 
+// A CPU run of 5 centroids over 500 points in 4-d, 3 iterations, checkpointed to ck every
+// iteration (c: its centroids).
+struct CheckpointedRun {
+    explicit CheckpointedRun(const std::string& ck)
+        : x(flash_test::gaussian_mixture(500, 4, 5, 9)),
+          c(x.begin(), x.begin() + 5 * 4),
+          p(flash_test::host_points(x.data(), 500, 4)),
+          opt(cpu_options(5, 3)) {
+        opt.checkpoint_path = ck;
+        opt.checkpoint_every = 1;
+        flash::run_lloyd(p, c.data(), opt);
+    }
+    std::vector<float> x, c;
+    flash::Points p;
+    flash::LloydOptions opt;
+};
+
 TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
     const TempFile ck_file("other.ckpt");
     const std::string& ck = ck_file.path();
-    const auto x = flash_test::gaussian_mixture(500, 4, 5, 9);
-    std::vector<float> c(x.begin(), x.begin() + 5 * 4);
-    flash::Points p = flash_test::host_points(x.data(), 500, 4);
-    flash::LloydOptions opt = cpu_options(5, 3);
-    opt.checkpoint_path = ck;
-    opt.checkpoint_every = 1;
-    flash::run_lloyd(p, c.data(), opt);
-    opt.k = 4;
-    EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), flash::BadCheckpoint);
+    CheckpointedRun r(ck);
+    r.opt.k = 4;
+    EXPECT_THROW(flash::run_lloyd(r.p, r.c.data(), r.opt), flash::BadCheckpoint);
     std::ofstream(ck) << "garbage";
-    opt.k = 5;
-    EXPECT_THROW(flash::run_lloyd(p, c.data(), opt), flash::BadCheckpoint);
+    r.opt.k = 5;
+    EXPECT_THROW(flash::run_lloyd(r.p, r.c.data(), r.opt), flash::BadCheckpoint);
 }
 
 // A damaged file is a BadCheckpoint naming what is wrong, found before anything is allocated
@@ -169,13 +180,7 @@ TEST(Checkpoint, CheckpointOfAnotherProblemIsRejected) {
 TEST(Checkpoint, DamagedCheckpointIsRefused) {
     const TempFile ck_file("damaged.ckpt");
     const std::string& ck = ck_file.path();
-    const auto x = flash_test::gaussian_mixture(500, 4, 5, 9);
-    std::vector<float> c(x.begin(), x.begin() + 5 * 4);
-    flash::Points p = flash_test::host_points(x.data(), 500, 4);
-    flash::LloydOptions opt = cpu_options(5, 3);
-    opt.checkpoint_path = ck;
-    opt.checkpoint_every = 1;
-    flash::run_lloyd(p, c.data(), opt);
+    const CheckpointedRun run(ck);
     const std::string good = slurp(ck);
     flash::Checkpoint loaded;
     ASSERT_TRUE(flash::load_checkpoint(ck, loaded));
