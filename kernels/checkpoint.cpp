@@ -172,15 +172,15 @@ bool load_checkpoint(const std::string& path, Checkpoint& c) {
     if (!f) throw std::runtime_error("faiss-flash: checkpoint " + path + " exists but cannot be read");
     const std::streamoff length = st.st_size;
     auto truncated = [&] { return BadCheckpoint("faiss-flash: checkpoint " + path + " is truncated"); };
-    char magic[8];
-    if (length < std::streamoff(sizeof(magic)) || !f.read(magic, sizeof(magic)) ||
-        std::memcmp(magic, kMagic, sizeof(kMagic) - 1) != 0)
+    // The header (or as much of the file as there is), read once: the magic, then the fields.
+    std::string bytes(size_t(std::min<std::streamoff>(length, kHeaderBytes)), '\0');
+    if (!f.read(bytes.data(), std::streamsize(bytes.size())) || bytes.size() < sizeof(kMagic) ||
+        std::memcmp(bytes.data(), kMagic, sizeof(kMagic) - 1) != 0)
         throw BadCheckpoint("faiss-flash: " + path + " is not a faiss-flash checkpoint");
-    if (magic[7] != kMagic[7])
+    if (bytes[7] != kMagic[7])
         throw BadCheckpoint("faiss-flash: checkpoint " + path +
                             " was written by another version of faiss-flash; delete it to start afresh");
-    std::string bytes(kHeaderBytes, '\0');
-    if (!f.seekg(0) || !f.read(bytes.data(), std::streamsize(bytes.size()))) throw truncated();
+    if (bytes.size() < kHeaderBytes) throw truncated();
     Reader r{bytes, sizeof(kMagic)};
     c.batch = r.get<int64_t>();
     c.n = r.get<int64_t>();

@@ -42,8 +42,9 @@ def batch_kmeans(x, k, niter=25, seed=1234, metric="l2", spherical=False, init_c
     Host data on the CUDA engine may be larger than the GPU or spread over several: devices
     (list of CUDA ordinals, sharded in order), streaming ('auto': stream what does not fit,
     'off', 'force'), max_gpu_memory (bytes per device), transfer_dtype ('float16' / 'bfloat16':
-    float32 points sent at half the bytes), piece_rows (rows per piece; default about 1 GiB). fp32_mode: 'exact' (default) or 'tf32' (opt-in,
-    TF32-class float32 products on the GPU, about twice as fast).
+    float32 points sent at half the bytes), piece_rows (rows per piece; default about 1 GiB).
+    fp32_mode: 'exact' (default) or 'tf32' (opt-in, TF32-class float32 products on the GPU,
+    about twice as fast).
     """
     if metric not in ("l2", "ip"):
         raise ValueError(f"metric: expected 'l2' or 'ip', got {metric!r}")

@@ -185,8 +185,11 @@ def _main(argv):
     if args.max_gpu_memory is not None:
         placement["max_gpu_memory"] = max(1, int(args.max_gpu_memory * 1e9))
     if args.checkpoint is not None:
-        # (with the placement, not params: --compare's stock faiss.Kmeans takes params)
-        placement.update(checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every or 1)
+        # (with the placement, not params: --compare's stock faiss.Kmeans takes params; without
+        # --checkpoint-every, Kmeans writes one every iteration)
+        placement["checkpoint_path"] = args.checkpoint
+        if args.checkpoint_every is not None:
+            placement["checkpoint_every"] = args.checkpoint_every
         # The library checks that the file belongs to this run (and says what differs if not):
         # a run resumes from it, or stops with that reason.
         try:
